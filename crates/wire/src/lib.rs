@@ -2,6 +2,9 @@
 //!
 //! The crate is layered so that every byte of protocol logic can be tested
 //! without a broker: [`record`] (the RecordBatch v2 codec) and [`protocol`]
-//! (framing, error codes) are pure; connections, metadata, the producer and the
-//! consumer are thin async shells over them. See `docs/architecture.md`.
+//! (framing, error codes, the retry decision) are pure; connections, metadata,
+//! the producer and the consumer are thin async shells over them. See
+//! `docs/architecture.md`.
 #![deny(missing_docs)]
+
+pub mod record;

@@ -1,0 +1,205 @@
+//! Writes a RecordBatch v2: records are appended straight into the output
+//! buffer (or, for a compressed batch, into one scratch buffer compressed when
+//! the batch closes); the header and CRC-32C are filled in at the end.
+
+use bytes::Bytes;
+
+use super::batch::{HEADER_LEN, LOG_OVERHEAD};
+use super::compression::{compress, Compression};
+use super::varint::{put_varint, put_varlong, varint_len, varlong_len};
+
+/// Builds one RecordBatch v2.
+#[derive(Debug)]
+pub struct BatchBuilder {
+    compression: Compression,
+    /// Uncompressed: header placeholder then records. Compressed: records only.
+    buf: Vec<u8>,
+    count: i32,
+    base_timestamp: Option<i64>,
+    max_timestamp: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+    transactional: bool,
+    control: bool,
+}
+
+fn bytes_len(b: Option<&[u8]>) -> usize {
+    match b {
+        Some(b) => varint_len(b.len() as i32) + b.len(),
+        None => 1,
+    }
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
+    match b {
+        Some(b) => {
+            put_varint(out, b.len() as i32);
+            out.extend_from_slice(b);
+        }
+        None => put_varint(out, -1),
+    }
+}
+
+impl BatchBuilder {
+    /// A new, empty batch with the given codec, not idempotent
+    /// (producer id -1).
+    pub fn new(compression: Compression) -> Self {
+        Self::with_capacity(compression, 16 * 1024)
+    }
+
+    /// Like [`new`](Self::new), with room for `capacity` bytes of records.
+    pub fn with_capacity(compression: Compression, capacity: usize) -> Self {
+        let mut buf = Vec::with_capacity(capacity + HEADER_LEN);
+        if compression == Compression::None {
+            buf.resize(HEADER_LEN, 0);
+        }
+        Self {
+            compression,
+            buf,
+            count: 0,
+            base_timestamp: None,
+            max_timestamp: -1,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            transactional: false,
+            control: false,
+        }
+    }
+
+    /// Sets the idempotent producer's id, epoch and the batch's first sequence.
+    pub fn producer(mut self, id: i64, epoch: i16, base_sequence: i32) -> Self {
+        self.producer_id = id;
+        self.producer_epoch = epoch;
+        self.base_sequence = base_sequence;
+        self
+    }
+
+    /// Marks the batch as part of a transaction.
+    pub fn transactional(mut self, yes: bool) -> Self {
+        self.transactional = yes;
+        self
+    }
+
+    /// Marks the batch as a control batch (used by tests that write markers).
+    pub fn control(mut self, yes: bool) -> Self {
+        self.control = yes;
+        self
+    }
+
+    /// Number of records appended.
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    /// Whether no record was appended.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Bytes the batch takes so far, before compression.
+    pub fn size(&self) -> usize {
+        if self.compression == Compression::None {
+            self.buf.len()
+        } else {
+            self.buf.len() + HEADER_LEN
+        }
+    }
+
+    /// Bytes one record would add, for batch-size decisions before appending.
+    pub fn record_size<K: AsRef<str>, V: AsRef<[u8]>>(
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(K, Option<V>)],
+    ) -> usize {
+        // Worst-case deltas: 10-byte timestamp and 5-byte offset varints.
+        let body = 1 + 10 + 5 + Self::fields_len(key, value, headers);
+        varint_len(body as i32) + body
+    }
+
+    fn fields_len<K: AsRef<str>, V: AsRef<[u8]>>(
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(K, Option<V>)],
+    ) -> usize {
+        let mut n = bytes_len(key) + bytes_len(value) + varint_len(headers.len() as i32);
+        for (k, v) in headers {
+            n += bytes_len(Some(k.as_ref().as_bytes()));
+            n += bytes_len(v.as_ref().map(AsRef::as_ref));
+        }
+        n
+    }
+
+    /// Appends a record; returns its offset delta within the batch.
+    pub fn append<K: AsRef<str>, V: AsRef<[u8]>>(
+        &mut self,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(K, Option<V>)],
+    ) -> i32 {
+        let base = *self.base_timestamp.get_or_insert(timestamp);
+        self.max_timestamp = self.max_timestamp.max(timestamp);
+        let ts_delta = timestamp.wrapping_sub(base);
+        let offset_delta = self.count;
+        let body = 1
+            + varlong_len(ts_delta)
+            + varint_len(offset_delta)
+            + Self::fields_len(key, value, headers);
+        let out = &mut self.buf;
+        out.reserve(body + 5);
+        put_varint(out, body as i32);
+        out.push(0);
+        put_varlong(out, ts_delta);
+        put_varint(out, offset_delta);
+        put_bytes(out, key);
+        put_bytes(out, value);
+        put_varint(out, headers.len() as i32);
+        for (k, v) in headers {
+            put_bytes(out, Some(k.as_ref().as_bytes()));
+            put_bytes(out, v.as_ref().map(AsRef::as_ref));
+        }
+        self.count += 1;
+        offset_delta
+    }
+
+    /// Closes the batch: compresses the records if asked, writes the header
+    /// with base offset 0, and the CRC-32C.
+    pub fn finish(self) -> Result<Bytes, String> {
+        let mut out = if self.compression == Compression::None {
+            self.buf
+        } else {
+            let mut out = Vec::with_capacity(HEADER_LEN + self.buf.len() / 2);
+            out.resize(HEADER_LEN, 0);
+            compress(self.compression, &self.buf, &mut out)?;
+            out
+        };
+        let batch_len = i32::try_from(out.len() - LOG_OVERHEAD)
+            .map_err(|_| "batch larger than 2 GiB".to_owned())?;
+        let mut attributes = self.compression.id();
+        if self.transactional {
+            attributes |= 0x10;
+        }
+        if self.control {
+            attributes |= 0x20;
+        }
+        let base_ts = self.base_timestamp.unwrap_or(-1);
+        let h = &mut out[..HEADER_LEN];
+        h[0..8].copy_from_slice(&0i64.to_be_bytes());
+        h[8..12].copy_from_slice(&batch_len.to_be_bytes());
+        h[12..16].copy_from_slice(&(-1i32).to_be_bytes());
+        h[16] = 2;
+        h[21..23].copy_from_slice(&attributes.to_be_bytes());
+        h[23..27].copy_from_slice(&(self.count - 1).max(0).to_be_bytes());
+        h[27..35].copy_from_slice(&base_ts.to_be_bytes());
+        h[35..43].copy_from_slice(&self.max_timestamp.to_be_bytes());
+        h[43..51].copy_from_slice(&self.producer_id.to_be_bytes());
+        h[51..53].copy_from_slice(&self.producer_epoch.to_be_bytes());
+        h[53..57].copy_from_slice(&self.base_sequence.to_be_bytes());
+        h[57..61].copy_from_slice(&self.count.to_be_bytes());
+        let crc = crc32c::crc32c(&out[21..]);
+        out[17..21].copy_from_slice(&crc.to_be_bytes());
+        Ok(Bytes::from(out))
+    }
+}

@@ -1,0 +1,262 @@
+//! The compression codecs of RecordBatch v2 (attributes bits 0-2).
+//!
+//! A batch's records section is compressed as one unit. Formats follow what
+//! the Java client writes: gzip streams, snappy in xerial framing (raw snappy is
+//! accepted on read, as librdkafka may write it), LZ4 frames, and zstd frames.
+
+use std::io::{Read, Write};
+
+/// A batch's compression codec, named as the Java client's `compression.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum Compression {
+    /// No compression (`none`).
+    #[default]
+    None,
+    /// `gzip` (deflate in a gzip stream).
+    Gzip,
+    /// `snappy` (xerial block framing).
+    Snappy,
+    /// `lz4` (LZ4 frame format).
+    Lz4,
+    /// `zstd`.
+    Zstd,
+}
+
+impl Compression {
+    /// The codec id stored in attribute bits 0-2, or `None` for an unknown id.
+    pub fn from_attributes(attributes: i16) -> Option<Self> {
+        Some(match attributes & 0x07 {
+            0 => Self::None,
+            1 => Self::Gzip,
+            2 => Self::Snappy,
+            3 => Self::Lz4,
+            4 => Self::Zstd,
+            _ => return None,
+        })
+    }
+
+    /// The codec id for attribute bits 0-2.
+    pub fn id(self) -> i16 {
+        match self {
+            Self::None => 0,
+            Self::Gzip => 1,
+            Self::Snappy => 2,
+            Self::Lz4 => 3,
+            Self::Zstd => 4,
+        }
+    }
+
+    /// The `compression.type` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Gzip => "gzip",
+            Self::Snappy => "snappy",
+            Self::Lz4 => "lz4",
+            Self::Zstd => "zstd",
+        }
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "none" | "" => Self::None,
+            "gzip" => Self::Gzip,
+            "snappy" => Self::Snappy,
+            "lz4" => Self::Lz4,
+            "zstd" => Self::Zstd,
+            other => {
+                return Err(format!(
+                    "unknown compression.type `{other}` (none, gzip, snappy, lz4, zstd)"
+                ))
+            }
+        })
+    }
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The xerial snappy stream header: magic, then version 1 and compatible 1.
+const XERIAL_MAGIC: &[u8; 8] = b"\x82SNAPPY\x00";
+const XERIAL_HEADER_LEN: usize = 16;
+/// Block size of xerial framing, as the Java client's snappy stream uses.
+const XERIAL_BLOCK: usize = 32 * 1024;
+
+/// Compresses `input` with `codec`, appending to `out`.
+pub(crate) fn compress(codec: Compression, input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    match codec {
+        Compression::None => out.extend_from_slice(input),
+        Compression::Gzip => {
+            let mut enc = flate2::write::GzEncoder::new(out, flate2::Compression::fast());
+            enc.write_all(input).map_err(|e| e.to_string())?;
+            enc.finish().map_err(|e| e.to_string())?;
+        }
+        Compression::Snappy => {
+            out.extend_from_slice(XERIAL_MAGIC);
+            out.extend_from_slice(&1i32.to_be_bytes());
+            out.extend_from_slice(&1i32.to_be_bytes());
+            let mut enc = snap::raw::Encoder::new();
+            let mut block = Vec::new();
+            for chunk in input.chunks(XERIAL_BLOCK) {
+                block.resize(snap::raw::max_compress_len(chunk.len()), 0);
+                let n = enc.compress(chunk, &mut block).map_err(|e| e.to_string())?;
+                let len = i32::try_from(n).map_err(|_| "snappy block too large".to_owned())?;
+                out.extend_from_slice(&len.to_be_bytes());
+                out.extend_from_slice(&block[..n]);
+            }
+        }
+        Compression::Lz4 => {
+            let info = lz4_flex::frame::FrameInfo::new()
+                .block_size(lz4_flex::frame::BlockSize::Max64KB)
+                .block_mode(lz4_flex::frame::BlockMode::Independent);
+            let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, out);
+            enc.write_all(input).map_err(|e| e.to_string())?;
+            enc.finish().map_err(|e| e.to_string())?;
+        }
+        Compression::Zstd => {
+            let compressed = zstd::bulk::compress(input, 1).map_err(|e| e.to_string())?;
+            out.extend_from_slice(&compressed);
+        }
+    }
+    Ok(())
+}
+
+/// Decompresses `input`, refusing to produce more than `limit` bytes.
+pub(crate) fn decompress(
+    codec: Compression,
+    input: &[u8],
+    limit: usize,
+) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(input.len().saturating_mul(4).min(limit));
+    let read_capped = |r: &mut dyn Read, out: &mut Vec<u8>| -> Result<(), String> {
+        let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+        r.take(cap).read_to_end(out).map_err(|e| e.to_string())?;
+        if out.len() > limit {
+            return Err(format!("decompressed size exceeds the {limit}-byte limit"));
+        }
+        Ok(())
+    };
+    match codec {
+        Compression::None => out.extend_from_slice(input),
+        Compression::Gzip => read_capped(&mut flate2::read::GzDecoder::new(input), &mut out)?,
+        Compression::Lz4 => read_capped(&mut lz4_flex::frame::FrameDecoder::new(input), &mut out)?,
+        Compression::Zstd => read_capped(
+            &mut zstd::stream::read::Decoder::new(input).map_err(|e| e.to_string())?,
+            &mut out,
+        )?,
+        Compression::Snappy => {
+            if input.len() >= XERIAL_HEADER_LEN && input.starts_with(XERIAL_MAGIC) {
+                let mut rest = &input[XERIAL_HEADER_LEN..];
+                let mut dec = snap::raw::Decoder::new();
+                while !rest.is_empty() {
+                    let Some((len, body)) = rest.split_first_chunk::<4>() else {
+                        return Err("truncated xerial snappy block length".into());
+                    };
+                    let len = usize::try_from(i32::from_be_bytes(*len))
+                        .map_err(|_| "negative xerial snappy block length".to_owned())?;
+                    if body.len() < len {
+                        return Err("truncated xerial snappy block".into());
+                    }
+                    let (block, tail) = body.split_at(len);
+                    snappy_raw(&mut dec, block, &mut out, limit)?;
+                    rest = tail;
+                }
+            } else {
+                snappy_raw(&mut snap::raw::Decoder::new(), input, &mut out, limit)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn snappy_raw(
+    dec: &mut snap::raw::Decoder,
+    block: &[u8],
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> Result<(), String> {
+    let n = snap::raw::decompress_len(block).map_err(|e| e.to_string())?;
+    if out.len().saturating_add(n) > limit {
+        return Err(format!("decompressed size exceeds the {limit}-byte limit"));
+    }
+    let start = out.len();
+    out.resize(start + n, 0);
+    let written = dec
+        .decompress(block, &mut out[start..])
+        .map_err(|e| e.to_string())?;
+    out.truncate(start + written);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ALL: [Compression; 5] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
+
+    #[test]
+    fn names_round_trip() {
+        for c in ALL {
+            assert_eq!(c.name().parse::<Compression>(), Ok(c));
+            assert_eq!(Compression::from_attributes(c.id()), Some(c));
+        }
+        assert!("brotli".parse::<Compression>().is_err());
+        assert_eq!(Compression::from_attributes(5), None);
+    }
+
+    #[test]
+    fn raw_snappy_is_accepted() {
+        let data = b"hello hello hello hello".repeat(100);
+        let raw = snap::raw::Encoder::new()
+            .compress_vec(&data)
+            .expect("compress");
+        assert_eq!(
+            decompress(Compression::Snappy, &raw, 1 << 20).expect("raw"),
+            data
+        );
+    }
+
+    #[test]
+    fn decompression_bombs_are_capped() {
+        let data = vec![0u8; 1 << 20];
+        for c in &ALL[1..] {
+            let c = *c;
+            let mut out = Vec::new();
+            compress(c, &data, &mut out).expect("compress");
+            assert!(decompress(c, &out, 1000).is_err(), "{c} not capped");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_codec_round_trips(data in proptest::collection::vec(any::<u8>(), 0..100_000)) {
+            for c in ALL {
+                let mut out = Vec::new();
+                compress(c, &data, &mut out).expect("compress");
+                prop_assert_eq!(&decompress(c, &out, 1 << 24).expect("decompress"), &data);
+            }
+        }
+
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            for c in ALL {
+                let _ = decompress(c, &data, 1 << 20);
+            }
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! The RecordBatch v2 codec (KIP-98's message format, magic 2): pure, no IO.
+//!
+//! [`RecordBatch`] is a zero-copy view over a fetched buffer; [`Batches`]
+//! walks a fetch response's records; [`BatchBuilder`] writes a batch.
+//!
+//! ```
+//! use faustus_wire::record::{BatchBuilder, Batches, Compression};
+//!
+//! let mut b = BatchBuilder::new(Compression::Lz4);
+//! b.append(1_700_000_000_000, Some(b"k"), Some(b"v"), &[("h", Some(b"x"))]);
+//! let bytes = b.finish().unwrap();
+//! for batch in Batches::new(bytes) {
+//!     for rec in batch.unwrap().records().unwrap() {
+//!         let rec = rec.unwrap();
+//!         assert_eq!(rec.value(), Some(&b"v"[..]));
+//!     }
+//! }
+//! ```
+
+mod batch;
+mod builder;
+mod compression;
+pub(crate) mod varint;
+
+pub use batch::{
+    Batches, Headers, Parsed, Record, RecordBatch, RecordError, Records, HEADER_LEN, LOG_OVERHEAD,
+    MAX_BATCH_BYTES,
+};
+pub use builder::BatchBuilder;
+pub use compression::Compression;
+
+/// Sets a batch's base offset in place (the broker assigns offsets; tests and
+/// tools that splice batches use this).
+pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
+    if batch.len() >= 8 {
+        batch[0..8].copy_from_slice(&base_offset.to_be_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests;
