@@ -7,4 +7,15 @@
 //! `docs/architecture.md`.
 #![deny(missing_docs)]
 
+pub mod admin;
+pub mod client;
+pub mod config;
+pub mod conn;
+mod error;
+pub mod protocol;
 pub mod record;
+
+pub use admin::{Admin, NewTopic, OffsetSpec};
+pub use client::{Client, ClusterInfo, PartitionInfo, TopicInfo};
+pub use config::{ClientConfig, Properties};
+pub use error::{Action, Backoff, Context, Error, Result};

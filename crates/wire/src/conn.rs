@@ -1,0 +1,389 @@
+//! One pipelined connection to one broker.
+//!
+//! Requests are framed by the caller's task and handed to a writer task that
+//! coalesces whatever is queued into one socket write; a reader task splits
+//! response frames and completes each caller's future by correlation id. Many
+//! requests can be in flight at once (Kafka answers them in order per
+//! connection, but matching by id keeps us honest).
+//!
+//! The transport is any `AsyncRead + AsyncWrite` stream: plain TCP today; TLS
+//! (rustls) and SASL slot in by handing [`Connection::handshake`] a wrapped
+//! stream, since ApiVersions is the first request on any transport.
+//!
+//! # Cancel safety
+//!
+//! Dropping a [`Connection::call`] future before it completes is safe: the
+//! request may still reach the broker, and its response is discarded.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
+use kafka_protocol::protocol::{Decodable, Request, StrBytes};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::protocol::{
+    api_name, encode_request, read_response_header, split_frame, BrokerVersions, ErrorCode,
+};
+use crate::{Error, Result};
+
+type Reply = oneshot::Sender<Result<Bytes>>;
+
+struct Pending {
+    header_version: i16,
+    reply: Reply,
+}
+
+struct Shared {
+    addr: String,
+    pending: Mutex<HashMap<i32, Pending>>,
+    closed: AtomicBool,
+    throttled_until: Mutex<Option<Instant>>,
+}
+
+impl Shared {
+    /// Marks the connection dead and fails every request in flight.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let drained: Vec<Pending> = match self.pending.lock() {
+            Ok(mut p) => p.drain().map(|(_, v)| v).collect(),
+            Err(_) => Vec::new(),
+        };
+        for p in drained {
+            let _ = p.reply.send(Err(Error::Disconnected {
+                broker: self.addr.clone(),
+            }));
+        }
+    }
+}
+
+/// A connection to one broker, shared by all users of that broker.
+#[derive(Clone)]
+pub struct Connection {
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<BytesMut>,
+    next_id: Arc<AtomicI32>,
+    versions: Arc<BrokerVersions>,
+    client_id: StrBytes,
+    request_timeout: Duration,
+    tasks: Arc<TaskGuard>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("addr", &self.shared.addr)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// Aborts the IO tasks when the last handle to a connection goes away.
+struct TaskGuard(Vec<tokio::task::AbortHandle>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+/// Settings a connection needs.
+#[derive(Debug, Clone)]
+pub struct ConnectionOptions {
+    /// `client.id`.
+    pub client_id: String,
+    /// `request.timeout.ms`.
+    pub request_timeout: Duration,
+    /// `socket.connection.setup.timeout.ms`.
+    pub connect_timeout: Duration,
+}
+
+impl Connection {
+    /// Opens a TCP connection to `addr` (`host:port`) and negotiates API
+    /// versions.
+    pub async fn connect(addr: &str, opts: &ConnectionOptions) -> Result<Self> {
+        let stream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Error::Timeout {
+                what: format!("connecting to {addr}"),
+                after: opts.connect_timeout,
+            })?
+            .map_err(|source| Error::Io {
+                broker: addr.to_owned(),
+                source,
+            })?;
+        let _ = stream.set_nodelay(true);
+        Self::handshake(addr, stream, opts).await
+    }
+
+    /// Starts the IO tasks over an established stream and sends ApiVersions.
+    pub async fn handshake<S>(addr: &str, stream: S, opts: &ConnectionOptions) -> Result<Self>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (rd, wr) = tokio::io::split(stream);
+        let shared = Arc::new(Shared {
+            addr: addr.to_owned(),
+            pending: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            throttled_until: Mutex::new(None),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(write_loop(wr, rx, shared.clone()));
+        let reader = tokio::spawn(read_loop(rd, shared.clone()));
+        let mut conn = Self {
+            shared,
+            tx,
+            next_id: Arc::new(AtomicI32::new(0)),
+            versions: Arc::new(BrokerVersions::default()),
+            client_id: StrBytes::from_string(opts.client_id.clone()),
+            request_timeout: opts.request_timeout,
+            tasks: Arc::new(TaskGuard(vec![
+                writer.abort_handle(),
+                reader.abort_handle(),
+            ])),
+        };
+        conn.versions = Arc::new(conn.api_versions().await?);
+        Ok(conn)
+    }
+
+    /// ApiVersions: try v3; a broker that does not know it answers with
+    /// UNSUPPORTED_VERSION and its own ranges, and we retry with v0.
+    async fn api_versions(&self) -> Result<BrokerVersions> {
+        let req = ApiVersionsRequest::default()
+            .with_client_software_name(StrBytes::from_static_str("faustus"))
+            .with_client_software_version(StrBytes::from_static_str(env!("CARGO_PKG_VERSION")));
+        let mut version = 3;
+        loop {
+            let key = ApiKey::ApiVersions as i16;
+            // ApiVersions responses always use header v0 (KIP-511).
+            let body = self.send_raw(key, version, 0, &req, true).await?;
+            let resp = self.decode::<ApiVersionsResponse>(body, key, version)?;
+            let code = ErrorCode(resp.error_code);
+            if code == ErrorCode::UNSUPPORTED_VERSION && version > 0 {
+                version = 0;
+                continue;
+            }
+            if !code.is_ok() {
+                return Err(Error::server(code, None, "ApiVersions", None, None));
+            }
+            return Ok(BrokerVersions::new(
+                resp.api_keys
+                    .iter()
+                    .map(|k| (k.api_key, k.min_version, k.max_version)),
+            ));
+        }
+    }
+
+    /// The broker's `host:port`.
+    pub fn addr(&self) -> &str {
+        &self.shared.addr
+    }
+
+    /// Whether the connection has failed or been closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Closes the connection, failing requests in flight.
+    pub fn close(&self) {
+        self.shared.close();
+        for t in &self.tasks.0 {
+            t.abort();
+        }
+    }
+
+    /// The negotiated version for an API, if the broker and we share one.
+    pub fn version_for(&self, api_key: i16) -> Option<i16> {
+        self.versions.negotiate(api_key)
+    }
+
+    /// Honours a response's `throttle_time_ms` (KIP-219): requests on this
+    /// connection wait until the throttle has passed.
+    pub fn throttle(&self, throttle_time_ms: i32) {
+        if throttle_time_ms <= 0 {
+            return;
+        }
+        let until = Instant::now() + Duration::from_millis(throttle_time_ms as u64);
+        if let Ok(mut t) = self.shared.throttled_until.lock() {
+            *t = Some(t.map_or(until, |cur| cur.max(until)));
+        }
+    }
+
+    /// Sends `req` with the negotiated version and waits for its response.
+    pub async fn call<R: Request>(&self, req: &R) -> Result<R::Response> {
+        let version = self.negotiated::<R>()?;
+        self.call_version(req, version).await
+    }
+
+    /// Like [`call`](Self::call) with an explicit version.
+    pub async fn call_version<R: Request>(&self, req: &R, version: i16) -> Result<R::Response> {
+        let header_version = ApiKey::try_from(R::KEY)
+            .map(|k| k.response_header_version(version))
+            .unwrap_or(0);
+        let body = self
+            .send_raw(R::KEY, version, header_version, req, true)
+            .await?;
+        self.decode::<R::Response>(body, R::KEY, version)
+    }
+
+    /// Sends a request that gets no response (Produce with `acks=0`).
+    pub async fn send_only<R: Request>(&self, req: &R) -> Result<()> {
+        let version = self.negotiated::<R>()?;
+        self.send_raw(R::KEY, version, 0, req, false).await?;
+        Ok(())
+    }
+
+    fn negotiated<R: Request>(&self) -> Result<i16> {
+        self.versions
+            .negotiate(R::KEY)
+            .ok_or_else(|| Error::UnsupportedVersion {
+                api: api_name(R::KEY),
+                broker: self.shared.addr.clone(),
+            })
+    }
+
+    fn decode<T: Decodable>(&self, mut body: Bytes, api_key: i16, version: i16) -> Result<T> {
+        T::decode(&mut body, version).map_err(|e| Error::Decode {
+            api: api_name(api_key),
+            broker: self.shared.addr.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    async fn send_raw<M: kafka_protocol::protocol::Encodable>(
+        &self,
+        api_key: i16,
+        version: i16,
+        header_version: i16,
+        body: &M,
+        expect_response: bool,
+    ) -> Result<Bytes> {
+        if self.is_closed() {
+            return Err(Error::Disconnected {
+                broker: self.shared.addr.clone(),
+            });
+        }
+        let throttled = self.shared.throttled_until.lock().ok().and_then(|t| *t);
+        if let Some(until) = throttled {
+            tokio::time::sleep_until(until).await;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) & i32::MAX;
+        let mut frame = BytesMut::new();
+        encode_request(&mut frame, api_key, version, id, &self.client_id, body).map_err(
+            |source| Error::Frame {
+                broker: self.shared.addr.clone(),
+                source,
+            },
+        )?;
+        let rx = if expect_response {
+            let (reply, rx) = oneshot::channel();
+            if let Ok(mut p) = self.shared.pending.lock() {
+                p.insert(
+                    id,
+                    Pending {
+                        header_version,
+                        reply,
+                    },
+                );
+            }
+            Some(rx)
+        } else {
+            None
+        };
+        if self.tx.send(frame).is_err() {
+            self.shared.close();
+            return Err(Error::Disconnected {
+                broker: self.shared.addr.clone(),
+            });
+        }
+        let Some(rx) = rx else {
+            return Ok(Bytes::new());
+        };
+        match tokio::time::timeout(self.request_timeout, rx).await {
+            Ok(Ok(res)) => res,
+            Ok(Err(_)) => Err(Error::Disconnected {
+                broker: self.shared.addr.clone(),
+            }),
+            Err(_) => {
+                // As the Java client does: a timed-out request poisons the
+                // connection, so later responses cannot be misattributed.
+                self.close();
+                Err(Error::Timeout {
+                    what: format!("{} request to {}", api_name(api_key), self.shared.addr),
+                    after: self.request_timeout,
+                })
+            }
+        }
+    }
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut wr: W,
+    mut rx: mpsc::UnboundedReceiver<BytesMut>,
+    shared: Arc<Shared>,
+) {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        buf.unsplit(first);
+        // Coalesce what is already queued into one write, up to ~1 MiB.
+        while buf.len() < 1 << 20 {
+            match rx.try_recv() {
+                Ok(more) => buf.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
+            break;
+        }
+        buf = BytesMut::with_capacity(64 * 1024);
+    }
+    shared.close();
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, shared: Arc<Shared>) {
+    let mut buf = BytesMut::with_capacity(256 * 1024);
+    loop {
+        match split_frame(&mut buf) {
+            Ok(Some(frame)) => {
+                let mut frame = frame.freeze();
+                if frame.len() < 4 {
+                    break;
+                }
+                let id = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+                let pending = shared.pending.lock().ok().and_then(|mut p| p.remove(&id));
+                let Some(p) = pending else {
+                    // A response to a request whose caller timed out: drop it.
+                    continue;
+                };
+                let res = read_response_header(&mut frame, p.header_version)
+                    .map(|_| frame)
+                    .map_err(|source| Error::Frame {
+                        broker: shared.addr.clone(),
+                        source,
+                    });
+                let _ = p.reply.send(res);
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(broker = %shared.addr, error = %e, "bad response frame, closing connection");
+                break;
+            }
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    shared.close();
+}
