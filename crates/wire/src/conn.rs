@@ -16,6 +16,7 @@
 //! request may still reach the broker, and its response is discarded.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -259,6 +260,33 @@ impl Connection {
         })
     }
 
+    /// Waits until a throttle set by [`throttle`](Self::throttle) has passed.
+    pub async fn wait_throttle(&self) {
+        let throttled = self.shared.throttled_until.lock().ok().and_then(|t| *t);
+        if let Some(until) = throttled {
+            tokio::time::sleep_until(until).await;
+        }
+    }
+
+    /// Queues `req` on the connection now, in call order, and returns a
+    /// future for its response. Used where several requests must reach the
+    /// broker in a known order (a partition's produce requests).
+    pub fn enqueue<R: Request>(
+        &self,
+        req: &R,
+    ) -> Result<impl Future<Output = Result<R::Response>> + Send + 'static> {
+        let version = self.negotiated::<R>()?;
+        let header_version = ApiKey::try_from(R::KEY)
+            .map(|k| k.response_header_version(version))
+            .unwrap_or(0);
+        let rx = self.queue(R::KEY, version, header_version, req, true)?;
+        let this = self.clone();
+        Ok(async move {
+            let body = this.await_reply(R::KEY, rx).await?;
+            this.decode::<R::Response>(body, R::KEY, version)
+        })
+    }
+
     async fn send_raw<M: kafka_protocol::protocol::Encodable>(
         &self,
         api_key: i16,
@@ -267,14 +295,25 @@ impl Connection {
         body: &M,
         expect_response: bool,
     ) -> Result<Bytes> {
+        self.wait_throttle().await;
+        let rx = self.queue(api_key, version, header_version, body, expect_response)?;
+        self.await_reply(api_key, rx).await
+    }
+
+    /// Encodes and queues a request; returns the receiver for its response
+    /// (none for requests that get no response).
+    fn queue<M: kafka_protocol::protocol::Encodable>(
+        &self,
+        api_key: i16,
+        version: i16,
+        header_version: i16,
+        body: &M,
+        expect_response: bool,
+    ) -> Result<Option<oneshot::Receiver<Result<Bytes>>>> {
         if self.is_closed() {
             return Err(Error::Disconnected {
                 broker: self.shared.addr.clone(),
             });
-        }
-        let throttled = self.shared.throttled_until.lock().ok().and_then(|t| *t);
-        if let Some(until) = throttled {
-            tokio::time::sleep_until(until).await;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed) & i32::MAX;
         let mut frame = BytesMut::new();
@@ -305,6 +344,14 @@ impl Connection {
                 broker: self.shared.addr.clone(),
             });
         }
+        Ok(rx)
+    }
+
+    async fn await_reply(
+        &self,
+        api_key: i16,
+        rx: Option<oneshot::Receiver<Result<Bytes>>>,
+    ) -> Result<Bytes> {
         let Some(rx) = rx else {
             return Ok(Bytes::new());
         };

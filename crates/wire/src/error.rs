@@ -232,6 +232,82 @@ impl Error {
         }
     }
 
+    /// A copy of this error for reporting the same failure to several
+    /// waiters (I/O errors keep their kind and message).
+    pub fn duplicate(&self) -> Error {
+        match self {
+            Error::Io { broker, source } => Error::Io {
+                broker: broker.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::Disconnected { broker } => Error::Disconnected {
+                broker: broker.clone(),
+            },
+            Error::Timeout { what, after } => Error::Timeout {
+                what: what.clone(),
+                after: *after,
+            },
+            Error::Bootstrap { servers, last } => Error::Bootstrap {
+                servers: servers.clone(),
+                last: last.clone(),
+            },
+            Error::Frame { broker, source } => Error::Frame {
+                broker: broker.clone(),
+                source: source.clone(),
+            },
+            Error::Decode {
+                api,
+                broker,
+                reason,
+            } => Error::Decode {
+                api,
+                broker: broker.clone(),
+                reason: reason.clone(),
+            },
+            Error::UnsupportedVersion { api, broker } => Error::UnsupportedVersion {
+                api,
+                broker: broker.clone(),
+            },
+            Error::Server {
+                code,
+                message,
+                context,
+            } => Error::Server {
+                code: *code,
+                message: message.clone(),
+                context: context.clone(),
+            },
+            Error::Record {
+                topic,
+                partition,
+                offset,
+                source,
+            } => Error::Record {
+                topic: topic.clone(),
+                partition: *partition,
+                offset: *offset,
+                source: source.clone(),
+            },
+            Error::UnknownPartition { topic, partition } => Error::UnknownPartition {
+                topic: topic.clone(),
+                partition: *partition,
+            },
+            Error::RecordTooLarge {
+                topic,
+                size,
+                limit,
+                setting,
+            } => Error::RecordTooLarge {
+                topic: topic.clone(),
+                size: *size,
+                limit: *limit,
+                setting,
+            },
+            Error::Config(m) => Error::Config(m.clone()),
+            Error::Closed => Error::Closed,
+        }
+    }
+
     /// Whether [`action`](Self::action) says to retry in some form.
     pub fn is_retriable(&self) -> bool {
         matches!(

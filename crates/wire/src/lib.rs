@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod conn;
 mod error;
+pub mod producer;
 pub mod protocol;
 pub mod record;
 

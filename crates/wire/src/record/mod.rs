@@ -37,5 +37,19 @@ pub fn set_base_offset(batch: &mut [u8], base_offset: i64) {
     }
 }
 
+/// Rewrites a batch's producer id, epoch and base sequence in place and
+/// recomputes its CRC (after an idempotent producer's epoch bump, KIP-360).
+/// The records section, compressed or not, is untouched.
+pub fn restamp_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) {
+    if batch.len() < HEADER_LEN {
+        return;
+    }
+    batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
+    batch[51..53].copy_from_slice(&epoch.to_be_bytes());
+    batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[21..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
 #[cfg(test)]
 mod tests;

@@ -280,3 +280,24 @@ fn interoperates_with_kafka_protocol_codec() {
         assert_eq!(g.timestamp, want.ts);
     }
 }
+
+#[test]
+fn restamped_batches_stay_valid() {
+    let bytes = build(
+        Compression::Lz4,
+        &[In {
+            ts: 1,
+            key: None,
+            value: Some(b"v".to_vec()),
+            headers: vec![],
+        }],
+    );
+    let mut v = bytes.to_vec();
+    restamp_producer(&mut v, 99, 4, 17);
+    let b = one_batch(Bytes::from(v));
+    assert_eq!(
+        (b.producer_id(), b.producer_epoch(), b.base_sequence()),
+        (99, 4, 17)
+    );
+    assert_eq!(b.records().expect("records").count(), 1);
+}
