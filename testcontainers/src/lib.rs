@@ -374,6 +374,21 @@ pub fn shared() -> Result<&'static KafkaCluster, HarnessError> {
         .map_err(|e| HarnessError::Unsupported(format!("the shared cluster did not start: {e}")))
 }
 
+/// A name unique to this process and call, for topics and groups, so that
+/// tests sharing a cluster never see each other's records.
+pub fn unique_name(prefix: &str) -> String {
+    static SEQ: AtomicUsize = AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 #[cfg(feature = "docker")]
 mod docker {
     use super::HarnessError;

@@ -23,18 +23,4 @@ pub fn wait_until<T>(
     }
 }
 
-/// A topic name unique to this process and call site, so that tests sharing a
-/// cluster never see each other's records.
-pub fn unique_topic(prefix: &str) -> String {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static SEQ: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    )
-}
+pub use faustus_testcontainers::unique_name as unique_topic;

@@ -36,6 +36,13 @@ use crate::{Error, Result};
 
 type Reply = oneshot::Sender<Result<Bytes>>;
 
+/// A framed request for the writer task; `written` is signalled once its
+/// bytes are on the socket (for requests that get no response).
+struct Outgoing {
+    frame: BytesMut,
+    written: Option<oneshot::Sender<()>>,
+}
+
 struct Pending {
     header_version: i16,
     reply: Reply,
@@ -68,7 +75,7 @@ impl Shared {
 #[derive(Clone)]
 pub struct Connection {
     shared: Arc<Shared>,
-    tx: mpsc::UnboundedSender<BytesMut>,
+    tx: mpsc::UnboundedSender<Outgoing>,
     next_id: Arc<AtomicI32>,
     versions: Arc<BrokerVersions>,
     client_id: StrBytes,
@@ -236,11 +243,16 @@ impl Connection {
         self.decode::<R::Response>(body, R::KEY, version)
     }
 
-    /// Sends a request that gets no response (Produce with `acks=0`).
+    /// Sends a request that gets no response (Produce with `acks=0`);
+    /// returns once its bytes are written to the socket.
     pub async fn send_only<R: Request>(&self, req: &R) -> Result<()> {
         let version = self.negotiated::<R>()?;
-        self.send_raw(R::KEY, version, 0, req, false).await?;
-        Ok(())
+        self.wait_throttle().await;
+        let (written, done) = oneshot::channel();
+        self.queue_frame(R::KEY, version, 0, req, None, Some(written))?;
+        done.await.map_err(|_| Error::Disconnected {
+            broker: self.shared.addr.clone(),
+        })
     }
 
     fn negotiated<R: Request>(&self) -> Result<i16> {
@@ -310,6 +322,28 @@ impl Connection {
         body: &M,
         expect_response: bool,
     ) -> Result<Option<oneshot::Receiver<Result<Bytes>>>> {
+        self.queue_frame(
+            api_key,
+            version,
+            header_version,
+            body,
+            Some(expect_response),
+            None,
+        )
+    }
+
+    /// Encodes and queues a request. `expect_response` is `None` or
+    /// `Some(false)` for requests without a response.
+    fn queue_frame<M: kafka_protocol::protocol::Encodable>(
+        &self,
+        api_key: i16,
+        version: i16,
+        header_version: i16,
+        body: &M,
+        expect_response: Option<bool>,
+        written: Option<oneshot::Sender<()>>,
+    ) -> Result<Option<oneshot::Receiver<Result<Bytes>>>> {
+        let expect_response = expect_response.unwrap_or(false);
         if self.is_closed() {
             return Err(Error::Disconnected {
                 broker: self.shared.addr.clone(),
@@ -338,13 +372,18 @@ impl Connection {
         } else {
             None
         };
-        if self.tx.send(frame).is_err() {
+        self.push(frame, written)?;
+        Ok(rx)
+    }
+
+    fn push(&self, frame: BytesMut, written: Option<oneshot::Sender<()>>) -> Result<()> {
+        if self.tx.send(Outgoing { frame, written }).is_err() {
             self.shared.close();
             return Err(Error::Disconnected {
                 broker: self.shared.addr.clone(),
             });
         }
-        Ok(rx)
+        Ok(())
     }
 
     async fn await_reply(
@@ -375,22 +414,30 @@ impl Connection {
 
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut wr: W,
-    mut rx: mpsc::UnboundedReceiver<BytesMut>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
     shared: Arc<Shared>,
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut written: Vec<oneshot::Sender<()>> = Vec::new();
     while let Some(first) = rx.recv().await {
         buf.clear();
-        buf.unsplit(first);
+        buf.unsplit(first.frame);
+        written.extend(first.written);
         // Coalesce what is already queued into one write, up to ~1 MiB.
         while buf.len() < 1 << 20 {
             match rx.try_recv() {
-                Ok(more) => buf.extend_from_slice(&more),
+                Ok(more) => {
+                    buf.extend_from_slice(&more.frame);
+                    written.extend(more.written);
+                }
                 Err(_) => break,
             }
         }
         if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
             break;
+        }
+        for w in written.drain(..) {
+            let _ = w.send(());
         }
         buf = BytesMut::with_capacity(64 * 1024);
     }

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod conn;
+pub mod consumer;
 mod error;
 pub mod producer;
 pub mod protocol;

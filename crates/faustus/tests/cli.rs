@@ -1,0 +1,118 @@
+//! The `faustus` binary's kcat-style commands against the harness Kafka.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use faustus_testcontainers::{shared, unique_name as unique_topic};
+
+fn faustus() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_faustus"))
+}
+
+fn run(args: &[&str], stdin: Option<&str>) -> String {
+    let kafka = shared().expect("kafka");
+    let mut child = faustus()
+        .args(args)
+        .env("KAFKA_BOOTSTRAP", kafka.bootstrap())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("faustus runs");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("faustus exits");
+    assert!(
+        out.status.success(),
+        "faustus {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+#[test]
+fn produce_consume_and_topics() {
+    let topic = unique_topic("cli");
+    run(&["topics", "create", &topic, "-P", "2"], None);
+    assert!(run(&["topics", "list"], None).contains(&topic));
+
+    let lines: String = (0..50).map(|i| format!("key{i}:value{i}\n")).collect();
+    run(
+        &[
+            "produce",
+            "-t",
+            &topic,
+            "-K",
+            ":",
+            "-X",
+            "compression.type=lz4",
+        ],
+        Some(&lines),
+    );
+
+    let out = run(
+        &["consume", "-t", &topic, "-e", "-f", "%k=%s %K %S\\n"],
+        None,
+    );
+    let mut got: Vec<&str> = out.lines().collect();
+    got.sort_unstable();
+    let mut want: Vec<String> = (0..50)
+        .map(|i| {
+            let (k, v) = (format!("key{i}"), format!("value{i}"));
+            format!("{k}={v} {} {}", k.len(), v.len())
+        })
+        .collect();
+    want.sort_unstable();
+    assert_eq!(got, want);
+
+    // -c stops after COUNT records; -p reads one partition; -o -1 the last.
+    assert_eq!(
+        run(&["consume", "-t", &topic, "-c", "7"], None)
+            .lines()
+            .count(),
+        7
+    );
+    let p0 = run(
+        &["consume", "-t", &topic, "-p", "0", "-e", "-f", "%p\\n"],
+        None,
+    );
+    assert!(p0.lines().all(|l| l == "0"));
+    let last = run(
+        &[
+            "consume", "-t", &topic, "-p", "0", "-o", "-1", "-e", "-f", "%o\\n",
+        ],
+        None,
+    );
+    let count0 = p0.lines().count();
+    assert_eq!(last.trim(), (count0 - 1).to_string());
+
+    let described = run(&["topics", "describe", &topic], None);
+    assert!(described.contains("2 partitions"), "{described}");
+    run(&["topics", "delete", &topic], None);
+}
+
+#[test]
+fn demo_round_trips() {
+    let out = run(&["demo", "-n", "20000"], None);
+    assert!(out.contains("round trip of 20000 / 20000 records"), "{out}");
+}
+
+#[test]
+fn bad_flags_fail_with_a_message() {
+    let out = faustus()
+        .args(["consume", "-b", "127.0.0.1:1", "-t", "x", "-f", "%z"])
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown format token %z"));
+}

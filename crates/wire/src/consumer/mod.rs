@@ -1,0 +1,863 @@
+//! The fetch consumer: assigned partitions, seeks, pipelined fetches with
+//! incremental fetch sessions (KIP-227), and read_committed filtering (KIP-98).
+//! Consumer groups build on it.
+//!
+//! [`Consumer::poll`] hands out [`Fetched`] partitions: whole record batches
+//! as the broker sent them (views over the response buffer), plus a
+//! per-record iterator that skips what lies before the fetch position. While
+//! the caller works on one response, the next fetch from that broker is
+//! already in flight.
+//!
+//! ```no_run
+//! # async fn demo() -> faustus_wire::Result<()> {
+//! use faustus_wire::consumer::{Consumer, ConsumerConfig, Offset};
+//! use faustus_wire::Properties;
+//!
+//! let props = Properties::new()
+//!     .set("bootstrap.servers", "127.0.0.1:9092")
+//!     .set("isolation.level", "read_committed");
+//! let mut consumer = Consumer::connect(ConsumerConfig::from_properties(&props)?).await?;
+//! consumer.assign("clicks", &[0, 1, 2], Offset::Beginning).await?;
+//! for part in consumer.poll().await? {
+//!     for rec in part.records() {
+//!         let rec = rec?;
+//!         println!("{}-{}@{}: {:?}", part.topic(), part.partition(), rec.offset, rec.value());
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Cancel safety
+//!
+//! [`Consumer::poll`] is cancel safe: fetches in flight stay in flight and
+//! their data is returned by the next call.
+
+mod session;
+mod txn;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
+use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::admin::{Admin, OffsetSpec};
+use crate::client::{topic_name, Client};
+use crate::config::{ClientConfig, Properties};
+pub use crate::producer::TopicPartition;
+use crate::protocol::ErrorCode;
+use crate::record::{Batches, Compression, Record, RecordBatch};
+use crate::{Action, Error, Result};
+use session::FetchSession;
+use txn::AbortedFilter;
+
+/// What to do when there is no valid position (`auto.offset.reset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetReset {
+    /// Start at the log start.
+    Earliest,
+    /// Start at the log end (the default).
+    Latest,
+    /// Report an error.
+    None,
+}
+
+/// Consumer settings, by the Java client's names.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Connection settings.
+    pub client: ClientConfig,
+    /// `isolation.level`: `read_uncommitted` (default) or `read_committed`.
+    pub read_committed: bool,
+    /// `fetch.min.bytes` (default 1).
+    pub fetch_min_bytes: i32,
+    /// `fetch.max.bytes` (default 52428800).
+    pub fetch_max_bytes: i32,
+    /// `max.partition.fetch.bytes` (default 1048576).
+    pub max_partition_fetch_bytes: i32,
+    /// `fetch.max.wait.ms` (default 500).
+    pub fetch_max_wait: Duration,
+    /// `auto.offset.reset` (default `latest`).
+    pub auto_offset_reset: OffsetReset,
+    /// `check.crcs` (default true). CRCs are always checked; `false` is
+    /// accepted for compatibility and ignored.
+    pub check_crcs: bool,
+}
+
+impl ConsumerConfig {
+    /// Reads consumer settings.
+    pub fn from_properties(p: &Properties) -> Result<Self> {
+        let read_committed = match p.get("isolation.level").unwrap_or("read_uncommitted") {
+            "read_uncommitted" => false,
+            "read_committed" => true,
+            other => {
+                return Err(Error::Config(format!(
+                    "isolation.level={other}: expected read_uncommitted or read_committed"
+                )))
+            }
+        };
+        let auto_offset_reset = match p.get("auto.offset.reset").unwrap_or("latest") {
+            "earliest" => OffsetReset::Earliest,
+            "latest" => OffsetReset::Latest,
+            "none" => OffsetReset::None,
+            other => {
+                return Err(Error::Config(format!(
+                    "auto.offset.reset={other}: expected earliest, latest or none"
+                )))
+            }
+        };
+        Ok(Self {
+            client: ClientConfig::from_properties(p)?,
+            read_committed,
+            fetch_min_bytes: p.parse_or("fetch.min.bytes", 1)?,
+            fetch_max_bytes: p.parse_or("fetch.max.bytes", 52_428_800)?,
+            max_partition_fetch_bytes: p.parse_or("max.partition.fetch.bytes", 1_048_576)?,
+            fetch_max_wait: p.millis_or("fetch.max.wait.ms", 500)?,
+            auto_offset_reset,
+            check_crcs: p.bool_or("check.crcs", true)?,
+        })
+    }
+
+    /// Defaults with the given `bootstrap.servers`.
+    pub fn new(bootstrap: &str) -> Result<Self> {
+        Self::from_properties(&Properties::new().set("bootstrap.servers", bootstrap))
+    }
+}
+
+/// Where to start reading a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offset {
+    /// The log start offset.
+    Beginning,
+    /// The log end offset (the last stable offset under read_committed).
+    End,
+    /// An exact offset.
+    At(i64),
+    /// The first offset with a timestamp at or after this one (ms).
+    Timestamp(i64),
+}
+
+/// One partition's share of a fetch: whole batches plus a per-record view.
+#[derive(Debug)]
+pub struct Fetched {
+    tp: TopicPartition,
+    batches: Vec<RecordBatch>,
+    from: i64,
+    next_offset: i64,
+    high_watermark: i64,
+    last_stable_offset: i64,
+}
+
+impl Fetched {
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        &self.tp.topic
+    }
+    /// The partition.
+    pub fn partition(&self) -> i32 {
+        self.tp.partition
+    }
+    /// The topic and partition.
+    pub fn topic_partition(&self) -> &TopicPartition {
+        &self.tp
+    }
+    /// The data batches, in offset order (control batches and, under
+    /// read_committed, aborted ones removed). The first may start before the
+    /// fetch position; [`records`](Self::records) skips those records.
+    pub fn batches(&self) -> &[RecordBatch] {
+        &self.batches
+    }
+    /// The fetch position these records start at.
+    pub fn start_offset(&self) -> i64 {
+        self.from
+    }
+    /// The position after these records: the offset to consume or commit
+    /// next.
+    pub fn next_offset(&self) -> i64 {
+        self.next_offset
+    }
+    /// The partition's high watermark at fetch time.
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark
+    }
+    /// The partition's last stable offset at fetch time.
+    pub fn last_stable_offset(&self) -> i64 {
+        self.last_stable_offset
+    }
+    /// Records from the fetch position on, borrowed from the fetched buffer.
+    /// A malformed record yields an [`Error::Record`] naming its offset.
+    pub fn records(&self) -> FetchedRecords<'_> {
+        FetchedRecords {
+            fetched: self,
+            batch: 0,
+            current: None,
+        }
+    }
+}
+
+/// Iterator over a [`Fetched`]'s records.
+#[derive(Debug)]
+pub struct FetchedRecords<'a> {
+    fetched: &'a Fetched,
+    batch: usize,
+    current: Option<crate::record::Records<'a>>,
+}
+
+impl<'a> Iterator for FetchedRecords<'a> {
+    type Item = Result<Record<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(it) = &mut self.current {
+                match it.next() {
+                    Some(Ok(r)) if r.offset < self.fetched.from => continue,
+                    Some(Ok(r)) => return Some(Ok(r)),
+                    Some(Err(e)) => {
+                        return Some(Err(record_error(&self.fetched.tp, e)));
+                    }
+                    None => self.current = None,
+                }
+            }
+            let b = self.fetched.batches.get(self.batch)?;
+            self.batch += 1;
+            match b.records() {
+                Ok(it) => self.current = Some(it),
+                Err(e) => return Some(Err(record_error(&self.fetched.tp, e))),
+            }
+        }
+    }
+}
+
+fn record_error(tp: &TopicPartition, e: crate::record::RecordError) -> Error {
+    Error::Record {
+        topic: tp.topic.to_string(),
+        partition: tp.partition,
+        offset: e.offset(),
+        source: e,
+    }
+}
+
+#[derive(Debug)]
+struct PartState {
+    /// Next offset to hand to the caller.
+    position: i64,
+    /// Next offset to fetch (ahead of `position` while data is buffered).
+    fetch_offset: i64,
+    /// Bumped by seeks, so responses to older fetches are dropped.
+    epoch: u64,
+    /// Where to (re)start, resolved with ListOffsets before fetching.
+    reset: Option<Offset>,
+    /// Stopped by an error until the caller seeks.
+    failed: bool,
+    /// Stopped by the caller.
+    paused: bool,
+    in_flight: bool,
+    /// A batch larger than `max.partition.fetch.bytes` needs this many.
+    max_bytes: i32,
+    retry_at: Option<Instant>,
+}
+
+struct FetchOutcome {
+    broker: i32,
+    sent: Vec<(TopicPartition, i64, u64)>,
+    result: Result<FetchResponse>,
+}
+
+/// A consumer of explicitly assigned partitions.
+pub struct Consumer {
+    client: Client,
+    cfg: ConsumerConfig,
+    parts: BTreeMap<TopicPartition, PartState>,
+    topics: HashMap<String, Arc<str>>,
+    fetches: JoinSet<FetchOutcome>,
+    sessions: HashMap<i32, FetchSession>,
+    in_flight_brokers: HashMap<i32, ()>,
+    buffer: VecDeque<Fetched>,
+    errors: VecDeque<Error>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("assignment", &self.parts.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Consumer {
+    /// Connects to the cluster.
+    pub async fn connect(cfg: ConsumerConfig) -> Result<Self> {
+        let client = Client::connect(cfg.client.clone()).await?;
+        Ok(Self::with_client(client, cfg))
+    }
+
+    /// A consumer over an existing cluster handle.
+    pub fn with_client(client: Client, cfg: ConsumerConfig) -> Self {
+        Self {
+            client,
+            cfg,
+            parts: BTreeMap::new(),
+            topics: HashMap::new(),
+            fetches: JoinSet::new(),
+            sessions: HashMap::new(),
+            in_flight_brokers: HashMap::new(),
+            buffer: VecDeque::new(),
+            errors: VecDeque::new(),
+        }
+    }
+
+    /// The cluster handle.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    fn tp(&mut self, topic: &str, partition: i32) -> TopicPartition {
+        let t = self
+            .topics
+            .entry(topic.to_owned())
+            .or_insert_with(|| Arc::from(topic))
+            .clone();
+        TopicPartition {
+            topic: t,
+            partition,
+        }
+    }
+
+    /// Adds partitions of `topic` (all of them when `partitions` is empty)
+    /// to the assignment, starting at `start`.
+    pub async fn assign(&mut self, topic: &str, partitions: &[i32], start: Offset) -> Result<()> {
+        let info = self
+            .client
+            .retry("Metadata", self.cfg.client.default_api_timeout, || {
+                self.client.topic(topic, false, false)
+            })
+            .await?;
+        let ids: Vec<i32> = if partitions.is_empty() {
+            info.partitions.iter().map(|p| p.id).collect()
+        } else {
+            partitions.to_vec()
+        };
+        for p in ids {
+            if !info.partitions.iter().any(|x| x.id == p) {
+                return Err(Error::UnknownPartition {
+                    topic: topic.to_owned(),
+                    partition: p,
+                });
+            }
+            let tp = self.tp(topic, p);
+            self.parts.insert(
+                tp,
+                PartState {
+                    position: -1,
+                    fetch_offset: -1,
+                    epoch: 0,
+                    reset: Some(start),
+                    failed: false,
+                    paused: false,
+                    in_flight: false,
+                    max_bytes: self.cfg.max_partition_fetch_bytes,
+                    retry_at: None,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Removes partitions from the assignment; buffered data for them is
+    /// dropped.
+    pub fn unassign(&mut self, tps: &[TopicPartition]) {
+        for tp in tps {
+            self.parts.remove(tp);
+        }
+        self.buffer.retain(|f| !tps.contains(&f.tp));
+    }
+
+    /// The current assignment.
+    pub fn assignment(&self) -> Vec<TopicPartition> {
+        self.parts.keys().cloned().collect()
+    }
+
+    /// Moves a partition's position. Clears an error that stopped it.
+    pub fn seek(&mut self, tp: &TopicPartition, to: Offset) -> Result<()> {
+        let st = self
+            .parts
+            .get_mut(tp)
+            .ok_or_else(|| Error::UnknownPartition {
+                topic: tp.topic.to_string(),
+                partition: tp.partition,
+            })?;
+        st.epoch += 1;
+        st.failed = false;
+        st.retry_at = None;
+        match to {
+            Offset::At(o) => {
+                st.position = o;
+                st.fetch_offset = o;
+                st.reset = None;
+            }
+            other => st.reset = Some(other),
+        }
+        self.buffer.retain(|f| &f.tp != tp);
+        Ok(())
+    }
+
+    /// Stops fetching a partition until [`resume`](Self::resume).
+    pub fn pause(&mut self, tp: &TopicPartition) {
+        if let Some(st) = self.parts.get_mut(tp) {
+            st.paused = true;
+        }
+    }
+
+    /// Resumes a paused partition.
+    pub fn resume(&mut self, tp: &TopicPartition) {
+        if let Some(st) = self.parts.get_mut(tp) {
+            st.paused = false;
+        }
+    }
+
+    /// The next offset [`poll`](Self::poll) will return for a partition.
+    pub fn position(&self, tp: &TopicPartition) -> Option<i64> {
+        self.parts
+            .get(tp)
+            .filter(|s| s.reset.is_none())
+            .map(|s| s.position)
+    }
+
+    /// Returns fetched data: at least one partition's worth, or an empty list
+    /// when nothing arrived within `fetch.max.wait.ms` plus the request
+    /// timeout. A partition that hits a corrupt batch or an unrecoverable
+    /// error is reported once as `Err` and then stops until it is
+    /// [`seek`](Self::seek)ed; the others go on.
+    pub async fn poll(&mut self) -> Result<Vec<Fetched>> {
+        let deadline = Instant::now() + self.cfg.fetch_max_wait + self.cfg.client.request_timeout;
+        loop {
+            self.resolve_resets().await;
+            self.send_fetches();
+            if let Some(e) = self.errors.pop_front() {
+                return Err(e);
+            }
+            if !self.buffer.is_empty() {
+                let out: Vec<Fetched> = self.buffer.drain(..).collect();
+                for f in &out {
+                    if let Some(st) = self.parts.get_mut(&f.tp) {
+                        st.position = st.position.max(f.next_offset);
+                    }
+                }
+                return Ok(out);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            if self.fetches.is_empty() {
+                // Nothing to wait for: all partitions paused, failed or
+                // backing off. Sleep until the earliest retry or a short tick.
+                let wake = self
+                    .parts
+                    .values()
+                    .filter_map(|s| s.retry_at)
+                    .min()
+                    .unwrap_or(now + Duration::from_millis(100))
+                    .min(deadline);
+                tokio::time::sleep_until(wake).await;
+                continue;
+            }
+            match tokio::time::timeout_at(deadline, self.fetches.join_next()).await {
+                Ok(Some(Ok(outcome))) => self.handle(outcome).await,
+                Ok(Some(Err(join))) => {
+                    return Err(Error::Config(format!("fetch task failed: {join}")));
+                }
+                Ok(None) | Err(_) => {}
+            }
+        }
+    }
+
+    /// Resolves pending position resets with ListOffsets.
+    async fn resolve_resets(&mut self) {
+        let mut by_spec: BTreeMap<(Arc<str>, u8, i64), Vec<i32>> = BTreeMap::new();
+        for (tp, st) in &self.parts {
+            if st.failed || st.retry_at.is_some_and(|r| r > Instant::now()) {
+                continue;
+            }
+            let key = match st.reset {
+                None => continue,
+                Some(Offset::Beginning) => (0, 0),
+                Some(Offset::End) => (1, 0),
+                Some(Offset::Timestamp(t)) => (2, t),
+                Some(Offset::At(_)) => continue,
+            };
+            by_spec
+                .entry((tp.topic.clone(), key.0, key.1))
+                .or_default()
+                .push(tp.partition);
+        }
+        let admin = Admin::new(self.client.clone());
+        for ((topic, kind, ts), parts) in by_spec {
+            let spec = match kind {
+                0 => OffsetSpec::Earliest,
+                1 => OffsetSpec::Latest,
+                _ => OffsetSpec::Timestamp(ts),
+            };
+            let res = admin
+                .list_offsets(&topic, &parts, spec, self.cfg.read_committed)
+                .await;
+            match res {
+                Ok(offsets) => {
+                    for (p, mut off) in offsets {
+                        if off < 0 {
+                            // No record at or after the timestamp: the end.
+                            off = admin
+                                .list_offsets(
+                                    &topic,
+                                    &[p],
+                                    OffsetSpec::Latest,
+                                    self.cfg.read_committed,
+                                )
+                                .await
+                                .ok()
+                                .and_then(|m| m.get(&p).copied())
+                                .unwrap_or(0);
+                        }
+                        let tp = TopicPartition {
+                            topic: topic.clone(),
+                            partition: p,
+                        };
+                        if let Some(st) = self.parts.get_mut(&tp) {
+                            st.position = off;
+                            st.fetch_offset = off;
+                            st.reset = None;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %topic, error = %e, "ListOffsets failed");
+                    for p in parts {
+                        let tp = TopicPartition {
+                            topic: topic.clone(),
+                            partition: p,
+                        };
+                        if let Some(st) = self.parts.get_mut(&tp) {
+                            st.retry_at =
+                                Some(Instant::now() + self.client.retry_backoff().delay(0));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts a fetch to every broker that leads a fetchable partition and
+    /// has no fetch in flight.
+    fn send_fetches(&mut self) {
+        let now = Instant::now();
+        let buffered: HashMap<&TopicPartition, usize> =
+            self.buffer.iter().fold(HashMap::new(), |mut m, f| {
+                *m.entry(&f.tp).or_default() += 1;
+                m
+            });
+        let mut by_broker: BTreeMap<i32, BTreeMap<TopicPartition, (i64, u64, i32)>> =
+            BTreeMap::new();
+        let mut missing_leader = false;
+        for (tp, st) in &self.parts {
+            if st.reset.is_some()
+                || st.failed
+                || st.paused
+                || st.in_flight
+                || st.retry_at.is_some_and(|r| r > now)
+                || buffered.get(tp).copied().unwrap_or(0) > 0
+            {
+                continue;
+            }
+            match self.client.leader_of(&tp.topic, tp.partition) {
+                Some(b) if !self.in_flight_brokers.contains_key(&b) => {
+                    by_broker
+                        .entry(b)
+                        .or_default()
+                        .insert(tp.clone(), (st.fetch_offset, st.epoch, st.max_bytes));
+                }
+                Some(_) => {}
+                None => missing_leader = true,
+            }
+        }
+        if missing_leader {
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                let _ = client.refresh_metadata(None).await;
+            });
+        }
+        for (broker, parts) in by_broker {
+            let session = self.sessions.entry(broker).or_default();
+            let wanted: BTreeMap<TopicPartition, i64> = parts
+                .iter()
+                .map(|(tp, (off, _, _))| (tp.clone(), *off))
+                .collect();
+            let sreq = session.request(&wanted);
+            let mut topics: BTreeMap<Arc<str>, Vec<FetchPartition>> = BTreeMap::new();
+            for (tp, off) in &sreq.partitions {
+                let max = parts
+                    .get(tp)
+                    .map_or(self.cfg.max_partition_fetch_bytes, |p| p.2);
+                topics.entry(tp.topic.clone()).or_default().push(
+                    FetchPartition::default()
+                        .with_partition(tp.partition)
+                        .with_current_leader_epoch(-1)
+                        .with_fetch_offset(*off)
+                        .with_last_fetched_epoch(-1)
+                        .with_log_start_offset(-1)
+                        .with_partition_max_bytes(max),
+                );
+            }
+            let mut forgotten: BTreeMap<Arc<str>, Vec<i32>> = BTreeMap::new();
+            for tp in &sreq.forgotten {
+                forgotten
+                    .entry(tp.topic.clone())
+                    .or_default()
+                    .push(tp.partition);
+            }
+            let req = FetchRequest::default()
+                .with_replica_id(BrokerId(-1))
+                .with_max_wait_ms(self.cfg.fetch_max_wait.as_millis().min(i32::MAX as u128) as i32)
+                .with_min_bytes(self.cfg.fetch_min_bytes)
+                .with_max_bytes(self.cfg.fetch_max_bytes)
+                .with_isolation_level(i8::from(self.cfg.read_committed))
+                .with_session_id(sreq.session_id)
+                .with_session_epoch(sreq.epoch)
+                .with_topics(
+                    topics
+                        .into_iter()
+                        .map(|(t, ps)| {
+                            FetchTopic::default()
+                                .with_topic(topic_name(&t))
+                                .with_partitions(ps)
+                        })
+                        .collect(),
+                )
+                .with_forgotten_topics_data(
+                    forgotten
+                        .into_iter()
+                        .map(|(t, ps)| {
+                            ForgottenTopic::default()
+                                .with_topic(topic_name(&t))
+                                .with_partitions(ps)
+                        })
+                        .collect(),
+                );
+            let sent: Vec<(TopicPartition, i64, u64)> = parts
+                .iter()
+                .map(|(tp, (off, epoch, _))| (tp.clone(), *off, *epoch))
+                .collect();
+            for (tp, _, _) in &sent {
+                if let Some(st) = self.parts.get_mut(tp) {
+                    st.in_flight = true;
+                }
+            }
+            self.in_flight_brokers.insert(broker, ());
+            let client = self.client.clone();
+            self.fetches.spawn(async move {
+                let result = async {
+                    let conn = client.broker(broker).await?;
+                    let resp = conn.call(&req).await?;
+                    conn.throttle(resp.throttle_time_ms);
+                    Ok(resp)
+                }
+                .await;
+                FetchOutcome {
+                    broker,
+                    sent,
+                    result,
+                }
+            });
+        }
+    }
+
+    /// Takes in one fetch response: buffers data, applies errors.
+    async fn handle(&mut self, outcome: FetchOutcome) {
+        self.in_flight_brokers.remove(&outcome.broker);
+        for (tp, _, _) in &outcome.sent {
+            if let Some(st) = self.parts.get_mut(tp) {
+                st.in_flight = false;
+            }
+        }
+        let resp = match outcome.result {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(broker = outcome.broker, error = %e, "fetch failed");
+                if let Some(s) = self.sessions.get_mut(&outcome.broker) {
+                    s.reset();
+                }
+                self.back_off(&outcome.sent, e.action());
+                return;
+            }
+        };
+        let top = ErrorCode(resp.error_code);
+        if let Some(s) = self.sessions.get_mut(&outcome.broker) {
+            s.response(top, resp.session_id);
+        }
+        if !top.is_ok() {
+            let e = Error::server(top, None, "Fetch", None, None);
+            self.back_off(&outcome.sent, e.action());
+            return;
+        }
+        let sent: HashMap<&TopicPartition, (i64, u64)> = outcome
+            .sent
+            .iter()
+            .map(|(tp, off, epoch)| (tp, (*off, *epoch)))
+            .collect();
+        let mut refresh = false;
+        for t in resp.responses {
+            let topic = t.topic.0.as_str();
+            for p in t.partitions {
+                let Some(tp) = self
+                    .parts
+                    .keys()
+                    .find(|k| &*k.topic == topic && k.partition == p.partition_index)
+                    .cloned()
+                else {
+                    continue;
+                };
+                let Some(&(offset, epoch)) = sent.get(&tp) else {
+                    continue;
+                };
+                let Some(st) = self.parts.get_mut(&tp) else {
+                    continue;
+                };
+                if st.epoch != epoch || st.fetch_offset != offset {
+                    continue; // seeked meanwhile
+                }
+                let code = ErrorCode(p.error_code);
+                if !code.is_ok() {
+                    if code == ErrorCode::OFFSET_OUT_OF_RANGE {
+                        match self.cfg.auto_offset_reset {
+                            OffsetReset::Earliest => st.reset = Some(Offset::Beginning),
+                            OffsetReset::Latest => st.reset = Some(Offset::End),
+                            OffsetReset::None => {
+                                st.failed = true;
+                                self.errors.push_back(Error::server(
+                                    code,
+                                    Some(format!("offset {offset} is out of range and auto.offset.reset=none")),
+                                    "Fetch",
+                                    Some(topic),
+                                    Some(tp.partition),
+                                ));
+                            }
+                        }
+                        continue;
+                    }
+                    let e = Error::server(code, None, "Fetch", Some(topic), Some(tp.partition));
+                    match e.action() {
+                        Action::Retry { refresh: r } => {
+                            refresh |= r;
+                            st.retry_at =
+                                Some(Instant::now() + self.client.retry_backoff().delay(0));
+                        }
+                        _ => {
+                            st.failed = true;
+                            self.errors.push_back(e);
+                        }
+                    }
+                    continue;
+                }
+                let Some(records) = p.records.filter(|r| !r.is_empty()) else {
+                    continue;
+                };
+                let mut filter = self.cfg.read_committed.then(|| {
+                    AbortedFilter::new(
+                        p.aborted_transactions
+                            .unwrap_or_default()
+                            .iter()
+                            .map(|a| (a.producer_id.0, a.first_offset))
+                            .collect(),
+                    )
+                });
+                let mut batches = Vec::new();
+                let mut next = offset;
+                let mut iter = Batches::new(records);
+                let mut bad = None;
+                for b in iter.by_ref() {
+                    match b {
+                        Ok(b) => {
+                            if b.last_offset() < offset {
+                                continue; // before our position (compacted or re-sent)
+                            }
+                            next = next.max(b.last_offset() + 1);
+                            let keep =
+                                filter.as_mut().is_none_or(|f| f.keep(&b)) && !b.is_control();
+                            if !keep {
+                                continue;
+                            }
+                            // Inflate compressed batches now, so that a bad
+                            // one is reported as this partition's error.
+                            if b.compression() != Compression::None {
+                                if let Err(e) = b.records() {
+                                    bad = Some(e);
+                                    break;
+                                }
+                            }
+                            batches.push(b);
+                        }
+                        Err(e) => {
+                            bad = Some(e);
+                            break;
+                        }
+                    }
+                }
+                if let Some(e) = bad {
+                    // Deliver what came before the bad batch; stop the
+                    // partition at the bad batch.
+                    if batches.is_empty() {
+                        st.failed = true;
+                        self.errors.push_back(record_error(&tp, e));
+                        continue;
+                    }
+                    let good_end = batches.last().map_or(offset, |b| b.last_offset() + 1);
+                    next = good_end;
+                    st.failed = true;
+                    self.errors.push_back(record_error(&tp, e));
+                }
+                if next == offset {
+                    if let Some((_, needed)) = iter.partial_tail() {
+                        // A batch larger than we asked for: ask for more.
+                        st.max_bytes = st.max_bytes.max(needed.min(i32::MAX as usize) as i32);
+                    }
+                    continue;
+                }
+                st.max_bytes = self.cfg.max_partition_fetch_bytes;
+                st.fetch_offset = next;
+                if batches.is_empty() {
+                    // Only markers or aborted data: move on silently.
+                    st.position = st.position.max(next);
+                    continue;
+                }
+                self.buffer.push_back(Fetched {
+                    tp,
+                    batches,
+                    from: offset,
+                    next_offset: next,
+                    high_watermark: p.high_watermark,
+                    last_stable_offset: p.last_stable_offset,
+                });
+            }
+        }
+        if refresh {
+            let _ = self.client.refresh_metadata(None).await;
+        }
+    }
+
+    fn back_off(&mut self, sent: &[(TopicPartition, i64, u64)], action: Action) {
+        let at = Instant::now() + self.client.retry_backoff().delay(0);
+        for (tp, _, _) in sent {
+            if let Some(st) = self.parts.get_mut(tp) {
+                st.retry_at = Some(at);
+            }
+        }
+        if matches!(action, Action::Retry { refresh: true }) {
+            let client = self.client.clone();
+            tokio::spawn(async move {
+                let _ = client.refresh_metadata(None).await;
+            });
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Produce → consume round trips through the harness Kafka with our own
+//! producer and consumer: every compression type and every `acks` setting.
+//! Every record must arrive exactly once, in per-partition order, with key,
+//! value, headers and timestamp intact.
+
+use std::collections::BTreeMap;
+
+use faustus_suite::unique_topic;
+use faustus_testcontainers::shared;
+use faustus_wire::consumer::{Consumer, ConsumerConfig, Offset};
+use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
+use faustus_wire::{Admin, NewTopic, Properties};
+
+/// Records per round trip: `FAUSTUS_ROUNDTRIP_RECORDS`, 1,000,000 by default
+/// (the acceptance figure).
+fn records() -> usize {
+    std::env::var("FAUSTUS_ROUNDTRIP_RECORDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
+const BASE_TS: i64 = 1_700_000_000_000;
+
+fn value_of(i: usize) -> Vec<u8> {
+    let mut v = format!("value-{i:012}-").into_bytes();
+    v.resize(100, b'x' + (i % 3) as u8);
+    v
+}
+
+async fn round_trip(settings: &[(&str, &str)], partitions: i32) {
+    let kafka = shared().expect("kafka");
+    let n = records();
+    let topic = unique_topic("roundtrip");
+    let mut props = Properties::new().set("bootstrap.servers", kafka.bootstrap());
+    for (k, v) in settings {
+        props.insert(*k, *v);
+    }
+    props.insert("linger.ms", "5");
+    props.insert("batch.size", "65536");
+    let producer =
+        Producer::connect(ProducerConfig::from_properties(&props).expect("producer config"))
+            .await
+            .expect("producer");
+    Admin::new(producer.client().clone())
+        .create_topic(NewTopic::new(&topic, partitions, 1), false)
+        .await
+        .expect("topic");
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let rec = ProducerRecord::new(&topic)
+            .key(format!("k{i}"))
+            .value(value_of(i))
+            .header("i", i.to_string())
+            .timestamp(BASE_TS + i as i64);
+        pending.push(producer.send(rec).await.expect("queued"));
+        if pending.len() >= 100_000 {
+            for d in pending.drain(..) {
+                d.await.expect("delivered");
+            }
+        }
+    }
+    for d in pending {
+        d.await.expect("delivered");
+    }
+    producer.close().await.expect("close");
+
+    let mut consumer =
+        Consumer::connect(ConsumerConfig::from_properties(&props).expect("consumer config"))
+            .await
+            .expect("consumer");
+    consumer
+        .assign(&topic, &[], Offset::Beginning)
+        .await
+        .expect("assign");
+    let mut seen = vec![false; n];
+    let mut last_index: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut got = 0usize;
+    while got < n {
+        let parts = consumer.poll().await.expect("poll");
+        assert!(!parts.is_empty() || got < n, "stalled at {got} of {n}");
+        for part in parts {
+            for rec in part.records() {
+                let rec = rec.expect("valid record");
+                let header: Vec<(&str, Option<&[u8]>)> = rec.headers().collect();
+                assert_eq!(header.len(), 1);
+                let i: usize = std::str::from_utf8(header[0].1.expect("header value"))
+                    .expect("utf-8")
+                    .parse()
+                    .expect("index");
+                assert!(!seen[i], "record {i} delivered twice");
+                seen[i] = true;
+                assert_eq!(rec.key(), Some(format!("k{i}").as_bytes()));
+                assert_eq!(rec.value(), Some(&value_of(i)[..]));
+                assert_eq!(rec.timestamp, BASE_TS + i as i64);
+                let last = last_index.entry(part.partition()).or_insert(-1);
+                assert!(
+                    *last < i as i64,
+                    "partition {} out of order at {i}",
+                    part.partition()
+                );
+                *last = i as i64;
+                got += 1;
+            }
+        }
+    }
+    assert!(seen.iter().all(|s| *s), "every record arrived");
+    Admin::new(consumer.client().clone())
+        .delete_topics(&[&topic])
+        .await
+        .expect("cleanup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_uncompressed_acks_all() {
+    round_trip(&[("acks", "all")], 6).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_acks_1() {
+    round_trip(&[("acks", "1")], 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_acks_0() {
+    round_trip(&[("acks", "0")], 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_gzip() {
+    round_trip(&[("compression.type", "gzip")], 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_snappy() {
+    round_trip(&[("compression.type", "snappy")], 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_lz4() {
+    round_trip(&[("compression.type", "lz4")], 3).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_zstd() {
+    round_trip(&[("compression.type", "zstd")], 3).await;
+}
