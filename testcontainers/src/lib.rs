@@ -335,6 +335,16 @@ impl KafkaCluster {
         self.steer("resume", n)
     }
 
+    /// The log directory of node `n`, where its partitions' segment files
+    /// live (`<dir>/<topic>-<partition>/*.log`), for tests that damage data
+    /// on disk. `None` for clusters this process cannot see into.
+    pub fn data_dir(&self, n: usize) -> Option<PathBuf> {
+        match &self.backend {
+            Backend::Local { home, .. } => Some(home.join(format!("node{n}")).join("data")),
+            _ => None,
+        }
+    }
+
     /// A command that runs one of Kafka's own Java tools (an alias such as
     /// `console-producer`, `console-consumer`, `producer-perf`,
     /// `consumer-perf`, `topics`, `consumer-groups`, or a full class name)

@@ -427,12 +427,13 @@ impl Consumer {
     }
 
     /// Returns fetched data: at least one partition's worth, or an empty list
-    /// when nothing arrived within `fetch.max.wait.ms` plus the request
-    /// timeout. A partition that hits a corrupt batch or an unrecoverable
+    /// when nothing arrived within about `fetch.max.wait.ms` (a broker holds
+    /// an empty fetch that long). A partition that hits a corrupt batch or an unrecoverable
     /// error is reported once as `Err` and then stops until it is
     /// [`seek`](Self::seek)ed; the others go on.
     pub async fn poll(&mut self) -> Result<Vec<Fetched>> {
-        let deadline = Instant::now() + self.cfg.fetch_max_wait + self.cfg.client.request_timeout;
+        let started = Instant::now();
+        let deadline = started + self.cfg.fetch_max_wait + self.cfg.client.request_timeout;
         loop {
             self.resolve_resets().await;
             self.send_fetches();
@@ -454,19 +455,30 @@ impl Consumer {
             }
             if self.fetches.is_empty() {
                 // Nothing to wait for: all partitions paused, failed or
-                // backing off. Sleep until the earliest retry or a short tick.
+                // backing off. Wait for the earliest retry, at most
+                // `fetch.max.wait.ms` in all.
+                let quiet_until = started + self.cfg.fetch_max_wait;
+                if now >= quiet_until {
+                    return Ok(Vec::new());
+                }
                 let wake = self
                     .parts
                     .values()
                     .filter_map(|s| s.retry_at)
                     .min()
-                    .unwrap_or(now + Duration::from_millis(100))
-                    .min(deadline);
+                    .unwrap_or(quiet_until)
+                    .min(quiet_until);
                 tokio::time::sleep_until(wake).await;
                 continue;
             }
             match tokio::time::timeout_at(deadline, self.fetches.join_next()).await {
-                Ok(Some(Ok(outcome))) => self.handle(outcome).await,
+                Ok(Some(Ok(outcome))) => {
+                    self.handle(outcome).await;
+                    let quiet = self.buffer.is_empty() && self.errors.is_empty();
+                    if quiet && Instant::now() >= started + self.cfg.fetch_max_wait {
+                        return Ok(Vec::new());
+                    }
+                }
                 Ok(Some(Err(join))) => {
                     return Err(Error::Config(format!("fetch task failed: {join}")));
                 }
