@@ -200,6 +200,21 @@ mod tests {
         );
     }
 
+    /// Replays the response_frame fuzz corpus committed in
+    /// `fuzz/regressions`.
+    #[test]
+    fn fuzz_regressions_do_not_panic() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/regressions/response_frame");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("regression corpus") {
+            let data = std::fs::read(entry.expect("entry").path()).expect("case");
+            crate::protocol::fuzz_frames(&data);
+            n += 1;
+        }
+        assert!(n > 0, "no cases in {}", dir.display());
+    }
+
     proptest! {
         #[test]
         fn arbitrary_bytes_never_panic(data: Vec<u8>, hv in 0i16..2) {

@@ -6,7 +6,7 @@ use bytes::Bytes;
 
 use super::batch::{HEADER_LEN, LOG_OVERHEAD};
 use super::compression::{compress, Compression};
-use super::varint::{put_varint, put_varlong, varint_len, varlong_len};
+use super::varint::{varint_len, varlong_len};
 
 /// Builds one RecordBatch v2.
 #[derive(Debug)]
@@ -31,13 +31,48 @@ fn bytes_len(b: Option<&[u8]>) -> usize {
     }
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
-    match b {
-        Some(b) => {
-            put_varint(out, b.len() as i32);
-            out.extend_from_slice(b);
+/// Writes into a slice sized in advance.
+struct SliceWriter<'a> {
+    buf: &'a mut [u8],
+    pos: usize,
+}
+
+impl SliceWriter<'_> {
+    #[inline]
+    fn byte(&mut self, b: u8) {
+        self.buf[self.pos] = b;
+        self.pos += 1;
+    }
+
+    #[inline]
+    fn unsigned(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.byte((v as u8) | 0x80);
+            v >>= 7;
         }
-        None => put_varint(out, -1),
+        self.byte(v as u8);
+    }
+
+    #[inline]
+    fn varint(&mut self, v: i32) {
+        self.unsigned(u64::from(((v << 1) ^ (v >> 31)) as u32));
+    }
+
+    #[inline]
+    fn varlong(&mut self, v: i64) {
+        self.unsigned(((v << 1) ^ (v >> 63)) as u64);
+    }
+
+    #[inline]
+    fn bytes(&mut self, b: Option<&[u8]>) {
+        match b {
+            Some(b) => {
+                self.varint(b.len() as i32);
+                self.buf[self.pos..self.pos + b.len()].copy_from_slice(b);
+                self.pos += b.len();
+            }
+            None => self.varint(-1),
+        }
     }
 }
 
@@ -147,19 +182,27 @@ impl BatchBuilder {
             + varlong_len(ts_delta)
             + varint_len(offset_delta)
             + Self::fields_len(key, value, headers);
-        let out = &mut self.buf;
-        out.reserve(body + 5);
-        put_varint(out, body as i32);
-        out.push(0);
-        put_varlong(out, ts_delta);
-        put_varint(out, offset_delta);
-        put_bytes(out, key);
-        put_bytes(out, value);
-        put_varint(out, headers.len() as i32);
+        // Size the record exactly, then fill it in place: one bounds check
+        // per field instead of a capacity check per byte.
+        let start = self.buf.len();
+        let total = varint_len(body as i32) + body;
+        self.buf.resize(start + total, 0);
+        let mut w = SliceWriter {
+            buf: &mut self.buf[start..],
+            pos: 0,
+        };
+        w.varint(body as i32);
+        w.byte(0);
+        w.varlong(ts_delta);
+        w.varint(offset_delta);
+        w.bytes(key);
+        w.bytes(value);
+        w.varint(headers.len() as i32);
         for (k, v) in headers {
-            put_bytes(out, Some(k.as_ref().as_bytes()));
-            put_bytes(out, v.as_ref().map(AsRef::as_ref));
+            w.bytes(Some(k.as_ref().as_bytes()));
+            w.bytes(v.as_ref().map(AsRef::as_ref));
         }
+        debug_assert_eq!(w.pos, total);
         self.count += 1;
         offset_delta
     }

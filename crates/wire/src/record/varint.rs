@@ -49,19 +49,20 @@ fn read_unsigned(buf: &[u8], pos: &mut usize, max_bytes: usize) -> Result<u64, V
     Err(VarintError::Overlong)
 }
 
-/// Appends `v` as a zigzag varint.
-#[inline]
+/// Appends `v` as a zigzag varint (the reference the builder's in-place
+/// writer is tested against).
+#[cfg(test)]
 pub(crate) fn put_varint(out: &mut Vec<u8>, v: i32) {
     put_unsigned(out, u64::from(((v << 1) ^ (v >> 31)) as u32));
 }
 
 /// Appends `v` as a zigzag varlong.
-#[inline]
+#[cfg(test)]
 pub(crate) fn put_varlong(out: &mut Vec<u8>, v: i64) {
     put_unsigned(out, ((v << 1) ^ (v >> 63)) as u64);
 }
 
-#[inline]
+#[cfg(test)]
 fn put_unsigned(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);

@@ -1,0 +1,144 @@
+//! RecordBatch v2 encode and decode, ours against kafka-protocol's codec on
+//! the same bytes in the same run.
+//!
+//! `cargo bench --bench codec`
+
+use bytes::{Bytes, BytesMut};
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use faustus_wire::record::{BatchBuilder, Batches, Compression};
+use kafka_protocol::records::{
+    Compression as KpCompression, Record as KpRecord, RecordBatchDecoder, RecordBatchEncoder,
+    RecordEncodeOptions, TimestampType,
+};
+
+const RECORDS: usize = 1000;
+const TS: i64 = 1_700_000_000_000;
+
+fn key(i: usize) -> Vec<u8> {
+    format!("key-{i:06}").into_bytes()
+}
+
+fn value(i: usize) -> Vec<u8> {
+    let mut v = format!("value-{i:06}-").into_bytes();
+    v.resize(100, b'a' + (i % 26) as u8);
+    v
+}
+
+fn our_batch(codec: Compression) -> Bytes {
+    let mut b = BatchBuilder::new(codec);
+    for i in 0..RECORDS {
+        b.append::<&str, &[u8]>(TS + i as i64, Some(&key(i)), Some(&value(i)), &[]);
+    }
+    b.finish().expect("batch")
+}
+
+/// Decodes every record and touches its key and value, as a consumer would.
+fn decode_ours(bytes: &Bytes) -> usize {
+    let mut n = 0;
+    for batch in Batches::new(bytes.clone()) {
+        let batch = batch.expect("valid");
+        for r in batch.records().expect("records") {
+            let r = r.expect("record");
+            n += r.key().map_or(0, <[u8]>::len) + r.value().map_or(0, <[u8]>::len);
+        }
+    }
+    n
+}
+
+fn decode_theirs(bytes: &Bytes) -> usize {
+    let mut buf = bytes.clone();
+    let set = RecordBatchDecoder::decode(&mut buf).expect("valid");
+    set.records
+        .iter()
+        .map(|r| r.key.as_ref().map_or(0, Bytes::len) + r.value.as_ref().map_or(0, Bytes::len))
+        .sum()
+}
+
+fn decode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("decode");
+    g.throughput(Throughput::Elements(RECORDS as u64));
+    let plain = our_batch(Compression::None);
+    assert_eq!(decode_ours(&plain), decode_theirs(&plain));
+    g.bench_function(BenchmarkId::new("faustus", "none"), |b| {
+        b.iter(|| decode_ours(black_box(&plain)))
+    });
+    g.bench_function(BenchmarkId::new("kafka-protocol", "none"), |b| {
+        b.iter(|| decode_theirs(black_box(&plain)))
+    });
+    for codec in [
+        Compression::Lz4,
+        Compression::Zstd,
+        Compression::Snappy,
+        Compression::Gzip,
+    ] {
+        let bytes = our_batch(codec);
+        g.bench_function(BenchmarkId::new("faustus", codec.name()), |b| {
+            b.iter(|| decode_ours(black_box(&bytes)))
+        });
+    }
+    g.finish();
+}
+
+fn encode(c: &mut Criterion) {
+    let mut g = c.benchmark_group("encode");
+    g.throughput(Throughput::Elements(RECORDS as u64));
+    let keys: Vec<Vec<u8>> = (0..RECORDS).map(key).collect();
+    let values: Vec<Vec<u8>> = (0..RECORDS).map(value).collect();
+    g.bench_function(BenchmarkId::new("faustus", "none"), |b| {
+        b.iter(|| {
+            let mut batch = BatchBuilder::with_capacity(Compression::None, 128 * 1024);
+            for i in 0..RECORDS {
+                batch.append::<&str, &[u8]>(TS + i as i64, Some(&keys[i]), Some(&values[i]), &[]);
+            }
+            black_box(batch.finish().expect("batch"))
+        })
+    });
+    let theirs: Vec<KpRecord> = (0..RECORDS)
+        .map(|i| KpRecord {
+            transactional: false,
+            control: false,
+            partition_leader_epoch: 0,
+            producer_id: -1,
+            producer_epoch: -1,
+            timestamp_type: TimestampType::Creation,
+            offset: i as i64,
+            sequence: -1,
+            timestamp: TS + i as i64,
+            key: Some(Bytes::from(keys[i].clone())),
+            value: Some(Bytes::from(values[i].clone())),
+            headers: Default::default(),
+            delete_horizon: false,
+        })
+        .collect();
+    let opts = RecordEncodeOptions {
+        version: 2,
+        compression: KpCompression::None,
+    };
+    g.bench_function(BenchmarkId::new("kafka-protocol", "none"), |b| {
+        b.iter(|| {
+            let mut out = BytesMut::with_capacity(128 * 1024);
+            RecordBatchEncoder::encode(&mut out, black_box(&theirs), &opts).expect("encode");
+            black_box(out)
+        })
+    });
+    for codec in [Compression::Lz4, Compression::Zstd] {
+        g.bench_function(BenchmarkId::new("faustus", codec.name()), |b| {
+            b.iter(|| {
+                let mut batch = BatchBuilder::with_capacity(codec, 128 * 1024);
+                for i in 0..RECORDS {
+                    batch.append::<&str, &[u8]>(
+                        TS + i as i64,
+                        Some(&keys[i]),
+                        Some(&values[i]),
+                        &[],
+                    );
+                }
+                black_box(batch.finish().expect("batch"))
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decode, encode);
+criterion_main!(benches);
