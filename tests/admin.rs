@@ -81,3 +81,70 @@ async fn unreachable_bootstrap_fails_within_the_timeout() {
         "bootstrap gave up after {took:?}, configured 1.5 s"
     );
 }
+
+#[tokio::test]
+async fn seek_by_timestamp_and_delete_records() {
+    use faustus_wire::consumer::{Consumer, ConsumerConfig, Offset};
+    use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
+
+    let admin = admin().await;
+    let topic = unique_topic("timestamps");
+    admin
+        .create_topic(NewTopic::new(&topic, 1, 1), false)
+        .await
+        .expect("topic");
+    let producer = Producer::with_client(
+        admin.client().clone(),
+        ProducerConfig::new(&admin.client().config().bootstrap_servers.join(",")).expect("config"),
+    );
+    let base = 1_700_000_000_000i64;
+    for i in 0..100 {
+        let _ = producer
+            .send(
+                ProducerRecord::new(&topic)
+                    .value(i.to_string())
+                    .timestamp(base + i * 1000),
+            )
+            .await
+            .expect("queued");
+    }
+    producer.flush().await.expect("flush");
+
+    // ListOffsets by timestamp: the first record at or after it.
+    let at = admin
+        .list_offsets(&topic, &[0], OffsetSpec::Timestamp(base + 41_500), false)
+        .await
+        .expect("by timestamp");
+    assert_eq!(at[&0], 42);
+
+    let mut consumer = Consumer::with_client(
+        admin.client().clone(),
+        ConsumerConfig::new(&admin.client().config().bootstrap_servers.join(",")).expect("config"),
+    );
+    consumer
+        .assign(&topic, &[0], Offset::Timestamp(base + 90_000))
+        .await
+        .expect("assign");
+    let mut first = None;
+    while first.is_none() {
+        for part in consumer.poll().await.expect("poll") {
+            if let Some(r) = part.records().next() {
+                let r = r.expect("record");
+                first = Some((r.offset, r.timestamp));
+            }
+        }
+    }
+    assert_eq!(first, Some((90, base + 90_000)));
+
+    // DeleteRecords moves the log start; Earliest follows it.
+    let low = admin
+        .delete_records(&topic, &BTreeMap::from([(0, 60)]))
+        .await
+        .expect("delete records");
+    assert_eq!(low[&0], 60);
+    let starts = admin
+        .list_offsets(&topic, &[], OffsetSpec::Earliest, false)
+        .await
+        .expect("earliest");
+    assert_eq!(starts[&0], 60);
+}
