@@ -119,7 +119,9 @@ enum Backend {
     Local { home: PathBuf, owned: bool },
     /// Reused from `KAFKA_BOOTSTRAP` with no harness state to steer it.
     External,
+    /// Held, never read: the container stops when this is dropped.
     #[cfg(feature = "docker")]
+    #[allow(dead_code)]
     Docker(Box<docker::Running>),
 }
 
