@@ -13,6 +13,7 @@ pub mod config;
 pub mod conn;
 pub mod consumer;
 mod error;
+pub mod group;
 pub mod producer;
 pub mod protocol;
 pub mod record;

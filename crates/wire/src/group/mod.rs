@@ -1,0 +1,9 @@
+//! Consumer groups: the embedded consumer protocol and the assignors the
+//! group leader runs. The membership state machine and its async driver
+//! build on these.
+
+pub mod assignor;
+pub mod protocol;
+
+pub use assignor::{Assignor, Member, Plan, TopicCounts};
+pub use protocol::{Assignment, MemberMetadataError, Subscription, CONSUMER_PROTOCOL_VERSION};
