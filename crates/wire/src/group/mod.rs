@@ -3,6 +3,7 @@
 //! build on these.
 
 pub mod assignor;
+pub mod membership;
 pub mod protocol;
 
 pub use assignor::{Assignor, Member, Plan, TopicCounts};
