@@ -232,6 +232,24 @@ impl Connection {
         self.call_version(req, version).await
     }
 
+    /// Like [`call`](Self::call), waiting up to `timeout` for the response
+    /// instead of `request.timeout.ms` (JoinGroup blocks for up to the
+    /// rebalance timeout).
+    pub async fn call_timeout<R: Request>(
+        &self,
+        req: &R,
+        timeout: Duration,
+    ) -> Result<R::Response> {
+        let version = self.negotiated::<R>()?;
+        let header_version = ApiKey::try_from(R::KEY)
+            .map(|k| k.response_header_version(version))
+            .unwrap_or(0);
+        self.wait_throttle().await;
+        let rx = self.queue(R::KEY, version, header_version, req, true)?;
+        let body = self.await_reply_within(R::KEY, rx, timeout).await?;
+        self.decode::<R::Response>(body, R::KEY, version)
+    }
+
     /// Like [`call`](Self::call) with an explicit version.
     pub async fn call_version<R: Request>(&self, req: &R, version: i16) -> Result<R::Response> {
         let header_version = ApiKey::try_from(R::KEY)
@@ -391,10 +409,20 @@ impl Connection {
         api_key: i16,
         rx: Option<oneshot::Receiver<Result<Bytes>>>,
     ) -> Result<Bytes> {
+        self.await_reply_within(api_key, rx, self.request_timeout)
+            .await
+    }
+
+    async fn await_reply_within(
+        &self,
+        api_key: i16,
+        rx: Option<oneshot::Receiver<Result<Bytes>>>,
+        timeout: Duration,
+    ) -> Result<Bytes> {
         let Some(rx) = rx else {
             return Ok(Bytes::new());
         };
-        match tokio::time::timeout(self.request_timeout, rx).await {
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(res)) => res,
             Ok(Err(_)) => Err(Error::Disconnected {
                 broker: self.shared.addr.clone(),
@@ -405,7 +433,7 @@ impl Connection {
                 self.close();
                 Err(Error::Timeout {
                     what: format!("{} request to {}", api_name(api_key), self.shared.addr),
-                    after: self.request_timeout,
+                    after: timeout,
                 })
             }
         }

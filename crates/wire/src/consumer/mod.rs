@@ -277,6 +277,8 @@ pub struct Consumer {
     in_flight_brokers: HashMap<i32, ()>,
     buffer: VecDeque<Fetched>,
     errors: VecDeque<Error>,
+    /// Last epoch given to each partition, kept across unassignment.
+    epochs: HashMap<TopicPartition, u64>,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -306,6 +308,7 @@ impl Consumer {
             in_flight_brokers: HashMap::new(),
             buffer: VecDeque::new(),
             errors: VecDeque::new(),
+            epochs: HashMap::new(),
         }
     }
 
@@ -348,13 +351,22 @@ impl Consumer {
                 });
             }
             let tp = self.tp(topic, p);
+            // Bumped across re-assignments too, so that a fetch sent before
+            // the partition was dropped cannot be taken for a current one.
+            let epoch = self.epochs.entry(tp.clone()).or_default();
+            *epoch += 1;
+            let epoch = *epoch;
+            let (position, reset) = match start {
+                Offset::At(o) => (o, None),
+                other => (-1, Some(other)),
+            };
             self.parts.insert(
                 tp,
                 PartState {
-                    position: -1,
-                    fetch_offset: -1,
-                    epoch: 0,
-                    reset: Some(start),
+                    position,
+                    fetch_offset: position,
+                    epoch,
+                    reset,
                     failed: false,
                     paused: false,
                     in_flight: false,
@@ -390,6 +402,7 @@ impl Consumer {
                 partition: tp.partition,
             })?;
         st.epoch += 1;
+        self.epochs.insert(tp.clone(), st.epoch);
         st.failed = false;
         st.retry_at = None;
         match to {

@@ -3,8 +3,10 @@
 //! build on these.
 
 pub mod assignor;
+pub mod consumer;
 pub mod membership;
 pub mod protocol;
 
 pub use assignor::{Assignor, Member, Plan, TopicCounts};
+pub use consumer::{GroupConfig, GroupConsumer, NoListener, RebalanceListener};
 pub use protocol::{Assignment, MemberMetadataError, Subscription, CONSUMER_PROTOCOL_VERSION};

@@ -1,0 +1,962 @@
+//! The group consumer: the [`Membership`] state machine driven over the
+//! classic group protocol, the fetch [`Consumer`] underneath, offset commits,
+//! and a [`RebalanceListener`] awaited at every ownership change.
+//!
+//! Heartbeats run in a background task and never wait for processing; joins,
+//! syncs and listener callbacks run inside [`GroupConsumer::poll`], so a
+//! callback sees the consumer between two polls, when everything the previous
+//! poll returned has been processed.
+//!
+//! Offsets: with `enable.auto.commit=true` (the default), the positions after
+//! the records returned by the previous poll are committed every
+//! `auto.commit.interval.ms` and before partitions are revoked. A committed
+//! offset is therefore never past a record the application has not been
+//! handed and moved on from. With manual commits, call
+//! [`GroupConsumer::commit`] after processing.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
+use kafka_protocol::messages::leave_group_request::MemberIdentity;
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::{
+    OffsetFetchRequestGroup, OffsetFetchRequestTopics,
+};
+use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
+use kafka_protocol::messages::{
+    FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
+    OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
+};
+use kafka_protocol::protocol::StrBytes;
+use tokio::time::Instant;
+
+use super::assignor::{Assignor, Member, TopicCounts};
+use super::membership::{Action, Event, Membership, MembershipConfig, Partitions, Phase};
+use super::protocol::{Assignment, Subscription, CONSUMER_PROTOCOL_VERSION};
+use crate::client::{topic_name, Client};
+use crate::config::Properties;
+use crate::conn::Connection;
+use crate::consumer::{Consumer, ConsumerConfig, Fetched, Offset, OffsetReset, TopicPartition};
+use crate::protocol::ErrorCode;
+use crate::{Error, Result};
+
+/// Group settings, by the Java client's names.
+#[derive(Debug, Clone)]
+pub struct GroupConfig {
+    /// Fetch settings.
+    pub consumer: ConsumerConfig,
+    /// `group.id` (required).
+    pub group_id: String,
+    /// `group.instance.id`: static membership (KIP-345).
+    pub instance_id: Option<String>,
+    /// `session.timeout.ms` (default 45000).
+    pub session_timeout: Duration,
+    /// `heartbeat.interval.ms` (default 3000).
+    pub heartbeat_interval: Duration,
+    /// `max.poll.interval.ms` (default 300000); also the rebalance timeout.
+    pub max_poll_interval: Duration,
+    /// `partition.assignment.strategy` (default `range,cooperative-sticky`,
+    /// as in Kafka 4.x).
+    pub assignors: Vec<Assignor>,
+    /// `enable.auto.commit` (default true).
+    pub auto_commit: bool,
+    /// `auto.commit.interval.ms` (default 5000).
+    pub auto_commit_interval: Duration,
+}
+
+impl GroupConfig {
+    /// Reads group settings.
+    pub fn from_properties(p: &Properties) -> Result<Self> {
+        let group_id = p
+            .get("group.id")
+            .filter(|g| !g.is_empty())
+            .ok_or_else(|| Error::Config("group.id is required".into()))?
+            .to_owned();
+        let mut assignors = Vec::new();
+        for name in p
+            .get("partition.assignment.strategy")
+            .unwrap_or("range,cooperative-sticky")
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            assignors.push(Assignor::from_name(name).ok_or_else(|| {
+                Error::Config(format!(
+                    "partition.assignment.strategy: unknown assignor `{name}`"
+                ))
+            })?);
+        }
+        if assignors.is_empty() {
+            return Err(Error::Config(
+                "partition.assignment.strategy is empty".into(),
+            ));
+        }
+        Ok(Self {
+            consumer: ConsumerConfig::from_properties(p)?,
+            group_id,
+            instance_id: p.get("group.instance.id").map(str::to_owned),
+            session_timeout: p.millis_or("session.timeout.ms", 45_000)?,
+            heartbeat_interval: p.millis_or("heartbeat.interval.ms", 3_000)?,
+            max_poll_interval: p.millis_or("max.poll.interval.ms", 300_000)?,
+            assignors,
+            auto_commit: p.bool_or("enable.auto.commit", true)?,
+            auto_commit_interval: p.millis_or("auto.commit.interval.ms", 5_000)?,
+        })
+    }
+}
+
+/// Called when the consumer's partitions change; each call is awaited
+/// before the consumer goes on.
+pub trait RebalanceListener: Send {
+    /// Partitions about to be taken away; their offsets are committed after
+    /// this returns (with auto-commit). Flush state here.
+    fn revoked(&mut self, partitions: &[TopicPartition]) -> impl Future<Output = ()> + Send {
+        let _ = partitions;
+        async {}
+    }
+    /// Partitions newly given to this member (positions are set already).
+    fn assigned(&mut self, partitions: &[TopicPartition]) -> impl Future<Output = ()> + Send {
+        let _ = partitions;
+        async {}
+    }
+    /// Partitions lost without a chance to commit (the group moved on
+    /// without us); another member may already own them.
+    fn lost(&mut self, partitions: &[TopicPartition]) -> impl Future<Output = ()> + Send {
+        let _ = partitions;
+        async {}
+    }
+}
+
+/// A listener that does nothing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoListener;
+impl RebalanceListener for NoListener {}
+
+struct Shared {
+    membership: Membership,
+    /// Actions the heartbeat task could not carry out itself.
+    pending: VecDeque<Action>,
+    coordinator: Option<String>,
+}
+
+/// What the group's leader learned from JoinGroup.
+#[derive(Default)]
+struct JoinState {
+    protocol: Option<String>,
+    members: Vec<(String, Option<String>, Bytes)>,
+    plan: Vec<(String, Bytes)>,
+}
+
+/// A consumer in a consumer group.
+pub struct GroupConsumer<L: RebalanceListener = NoListener> {
+    client: Client,
+    cfg: GroupConfig,
+    consumer: Consumer,
+    topics: Vec<String>,
+    shared: Arc<Mutex<Shared>>,
+    heartbeat: tokio::task::JoinHandle<()>,
+    listener: L,
+    join: JoinState,
+    /// Positions after the records the last poll returned.
+    delivered: BTreeMap<TopicPartition, i64>,
+    /// Positions the application has moved on from (safe to commit).
+    processed: BTreeMap<TopicPartition, i64>,
+    committed: BTreeMap<TopicPartition, i64>,
+    last_auto_commit: Instant,
+}
+
+impl<L: RebalanceListener> std::fmt::Debug for GroupConsumer<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GroupConsumer")
+            .field("group", &self.cfg.group_id)
+            .field("topics", &self.topics)
+            .finish()
+    }
+}
+
+fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sb(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_owned())
+}
+
+impl<L: RebalanceListener> GroupConsumer<L> {
+    /// Connects and subscribes to `topics`. Joining happens in the first
+    /// [`poll`](Self::poll).
+    pub async fn subscribe(cfg: GroupConfig, topics: &[&str], listener: L) -> Result<Self> {
+        let client = Client::connect(cfg.consumer.client.clone()).await?;
+        let consumer = Consumer::with_client(client.clone(), cfg.consumer.clone());
+        let now = Instant::now();
+        let membership = Membership::new(
+            MembershipConfig {
+                session_timeout: cfg.session_timeout,
+                heartbeat_interval: cfg.heartbeat_interval,
+                max_poll_interval: cfg.max_poll_interval,
+                retry_backoff: cfg.consumer.client.retry_backoff,
+                instance_id: cfg.instance_id.clone(),
+                cooperative: cfg.assignors.first().is_some_and(|a| a.is_cooperative()),
+            },
+            now,
+        );
+        let shared = Arc::new(Mutex::new(Shared {
+            membership,
+            pending: VecDeque::new(),
+            coordinator: None,
+        }));
+        let heartbeat = tokio::spawn(heartbeat_loop(
+            client.clone(),
+            cfg.group_id.clone(),
+            cfg.instance_id.clone(),
+            shared.clone(),
+        ));
+        Ok(Self {
+            client,
+            consumer,
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            shared,
+            heartbeat,
+            listener,
+            join: JoinState::default(),
+            delivered: BTreeMap::new(),
+            processed: BTreeMap::new(),
+            committed: BTreeMap::new(),
+            last_auto_commit: now,
+            cfg,
+        })
+    }
+
+    /// The listener.
+    pub fn listener(&mut self) -> &mut L {
+        &mut self.listener
+    }
+
+    /// The partitions this member owns now.
+    pub fn assignment(&self) -> Partitions {
+        lock(&self.shared).membership.owned().clone()
+    }
+
+    /// The current generation and member id.
+    pub fn generation(&self) -> (i32, String) {
+        let s = lock(&self.shared);
+        (
+            s.membership.generation(),
+            s.membership.member_id().to_owned(),
+        )
+    }
+
+    /// Joins or rejoins as needed, commits when due, and returns fetched
+    /// records. Records returned by the previous call count as processed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel safe while a rebalance is in progress: dropping the future
+    /// may leave a listener callback half done.
+    pub async fn poll(&mut self) -> Result<Vec<Fetched>> {
+        for (tp, off) in std::mem::take(&mut self.delivered) {
+            self.processed.insert(tp, off);
+        }
+        let actions = lock(&self.shared)
+            .membership
+            .handle(Instant::now(), Event::Polled);
+        self.run(actions).await?;
+        if self.cfg.auto_commit && self.last_auto_commit.elapsed() >= self.cfg.auto_commit_interval
+        {
+            self.commit_processed(None).await?;
+            self.last_auto_commit = Instant::now();
+        }
+        let fetched = self.consumer.poll().await?;
+        for f in &fetched {
+            self.delivered
+                .insert(f.topic_partition().clone(), f.next_offset());
+        }
+        Ok(fetched)
+    }
+
+    /// Commits the positions after everything the consumer has returned so
+    /// far (call after processing it).
+    pub async fn commit(&mut self) -> Result<()> {
+        for (tp, off) in std::mem::take(&mut self.delivered) {
+            self.processed.insert(tp, off);
+        }
+        self.commit_processed(None).await
+    }
+
+    /// Commits explicit offsets (the next offset to read, per partition).
+    pub async fn commit_offsets(&mut self, offsets: &BTreeMap<TopicPartition, i64>) -> Result<()> {
+        self.send_commit(offsets).await
+    }
+
+    /// Leaves the group: revokes (committing, with auto-commit) and sends
+    /// LeaveGroup, unless this is a static member.
+    pub async fn close(mut self) -> Result<()> {
+        for (tp, off) in std::mem::take(&mut self.delivered) {
+            self.processed.insert(tp, off);
+        }
+        let actions = lock(&self.shared)
+            .membership
+            .handle(Instant::now(), Event::Close);
+        let res = self.run(actions).await;
+        self.heartbeat.abort();
+        res
+    }
+
+    /// Drives the membership until it is stable (or nothing more can be
+    /// done now), carrying out each action in order.
+    async fn run(&mut self, first: Vec<Action>) -> Result<()> {
+        let mut queue: VecDeque<Action> = first.into();
+        let deadline = Instant::now() + self.cfg.max_poll_interval;
+        loop {
+            {
+                let mut s = lock(&self.shared);
+                queue.extend(s.pending.drain(..));
+            }
+            let Some(action) = queue.pop_front() else {
+                let (phase, next) = {
+                    let s = lock(&self.shared);
+                    (s.membership.phase(), s.membership.next_deadline())
+                };
+                match phase {
+                    Phase::Stable | Phase::Left => return Ok(()),
+                    Phase::Failed => return Err(Error::Config("group membership failed".into())),
+                    _ => {}
+                }
+                if Instant::now() >= deadline {
+                    return Err(Error::Timeout {
+                        what: format!("joining group {}", self.cfg.group_id),
+                        after: self.cfg.max_poll_interval,
+                    });
+                }
+                tokio::time::sleep_until(next.max(Instant::now() + Duration::from_millis(10)))
+                    .await;
+                let acts = lock(&self.shared)
+                    .membership
+                    .handle(Instant::now(), Event::Tick);
+                queue.extend(acts);
+                continue;
+            };
+            tracing::trace!(?action, "group action");
+            let events = self.act(action).await?;
+            for e in events {
+                let acts = lock(&self.shared).membership.handle(Instant::now(), e);
+                queue.extend(acts);
+            }
+        }
+    }
+
+    async fn coordinator(&self) -> Result<Connection> {
+        let addr = lock(&self.shared).coordinator.clone();
+        match addr {
+            Some(a) => self.client.conn_to(&a).await,
+            None => Err(Error::server(
+                ErrorCode::COORDINATOR_NOT_AVAILABLE,
+                None,
+                "FindCoordinator",
+                None,
+                None,
+            )),
+        }
+    }
+
+    /// Carries out one action; returns the events it produced.
+    async fn act(&mut self, action: Action) -> Result<Vec<Event>> {
+        let group = self.cfg.group_id.clone();
+        Ok(match action {
+            Action::FindCoordinator { not_before } => {
+                tokio::time::sleep_until(not_before).await;
+                match find_coordinator(&self.client, &group).await {
+                    Ok(addr) => {
+                        lock(&self.shared).coordinator = Some(addr);
+                        vec![Event::CoordinatorFound]
+                    }
+                    Err(e) => {
+                        tracing::debug!(group, error = %e, "FindCoordinator failed");
+                        vec![Event::CoordinatorLost]
+                    }
+                }
+            }
+            Action::Join {
+                member_id,
+                owned,
+                generation,
+            } => match self.join_group(&member_id, &owned, generation).await {
+                Ok(e) => vec![e],
+                Err(e) => {
+                    tracing::debug!(group, error = %e, "JoinGroup failed");
+                    vec![Event::CoordinatorLost]
+                }
+            },
+            Action::ComputePlan => {
+                self.compute_plan().await?;
+                vec![Event::PlanReady]
+            }
+            Action::Sync => match self.sync_group().await {
+                Ok(e) => vec![e],
+                Err(e) => match e {
+                    Error::Server { .. } | Error::Config(_) => return Err(e),
+                    other => {
+                        tracing::debug!(group, error = %other, "SyncGroup failed");
+                        vec![Event::CoordinatorLost]
+                    }
+                },
+            },
+            Action::Heartbeat => {
+                let (generation, member) = self.generation();
+                match self.coordinator().await {
+                    Ok(conn) => match send_heartbeat(
+                        &conn,
+                        &group,
+                        generation,
+                        &member,
+                        &self.cfg.instance_id,
+                    )
+                    .await
+                    {
+                        Ok(code) => vec![Event::Heartbeat { code }],
+                        Err(_) => vec![Event::CoordinatorLost],
+                    },
+                    Err(_) => vec![Event::CoordinatorLost],
+                }
+            }
+            Action::Leave => {
+                let member = self.generation().1;
+                if let Ok(conn) = self.coordinator().await {
+                    // v3+ name members in a batch (KIP-345).
+                    let req = LeaveGroupRequest::default()
+                        .with_group_id(GroupId(sb(&group)))
+                        .with_members(vec![MemberIdentity::default()
+                            .with_member_id(sb(&member))
+                            .with_group_instance_id(self.cfg.instance_id.as_deref().map(sb))]);
+                    if let Err(e) = conn.call(&req).await {
+                        tracing::debug!(group, error = %e, "LeaveGroup failed");
+                    }
+                }
+                Vec::new()
+            }
+            Action::Revoke(ps) => {
+                let tps = self.tps(&ps);
+                self.listener.revoked(&tps).await;
+                if self.cfg.auto_commit {
+                    self.commit_processed(Some(&tps)).await?;
+                }
+                self.forget(&tps);
+                Vec::new()
+            }
+            Action::Lose(ps) => {
+                let tps = self.tps(&ps);
+                self.listener.lost(&tps).await;
+                self.forget(&tps);
+                Vec::new()
+            }
+            Action::Assign(ps) => {
+                let tps = self.tps(&ps);
+                self.start_partitions(&ps).await?;
+                self.listener.assigned(&tps).await;
+                Vec::new()
+            }
+            Action::Fail(code) => {
+                return Err(Error::server(
+                    code,
+                    Some(format!("group {group}")),
+                    "Heartbeat",
+                    None,
+                    None,
+                ));
+            }
+        })
+    }
+
+    fn tps(&self, ps: &Partitions) -> Vec<TopicPartition> {
+        ps.iter()
+            .flat_map(|(t, parts)| {
+                let topic: Arc<str> = Arc::from(t.as_str());
+                parts.iter().map(move |&p| TopicPartition {
+                    topic: topic.clone(),
+                    partition: p,
+                })
+            })
+            .collect()
+    }
+
+    fn forget(&mut self, tps: &[TopicPartition]) {
+        self.consumer.unassign(tps);
+        for tp in tps {
+            self.delivered.remove(tp);
+            self.processed.remove(tp);
+            self.committed.remove(tp);
+        }
+    }
+
+    async fn join_group(
+        &mut self,
+        member_id: &str,
+        owned: &Partitions,
+        generation: i32,
+    ) -> Result<Event> {
+        let conn = self.coordinator().await?;
+        let protocols = self
+            .cfg
+            .assignors
+            .iter()
+            .map(|a| {
+                let sub = Subscription {
+                    topics: self.topics.clone(),
+                    user_data: None,
+                    owned: if a.is_cooperative() {
+                        owned.clone()
+                    } else {
+                        Partitions::new()
+                    },
+                    generation,
+                    rack: None,
+                };
+                JoinGroupRequestProtocol::default()
+                    .with_name(sb(a.name()))
+                    .with_metadata(sub.encode(CONSUMER_PROTOCOL_VERSION))
+            })
+            .collect();
+        let req = JoinGroupRequest::default()
+            .with_group_id(GroupId(sb(&self.cfg.group_id)))
+            .with_session_timeout_ms(self.cfg.session_timeout.as_millis() as i32)
+            .with_rebalance_timeout_ms(
+                self.cfg.max_poll_interval.as_millis().min(i32::MAX as u128) as i32
+            )
+            .with_member_id(sb(member_id))
+            .with_group_instance_id(self.cfg.instance_id.as_deref().map(sb))
+            .with_protocol_type(sb("consumer"))
+            .with_protocols(protocols);
+        let resp = conn
+            .call_timeout(&req, self.cfg.max_poll_interval + Duration::from_secs(5))
+            .await?;
+        conn.throttle(resp.throttle_time_ms);
+        let code = ErrorCode(resp.error_code);
+        let me = resp.member_id.as_str().to_owned();
+        self.join.protocol = resp.protocol_name.as_ref().map(|p| p.as_str().to_owned());
+        self.join.members = resp
+            .members
+            .iter()
+            .map(|m| {
+                (
+                    m.member_id.as_str().to_owned(),
+                    m.group_instance_id.as_ref().map(|i| i.as_str().to_owned()),
+                    m.metadata.clone(),
+                )
+            })
+            .collect();
+        let leader = code.is_ok() && resp.leader.as_str() == me && !resp.skip_assignment;
+        Ok(Event::Joined {
+            code,
+            member_id: me,
+            generation: resp.generation_id,
+            leader,
+        })
+    }
+
+    /// The leader's job: decode every member's subscription, run the chosen
+    /// assignor over the subscribed topics' partition counts.
+    async fn compute_plan(&mut self) -> Result<()> {
+        let name = self.join.protocol.clone().unwrap_or_default();
+        let assignor = Assignor::from_name(&name).ok_or_else(|| {
+            Error::Config(format!(
+                "the group chose assignor `{name}`, which this client does not have"
+            ))
+        })?;
+        let mut members = Vec::new();
+        let mut wanted: Vec<String> = Vec::new();
+        for (id, instance, meta) in &self.join.members {
+            let subscription = Subscription::decode(meta).map_err(|e| {
+                Error::Config(format!(
+                    "group {}: member {id} sent an unreadable subscription: {e}",
+                    self.cfg.group_id
+                ))
+            })?;
+            wanted.extend(subscription.topics.iter().cloned());
+            members.push(Member {
+                id: id.clone(),
+                instance_id: instance.clone(),
+                subscription,
+            });
+        }
+        wanted.sort();
+        wanted.dedup();
+        let mut counts = TopicCounts::new();
+        for t in &wanted {
+            if let Ok(info) = self.client.topic(t, true, false).await {
+                counts.insert(t.clone(), info.partitions.len() as i32);
+            }
+        }
+        let plan = assignor.assign(&counts, &members);
+        self.join.plan = plan
+            .into_iter()
+            .map(|(m, parts)| {
+                let a = Assignment {
+                    partitions: parts,
+                    user_data: None,
+                };
+                (m, a.encode(CONSUMER_PROTOCOL_VERSION))
+            })
+            .collect();
+        Ok(())
+    }
+
+    async fn sync_group(&mut self) -> Result<Event> {
+        let conn = self.coordinator().await?;
+        let (generation, member) = self.generation();
+        let req = SyncGroupRequest::default()
+            .with_group_id(GroupId(sb(&self.cfg.group_id)))
+            .with_generation_id(generation)
+            .with_member_id(sb(&member))
+            .with_group_instance_id(self.cfg.instance_id.as_deref().map(sb))
+            .with_protocol_type(Some(sb("consumer")))
+            .with_protocol_name(self.join.protocol.as_deref().map(sb))
+            .with_assignments(
+                std::mem::take(&mut self.join.plan)
+                    .into_iter()
+                    .map(|(m, a)| {
+                        SyncGroupRequestAssignment::default()
+                            .with_member_id(sb(&m))
+                            .with_assignment(a)
+                    })
+                    .collect(),
+            );
+        let resp = conn
+            .call_timeout(&req, self.cfg.max_poll_interval + Duration::from_secs(5))
+            .await?;
+        conn.throttle(resp.throttle_time_ms);
+        let code = ErrorCode(resp.error_code);
+        let assignment = if code.is_ok() {
+            Assignment::decode(&resp.assignment).map_err(|e| {
+                Error::Config(format!(
+                    "group {}: the leader's assignment is unreadable: {e}",
+                    self.cfg.group_id
+                ))
+            })?
+        } else {
+            Assignment::default()
+        };
+        // Only partitions of topics we subscribe to: a malformed plan must not
+        // make us consume what we did not ask for.
+        let mut partitions = assignment.partitions;
+        partitions.retain(|t, _| self.topics.contains(t));
+        Ok(Event::Synced {
+            code,
+            assignment: partitions,
+        })
+    }
+
+    /// Positions newly assigned partitions at their committed offsets, or
+    /// per `auto.offset.reset`.
+    async fn start_partitions(&mut self, ps: &Partitions) -> Result<()> {
+        if ps.is_empty() {
+            return Ok(());
+        }
+        let committed = self.fetch_committed(ps).await?;
+        let reset = match self.cfg.consumer.auto_offset_reset {
+            OffsetReset::Earliest => Some(Offset::Beginning),
+            OffsetReset::Latest => Some(Offset::End),
+            OffsetReset::None => None,
+        };
+        for (t, parts) in ps {
+            for &p in parts {
+                let start = match committed.get(&(t.clone(), p)) {
+                    Some(&off) if off >= 0 => Offset::At(off),
+                    _ => reset.ok_or_else(|| {
+                        Error::server(
+                            ErrorCode::OFFSET_OUT_OF_RANGE,
+                            Some(format!(
+                                "group {} has no committed offset and auto.offset.reset=none",
+                                self.cfg.group_id
+                            )),
+                            "OffsetFetch",
+                            Some(t),
+                            Some(p),
+                        )
+                    })?,
+                };
+                self.consumer.assign(t, &[p], start).await?;
+                if let Offset::At(off) = start {
+                    let tp = TopicPartition {
+                        topic: Arc::from(t.as_str()),
+                        partition: p,
+                    };
+                    self.committed.insert(tp, off);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Committed offsets of the group for `ps` (OffsetFetch, require_stable).
+    pub async fn fetch_committed(&self, ps: &Partitions) -> Result<BTreeMap<(String, i32), i64>> {
+        let req = OffsetFetchRequest::default()
+            .with_require_stable(true)
+            .with_groups(vec![OffsetFetchRequestGroup::default()
+                .with_group_id(GroupId(sb(&self.cfg.group_id)))
+                .with_topics(Some(
+                    ps.iter()
+                        .map(|(t, parts)| {
+                            OffsetFetchRequestTopics::default()
+                                .with_name(topic_name(t))
+                                .with_partition_indexes(parts.clone())
+                        })
+                        .collect(),
+                ))]);
+        let timeout = self.cfg.consumer.client.default_api_timeout;
+        self.client
+            .retry("OffsetFetch", timeout, || async {
+                let conn = self.coordinator().await?;
+                let resp = conn.call(&req).await?;
+                conn.throttle(resp.throttle_time_ms);
+                let mut out = BTreeMap::new();
+                for g in &resp.groups {
+                    let code = ErrorCode(g.error_code);
+                    if !code.is_ok() {
+                        return Err(Error::server(code, None, "OffsetFetch", None, None));
+                    }
+                    for t in &g.topics {
+                        for p in &t.partitions {
+                            let code = ErrorCode(p.error_code);
+                            if !code.is_ok() {
+                                return Err(Error::server(
+                                    code,
+                                    None,
+                                    "OffsetFetch",
+                                    Some(t.name.0.as_str()),
+                                    Some(p.partition_index),
+                                ));
+                            }
+                            out.insert(
+                                (t.name.0.as_str().to_owned(), p.partition_index),
+                                p.committed_offset,
+                            );
+                        }
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    /// Commits processed positions (of `only` these partitions, if given)
+    /// that moved since the last commit.
+    async fn commit_processed(&mut self, only: Option<&[TopicPartition]>) -> Result<()> {
+        let offsets: BTreeMap<TopicPartition, i64> = self
+            .processed
+            .iter()
+            .filter(|(tp, off)| {
+                only.is_none_or(|o| o.contains(tp)) && self.committed.get(*tp) != Some(off)
+            })
+            .map(|(tp, off)| (tp.clone(), *off))
+            .collect();
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        self.send_commit(&offsets).await?;
+        for (tp, off) in offsets {
+            self.committed.insert(tp, off);
+        }
+        Ok(())
+    }
+
+    async fn send_commit(&self, offsets: &BTreeMap<TopicPartition, i64>) -> Result<()> {
+        let mut by_topic: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
+        for (tp, off) in offsets {
+            by_topic.entry(&tp.topic).or_default().push(
+                OffsetCommitRequestPartition::default()
+                    .with_partition_index(tp.partition)
+                    .with_committed_offset(*off)
+                    .with_committed_leader_epoch(-1),
+            );
+        }
+        let (generation, member) = self.generation();
+        let req = OffsetCommitRequest::default()
+            .with_group_id(GroupId(sb(&self.cfg.group_id)))
+            .with_generation_id_or_member_epoch(generation)
+            .with_member_id(sb(&member))
+            .with_group_instance_id(self.cfg.instance_id.as_deref().map(sb))
+            .with_retention_time_ms(-1)
+            .with_topics(
+                by_topic
+                    .into_iter()
+                    .map(|(t, ps)| {
+                        OffsetCommitRequestTopic::default()
+                            .with_name(topic_name(t))
+                            .with_partitions(ps)
+                    })
+                    .collect(),
+            );
+        let timeout = self.cfg.consumer.client.default_api_timeout;
+        self.client
+            .retry("OffsetCommit", timeout, || async {
+                let conn = match self.coordinator().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        if let Ok(addr) = find_coordinator(&self.client, &self.cfg.group_id).await {
+                            lock(&self.shared).coordinator = Some(addr);
+                        }
+                        return Err(e);
+                    }
+                };
+                let resp = conn.call(&req).await?;
+                conn.throttle(resp.throttle_time_ms);
+                for t in &resp.topics {
+                    for p in &t.partitions {
+                        let code = ErrorCode(p.error_code);
+                        if code.is_coordinator_error() {
+                            if let Ok(addr) =
+                                find_coordinator(&self.client, &self.cfg.group_id).await
+                            {
+                                lock(&self.shared).coordinator = Some(addr);
+                            }
+                        }
+                        if !code.is_ok() {
+                            return Err(Error::server(
+                                code,
+                                None,
+                                "OffsetCommit",
+                                Some(t.name.0.as_str()),
+                                Some(p.partition_index),
+                            ));
+                        }
+                    }
+                }
+                Ok(())
+            })
+            .await
+    }
+}
+
+impl<L: RebalanceListener> Drop for GroupConsumer<L> {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+    }
+}
+
+/// FindCoordinator for a group; returns the coordinator's `host:port`.
+pub async fn find_coordinator(client: &Client, group: &str) -> Result<String> {
+    let conn = client.any_broker().await?;
+    let version = conn.version_for(10).unwrap_or(0);
+    // v4+ batch the keys (KIP-699); earlier versions take one key.
+    let req = if version >= 4 {
+        FindCoordinatorRequest::default()
+            .with_key_type(0)
+            .with_coordinator_keys(vec![sb(group)])
+    } else {
+        FindCoordinatorRequest::default()
+            .with_key_type(0)
+            .with_key(sb(group))
+    };
+    let resp = conn.call(&req).await?;
+    conn.throttle(resp.throttle_time_ms);
+    let (code, host, port) = if version >= 4 {
+        let c = resp.coordinators.first().ok_or_else(|| {
+            Error::server(
+                ErrorCode::COORDINATOR_NOT_AVAILABLE,
+                None,
+                "FindCoordinator",
+                None,
+                None,
+            )
+        })?;
+        (ErrorCode(c.error_code), c.host.as_str().to_owned(), c.port)
+    } else {
+        (
+            ErrorCode(resp.error_code),
+            resp.host.as_str().to_owned(),
+            resp.port,
+        )
+    };
+    if !code.is_ok() {
+        return Err(Error::server(code, None, "FindCoordinator", None, None));
+    }
+    Ok(format!("{host}:{port}"))
+}
+
+async fn send_heartbeat(
+    conn: &Connection,
+    group: &str,
+    generation: i32,
+    member: &str,
+    instance: &Option<String>,
+) -> Result<ErrorCode> {
+    let req = HeartbeatRequest::default()
+        .with_group_id(GroupId(sb(group)))
+        .with_generation_id(generation)
+        .with_member_id(sb(member))
+        .with_group_instance_id(instance.as_deref().map(sb));
+    let resp = conn.call(&req).await?;
+    conn.throttle(resp.throttle_time_ms);
+    Ok(ErrorCode(resp.error_code))
+}
+
+/// Heartbeats in the background while the member is stable; anything else the
+/// membership asks for is left for `poll` to do.
+async fn heartbeat_loop(
+    client: Client,
+    group: String,
+    instance: Option<String>,
+    shared: Arc<Mutex<Shared>>,
+) {
+    loop {
+        let next = lock(&shared).membership.next_deadline();
+        tokio::time::sleep_until(next.max(Instant::now() + Duration::from_millis(50))).await;
+        let actions = {
+            let mut s = lock(&shared);
+            if s.membership.phase() != Phase::Stable {
+                continue;
+            }
+            s.membership.handle(Instant::now(), Event::Tick)
+        };
+        for a in actions {
+            if let Action::FindCoordinator { not_before } = a {
+                // Keep heartbeating through a coordinator move without
+                // waiting for the application's next poll.
+                tokio::time::sleep_until(not_before).await;
+                let event = match find_coordinator(&client, &group).await {
+                    Ok(addr) => {
+                        lock(&shared).coordinator = Some(addr);
+                        Event::CoordinatorFound
+                    }
+                    Err(_) => Event::CoordinatorLost,
+                };
+                let mut s = lock(&shared);
+                let more = s.membership.handle(Instant::now(), event);
+                s.pending.extend(more);
+                continue;
+            }
+            if a != Action::Heartbeat {
+                lock(&shared).pending.push_back(a);
+                continue;
+            }
+            let (generation, member, addr) = {
+                let s = lock(&shared);
+                (
+                    s.membership.generation(),
+                    s.membership.member_id().to_owned(),
+                    s.coordinator.clone(),
+                )
+            };
+            let result = match addr {
+                Some(addr) => match client.conn_to(&addr).await {
+                    Ok(conn) => send_heartbeat(&conn, &group, generation, &member, &instance).await,
+                    Err(e) => Err(e),
+                },
+                None => Err(Error::Closed),
+            };
+            let event = match result {
+                Ok(code) => Event::Heartbeat { code },
+                Err(_) => Event::CoordinatorLost,
+            };
+            let mut s = lock(&shared);
+            let more = s.membership.handle(Instant::now(), event);
+            s.pending.extend(more);
+        }
+    }
+}
