@@ -176,3 +176,163 @@ async fn members_join_and_leave_with_cooperative_sticky() {
 async fn members_join_and_leave_with_range() {
     run_members("range").await;
 }
+
+async fn stable_consumer(props: &Properties, topic: &str) -> GroupConsumer {
+    let cfg = GroupConfig::from_properties(props).expect("group config");
+    let mut c = GroupConsumer::subscribe(cfg, &[topic], faustus_wire::group::NoListener)
+        .await
+        .expect("subscribe");
+    while c.assignment().is_empty() {
+        c.poll().await.expect("poll");
+    }
+    c
+}
+
+/// A static member (KIP-345) that restarts within the session timeout gets
+/// its partitions back without a rebalance: the generation is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_member_restart_keeps_the_generation() {
+    let kafka = shared().expect("kafka");
+    let topic = unique_topic("static");
+    let props = Properties::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .set("group.id", unique_topic("g-static"))
+        .set("group.instance.id", "instance-1")
+        .set("session.timeout.ms", "30000")
+        .set("auto.offset.reset", "earliest");
+    Admin::new(
+        faustus_wire::Client::connect(
+            faustus_wire::ClientConfig::new(kafka.bootstrap()).expect("cfg"),
+        )
+        .await
+        .expect("client"),
+    )
+    .create_topic(NewTopic::new(&topic, 4, 1), false)
+    .await
+    .expect("topic");
+
+    let first = stable_consumer(&props, &topic).await;
+    let (generation, _) = first.generation();
+    let assignment = first.assignment();
+    first.close().await.expect("close");
+
+    let second = stable_consumer(&props, &topic).await;
+    assert_eq!(
+        second.generation().0,
+        generation,
+        "no rebalance on a static restart"
+    );
+    assert_eq!(second.assignment(), assignment);
+    second.close().await.expect("close");
+}
+
+/// A Faustus member and Kafka's own console consumer share one group: they
+/// split the partitions, and each record is consumed once.
+async fn mixed_group(java_strategy: &str, ours: &str) {
+    let kafka = shared().expect("kafka");
+    let topic = unique_topic(&format!("mixed-{ours}"));
+    let group = unique_topic("g-mixed");
+    let base = Properties::new().set("bootstrap.servers", kafka.bootstrap());
+    let producer = Producer::connect(ProducerConfig::from_properties(&base).expect("config"))
+        .await
+        .expect("producer");
+    Admin::new(producer.client().clone())
+        .create_topic(NewTopic::new(&topic, 6, 1), false)
+        .await
+        .expect("topic");
+    let java = kafka
+        .tool("console-consumer")
+        .args(["--bootstrap-server", kafka.bootstrap(), "--topic", &topic])
+        .args(["--group", &group, "--timeout-ms", "20000"])
+        .args([
+            "--consumer-property",
+            &format!("partition.assignment.strategy={java_strategy}"),
+        ])
+        .args(["--consumer-property", "auto.offset.reset=earliest"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("console consumer");
+    let props = base
+        .clone()
+        .set("group.id", &group)
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", ours);
+    let cfg = GroupConfig::from_properties(&props).expect("config");
+    let mut c = GroupConsumer::subscribe(cfg, &[&topic], faustus_wire::group::NoListener)
+        .await
+        .expect("subscribe");
+    // Wait until the partitions are split between the two members.
+    loop {
+        c.poll().await.expect("poll");
+        let mine: usize = c.assignment().values().map(Vec::len).sum();
+        if mine > 0 && mine < 6 {
+            break;
+        }
+    }
+    let n = 6000;
+    for i in 0..n {
+        let _ = producer
+            .send(
+                ProducerRecord::new(&topic)
+                    .key(format!("k{i}"))
+                    .value(i.to_string()),
+            )
+            .await
+            .expect("queued");
+    }
+    producer.flush().await.expect("flush");
+    let ends = Admin::new(producer.client().clone())
+        .list_offsets(&topic, &[], faustus_wire::OffsetSpec::Latest, false)
+        .await
+        .expect("ends");
+    let mine = c.assignment();
+    let mut ours_seen = BTreeSet::new();
+    let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
+    let done = |positions: &BTreeMap<i32, i64>| {
+        mine.values()
+            .flatten()
+            .all(|p| positions.get(p).copied().unwrap_or(0) >= ends[p])
+    };
+    while !done(&positions) {
+        for part in c.poll().await.expect("poll") {
+            positions.insert(part.partition(), part.next_offset());
+            for r in part.records() {
+                let v = String::from_utf8_lossy(r.expect("record").value().unwrap_or_default())
+                    .into_owned();
+                assert!(ours_seen.insert(v), "we saw a record twice");
+            }
+        }
+    }
+    assert_eq!(c.assignment(), mine, "assignment stable while consuming");
+    c.close().await.expect("close");
+    let out = java.wait_with_output().expect("console consumer exits");
+    let theirs: BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        ours_seen.is_disjoint(&theirs),
+        "a record was consumed by both members"
+    );
+    assert!(!theirs.is_empty(), "the Java member consumed its share");
+    assert_eq!(
+        ours_seen.len() + theirs.len(),
+        n,
+        "every record consumed once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_group_with_kafkas_consumer_range() {
+    mixed_group("org.apache.kafka.clients.consumer.RangeAssignor", "range").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mixed_group_with_kafkas_consumer_cooperative_sticky() {
+    mixed_group(
+        "org.apache.kafka.clients.consumer.CooperativeStickyAssignor",
+        "cooperative-sticky",
+    )
+    .await;
+}
