@@ -102,6 +102,43 @@ fn produce_consume_and_topics() {
 }
 
 #[test]
+fn groups_consume_describe_reset_and_delete() {
+    let topic = unique_topic("cli-group");
+    let group = unique_topic("cli-g");
+    run(&["topics", "create", &topic, "-P", "3"], None);
+    let lines: String = (0..100).map(|i| format!("k{i}:v{i}\n")).collect();
+    run(&["produce", "-t", &topic, "-K", ":"], Some(&lines));
+
+    let first = run(&["consume", "-G", &group, "-t", &topic, "-e"], None);
+    assert_eq!(first.lines().count(), 100);
+    // Committed: a second run of the group has nothing left to read.
+    let again = run(&["consume", "-G", &group, "-t", &topic, "-e"], None);
+    assert_eq!(again.lines().count(), 0);
+
+    assert!(run(&["groups", "list"], None).contains(&group));
+    let described = run(&["groups", "describe", &group], None);
+    assert!(described.contains("lag 0"), "{described}");
+    assert!(!described.contains("lag 1"), "{described}");
+
+    run(
+        &[
+            "groups",
+            "reset-offsets",
+            &group,
+            "-t",
+            &topic,
+            "--to-earliest",
+        ],
+        None,
+    );
+    let replay = run(&["consume", "-G", &group, "-t", &topic, "-e"], None);
+    assert_eq!(replay.lines().count(), 100);
+
+    run(&["groups", "delete", &group], None);
+    assert!(!run(&["groups", "list"], None).contains(&group));
+}
+
+#[test]
 fn demo_round_trips() {
     let out = run(&["demo", "-n", "20000"], None);
     assert!(out.contains("round trip of 20000 / 20000 records"), "{out}");

@@ -2,11 +2,13 @@
 //! group leader runs. The membership state machine and its async driver
 //! build on these.
 
+pub mod admin;
 pub mod assignor;
 pub mod consumer;
 pub mod membership;
 pub mod protocol;
 
+pub use admin::{GroupDescription, GroupListing, GroupMember};
 pub use assignor::{Assignor, Member, Plan, TopicCounts};
 pub use consumer::{GroupConfig, GroupConsumer, NoListener, RebalanceListener};
 pub use protocol::{Assignment, MemberMetadataError, Subscription, CONSUMER_PROTOCOL_VERSION};

@@ -10,6 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use faustus::wire::consumer::{Consumer, ConsumerConfig, Offset};
+use faustus::wire::group::{GroupConfig, GroupConsumer, NoListener};
 use faustus::wire::producer::{Producer, ProducerConfig, ProducerRecord};
 use faustus::wire::{Admin, Client, ClientConfig, NewTopic, OffsetSpec, Properties};
 
@@ -63,9 +64,12 @@ enum Command {
     Consume {
         #[command(flatten)]
         conn: Conn,
-        /// Topic.
-        #[arg(short = 't')]
-        topic: String,
+        /// Topic (repeat -t for several topics with -G).
+        #[arg(short = 't', required = true)]
+        topic: Vec<String>,
+        /// Join this consumer group (balanced consumption, commits offsets).
+        #[arg(short = 'G')]
+        group: Option<String>,
         /// Partition (default: all).
         #[arg(short = 'p')]
         partition: Option<i32>,
@@ -84,6 +88,13 @@ enum Command {
         /// Key delimiter for the default format: prints KEY<SEP>VALUE.
         #[arg(short = 'K')]
         key_sep: Option<String>,
+    },
+    /// Manage consumer groups.
+    Groups {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        action: GroupAction,
     },
     /// Manage topics.
     Topics {
@@ -132,6 +143,39 @@ enum TopicAction {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum GroupAction {
+    /// List groups with their state.
+    List,
+    /// Show a group's members, assignments, committed offsets and lag.
+    Describe {
+        /// Group id.
+        group: String,
+    },
+    /// Delete an empty group.
+    Delete {
+        /// Group id.
+        group: String,
+    },
+    /// Reset an empty group's committed offsets for a topic.
+    ResetOffsets {
+        /// Group id.
+        group: String,
+        /// Topic.
+        #[arg(short = 't', long = "topic")]
+        topic: String,
+        /// To the log start.
+        #[arg(long, group = "to")]
+        to_earliest: bool,
+        /// To the log end.
+        #[arg(long, group = "to")]
+        to_latest: bool,
+        /// To this offset.
+        #[arg(long, group = "to")]
+        to_offset: Option<i64>,
+    },
+}
+
 #[tokio::main]
 async fn main() {
     let cli = Cli::parse();
@@ -152,6 +196,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Consume {
             conn,
             topic,
+            group,
             partition,
             offset,
             count,
@@ -166,8 +211,17 @@ async fn run(cli: Cli) -> Result<()> {
                 }
                 (None, None) => Format::parse("%s\\n").map_err(anyhow::Error::msg)?,
             };
-            consume(&conn, &topic, partition, &offset, count, exit_at_end, &fmt).await
+            match group {
+                Some(g) => consume_group(&conn, &g, &topic, count, exit_at_end, &fmt).await,
+                None => {
+                    let [topic] = &topic[..] else {
+                        bail!("several -t topics need -G GROUP");
+                    };
+                    consume(&conn, topic, partition, &offset, count, exit_at_end, &fmt).await
+                }
+            }
         }
+        Command::Groups { conn, action } => groups(&conn, action).await,
         Command::Topics { conn, action } => topics(&conn, action).await,
         Command::Demo { conn, records } => demo(&conn, records).await,
     }
@@ -285,6 +339,177 @@ async fn consume(
         out.flush()?;
     }
     out.flush()?;
+    Ok(())
+}
+
+/// Balanced consumption in a group (kcat's -G): prints records, commits
+/// offsets, and with -e exits once every assigned partition is at its end.
+async fn consume_group(
+    conn: &Conn,
+    group: &str,
+    topics: &[String],
+    count: Option<u64>,
+    exit_at_end: bool,
+    fmt: &Format,
+) -> Result<()> {
+    let mut props = conn.properties()?;
+    props.insert("group.id", group);
+    if props.get("auto.offset.reset").is_none() {
+        props.insert("auto.offset.reset", "earliest");
+    }
+    let cfg = GroupConfig::from_properties(&props)?;
+    let read_committed = cfg.consumer.read_committed;
+    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
+    let mut consumer = GroupConsumer::subscribe(cfg, &names, NoListener).await?;
+    let admin = Admin::new(Client::connect(ClientConfig::from_properties(&props)?).await?);
+    let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    for t in topics {
+        for (p, end) in admin
+            .list_offsets(t, &[], OffsetSpec::Latest, read_committed)
+            .await?
+        {
+            ends.insert((t.clone(), p), end);
+        }
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
+    let mut printed = 0u64;
+    let mut positions: BTreeMap<(String, i32), i64> = BTreeMap::new();
+    let mut known = faustus::wire::group::membership::Partitions::new();
+    loop {
+        if count.is_some_and(|c| printed >= c) {
+            break;
+        }
+        let fetched = consumer.poll().await?;
+        let assignment = consumer.assignment();
+        if exit_at_end && assignment != known {
+            positions.extend(
+                consumer
+                    .fetch_committed(&assignment)
+                    .await?
+                    .into_iter()
+                    .filter(|(_, off)| *off >= 0),
+            );
+            known = assignment.clone();
+        }
+        'parts: for part in fetched {
+            positions.insert(
+                (part.topic().to_owned(), part.partition()),
+                part.next_offset(),
+            );
+            for rec in part.records() {
+                if count.is_some_and(|c| printed >= c) {
+                    break 'parts;
+                }
+                fmt.render(&mut out, part.topic(), part.partition(), &rec?)?;
+                printed += 1;
+            }
+        }
+        out.flush()?;
+        let at_end = !assignment.is_empty()
+            && assignment.iter().all(|(t, ps)| {
+                ps.iter().all(|p| {
+                    let key = (t.clone(), *p);
+                    positions.get(&key).copied().unwrap_or(0)
+                        >= ends.get(&key).copied().unwrap_or(0)
+                })
+            });
+        if exit_at_end && at_end {
+            break;
+        }
+    }
+    out.flush()?;
+    consumer.commit().await?;
+    consumer.close().await?;
+    Ok(())
+}
+
+async fn groups(conn: &Conn, action: GroupAction) -> Result<()> {
+    let admin =
+        Admin::new(Client::connect(ClientConfig::from_properties(&conn.properties()?)?).await?);
+    match action {
+        GroupAction::List => {
+            for g in admin.list_groups().await? {
+                println!("{}\t{}\t{}", g.group_id, g.protocol_type, g.state);
+            }
+        }
+        GroupAction::Describe { group } => {
+            let d = admin.describe_group(&group).await?;
+            println!(
+                "group {}: {} ({} members, assignor {})",
+                d.group_id,
+                d.state,
+                d.members.len(),
+                d.protocol
+            );
+            for m in &d.members {
+                println!(
+                    "  member {}{}\tclient {}\thost {}\tpartitions {:?}",
+                    m.member_id,
+                    m.instance_id
+                        .as_ref()
+                        .map(|i| format!(" (instance {i})"))
+                        .unwrap_or_default(),
+                    m.client_id,
+                    m.host,
+                    m.assignment
+                );
+            }
+            let offsets = admin.group_offsets(&group).await?;
+            let mut ends: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+            for ((t, p), off) in &offsets {
+                if !ends.contains_key(t) {
+                    ends.insert(
+                        t.clone(),
+                        admin
+                            .list_offsets(t, &[], OffsetSpec::Latest, false)
+                            .await?,
+                    );
+                }
+                let end = ends[t].get(p).copied().unwrap_or(0);
+                println!("  {t}-{p}\tcommitted {off}\tend {end}\tlag {}", end - off);
+            }
+        }
+        GroupAction::Delete { group } => {
+            admin.delete_group(&group).await?;
+            println!("deleted group {group}");
+        }
+        GroupAction::ResetOffsets {
+            group,
+            topic,
+            to_earliest,
+            to_latest,
+            to_offset,
+        } => {
+            let target: BTreeMap<i32, i64> = if to_earliest {
+                admin
+                    .list_offsets(&topic, &[], OffsetSpec::Earliest, false)
+                    .await?
+            } else if to_latest {
+                admin
+                    .list_offsets(&topic, &[], OffsetSpec::Latest, false)
+                    .await?
+            } else if let Some(o) = to_offset {
+                admin
+                    .describe_topic(&topic)
+                    .await?
+                    .partitions
+                    .iter()
+                    .map(|p| (p.id, o))
+                    .collect()
+            } else {
+                bail!("reset-offsets needs --to-earliest, --to-latest or --to-offset N");
+            };
+            let offsets = target
+                .iter()
+                .map(|(p, o)| ((topic.clone(), *p), *o))
+                .collect();
+            admin.set_group_offsets(&group, &offsets).await?;
+            for (p, o) in target {
+                println!("{group} {topic}-{p} -> {o}");
+            }
+        }
+    }
     Ok(())
 }
 

@@ -1,0 +1,241 @@
+//! Group administration on [`Admin`]: list, describe and delete groups, read
+//! a group's committed offsets, and reset them (for an empty group).
+
+use std::collections::BTreeMap;
+
+use kafka_protocol::messages::offset_commit_request::{
+    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
+};
+use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
+use kafka_protocol::messages::{
+    DeleteGroupsRequest, DescribeGroupsRequest, GroupId, ListGroupsRequest, OffsetCommitRequest,
+    OffsetFetchRequest,
+};
+use kafka_protocol::protocol::StrBytes;
+
+use super::consumer::find_coordinator;
+use super::protocol::Assignment;
+use crate::admin::Admin;
+use crate::client::topic_name;
+use crate::conn::Connection;
+use crate::protocol::ErrorCode;
+use crate::{Error, Result};
+
+/// A group as ListGroups reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupListing {
+    /// Group id.
+    pub group_id: String,
+    /// Protocol type (`consumer` for consumer groups).
+    pub protocol_type: String,
+    /// State (`Stable`, `Empty`, ...).
+    pub state: String,
+}
+
+/// One member as DescribeGroups reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMember {
+    /// Member id.
+    pub member_id: String,
+    /// Static instance id.
+    pub instance_id: Option<String>,
+    /// The member's `client.id`.
+    pub client_id: String,
+    /// The member's host.
+    pub host: String,
+    /// Its partitions (decoded from the consumer protocol).
+    pub assignment: BTreeMap<String, Vec<i32>>,
+}
+
+/// A group as DescribeGroups reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupDescription {
+    /// Group id.
+    pub group_id: String,
+    /// State.
+    pub state: String,
+    /// Protocol type.
+    pub protocol_type: String,
+    /// The chosen assignor.
+    pub protocol: String,
+    /// Members.
+    pub members: Vec<GroupMember>,
+}
+
+fn sb(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_owned())
+}
+
+impl Admin {
+    async fn coordinator_of(&self, group: &str) -> Result<Connection> {
+        let addr = find_coordinator(self.client(), group).await?;
+        self.client().conn_to(&addr).await
+    }
+
+    /// Every group on every broker, sorted by id.
+    pub async fn list_groups(&self) -> Result<Vec<GroupListing>> {
+        self.client().refresh_metadata(None).await?;
+        let mut out = Vec::new();
+        let mut brokers: Vec<i32> = self.client().cluster().brokers.keys().copied().collect();
+        brokers.sort_unstable();
+        for b in brokers {
+            let conn = self.client().broker(b).await?;
+            let resp = conn.call(&ListGroupsRequest::default()).await?;
+            conn.throttle(resp.throttle_time_ms);
+            let code = ErrorCode(resp.error_code);
+            if !code.is_ok() {
+                return Err(Error::server(code, None, "ListGroups", None, None));
+            }
+            out.extend(resp.groups.iter().map(|g| GroupListing {
+                group_id: g.group_id.0.as_str().to_owned(),
+                protocol_type: g.protocol_type.as_str().to_owned(),
+                state: g.group_state.as_str().to_owned(),
+            }));
+        }
+        out.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+        out.dedup_by(|a, b| a.group_id == b.group_id);
+        Ok(out)
+    }
+
+    /// Describes a group: state, assignor and members with their partitions.
+    pub async fn describe_group(&self, group: &str) -> Result<GroupDescription> {
+        let conn = self.coordinator_of(group).await?;
+        let resp = conn
+            .call(&DescribeGroupsRequest::default().with_groups(vec![GroupId(sb(group))]))
+            .await?;
+        conn.throttle(resp.throttle_time_ms);
+        let g = resp.groups.first().ok_or_else(|| Error::Decode {
+            api: "DescribeGroups",
+            broker: conn.addr().to_owned(),
+            reason: "no group in the response".into(),
+        })?;
+        let code = ErrorCode(g.error_code);
+        if !code.is_ok() {
+            return Err(Error::server(code, None, "DescribeGroups", None, None));
+        }
+        let mut members = Vec::new();
+        for m in &g.members {
+            let assignment = Assignment::decode(&m.member_assignment).map_err(|e| {
+                Error::Config(format!(
+                    "group {group}: member {} has an unreadable assignment: {e}",
+                    m.member_id.as_str()
+                ))
+            })?;
+            members.push(GroupMember {
+                member_id: m.member_id.as_str().to_owned(),
+                instance_id: m.group_instance_id.as_ref().map(|i| i.as_str().to_owned()),
+                client_id: m.client_id.as_str().to_owned(),
+                host: m.client_host.as_str().to_owned(),
+                assignment: assignment.partitions,
+            });
+        }
+        Ok(GroupDescription {
+            group_id: group.to_owned(),
+            state: g.group_state.as_str().to_owned(),
+            protocol_type: g.protocol_type.as_str().to_owned(),
+            protocol: g.protocol_data.as_str().to_owned(),
+            members,
+        })
+    }
+
+    /// Deletes a group (it must be empty).
+    pub async fn delete_group(&self, group: &str) -> Result<()> {
+        let conn = self.coordinator_of(group).await?;
+        let resp = conn
+            .call(&DeleteGroupsRequest::default().with_groups_names(vec![GroupId(sb(group))]))
+            .await?;
+        conn.throttle(resp.throttle_time_ms);
+        for r in &resp.results {
+            let code = ErrorCode(r.error_code);
+            if !code.is_ok() {
+                return Err(Error::server(
+                    code,
+                    Some(format!("group {group}")),
+                    "DeleteGroups",
+                    None,
+                    None,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The group's committed offsets for every topic it has committed.
+    pub async fn group_offsets(&self, group: &str) -> Result<BTreeMap<(String, i32), i64>> {
+        let conn = self.coordinator_of(group).await?;
+        let req =
+            OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default()
+                .with_group_id(GroupId(sb(group)))
+                .with_topics(None)]);
+        let resp = conn.call(&req).await?;
+        conn.throttle(resp.throttle_time_ms);
+        let mut out = BTreeMap::new();
+        for g in &resp.groups {
+            let code = ErrorCode(g.error_code);
+            if !code.is_ok() {
+                return Err(Error::server(code, None, "OffsetFetch", None, None));
+            }
+            for t in &g.topics {
+                for p in &t.partitions {
+                    if p.committed_offset >= 0 {
+                        out.insert(
+                            (t.name.0.as_str().to_owned(), p.partition_index),
+                            p.committed_offset,
+                        );
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sets a group's committed offsets; the group must have no active
+    /// members (as with `kafka-consumer-groups --reset-offsets`).
+    pub async fn set_group_offsets(
+        &self,
+        group: &str,
+        offsets: &BTreeMap<(String, i32), i64>,
+    ) -> Result<()> {
+        let mut by_topic: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
+        for ((t, p), off) in offsets {
+            by_topic.entry(t).or_default().push(
+                OffsetCommitRequestPartition::default()
+                    .with_partition_index(*p)
+                    .with_committed_offset(*off)
+                    .with_committed_leader_epoch(-1),
+            );
+        }
+        let req = OffsetCommitRequest::default()
+            .with_group_id(GroupId(sb(group)))
+            .with_generation_id_or_member_epoch(-1)
+            .with_member_id(StrBytes::new())
+            .with_topics(
+                by_topic
+                    .into_iter()
+                    .map(|(t, ps)| {
+                        OffsetCommitRequestTopic::default()
+                            .with_name(topic_name(t))
+                            .with_partitions(ps)
+                    })
+                    .collect(),
+            );
+        let conn = self.coordinator_of(group).await?;
+        let resp = conn.call(&req).await?;
+        conn.throttle(resp.throttle_time_ms);
+        for t in &resp.topics {
+            for p in &t.partitions {
+                let code = ErrorCode(p.error_code);
+                if !code.is_ok() {
+                    return Err(Error::server(
+                        code,
+                        Some(format!("group {group}")),
+                        "OffsetCommit",
+                        Some(t.name.0.as_str()),
+                        Some(p.partition_index),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
