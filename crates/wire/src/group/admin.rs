@@ -3,20 +3,15 @@
 
 use std::collections::BTreeMap;
 
-use kafka_protocol::messages::offset_commit_request::{
-    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
-};
-use kafka_protocol::messages::offset_fetch_request::OffsetFetchRequestGroup;
 use kafka_protocol::messages::{
-    DeleteGroupsRequest, DescribeGroupsRequest, GroupId, ListGroupsRequest, OffsetCommitRequest,
-    OffsetFetchRequest,
+    DeleteGroupsRequest, DescribeGroupsRequest, GroupId, ListGroupsRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 
 use super::consumer::find_coordinator;
+use super::offsets::{check_commit, commit_request, fetch_request, fetched_offsets, GroupOffsets};
 use super::protocol::Assignment;
 use crate::admin::Admin;
-use crate::client::topic_name;
 use crate::conn::Connection;
 use crate::protocol::ErrorCode;
 use crate::{Error, Result};
@@ -161,81 +156,28 @@ impl Admin {
     }
 
     /// The group's committed offsets for every topic it has committed.
-    pub async fn group_offsets(&self, group: &str) -> Result<BTreeMap<(String, i32), i64>> {
+    pub async fn group_offsets(&self, group: &str) -> Result<GroupOffsets> {
         let conn = self.coordinator_of(group).await?;
-        let req =
-            OffsetFetchRequest::default().with_groups(vec![OffsetFetchRequestGroup::default()
-                .with_group_id(GroupId(sb(group)))
-                .with_topics(None)]);
-        let resp = conn.call(&req).await?;
+        let resp = conn.call(&fetch_request(group, None, false)).await?;
         conn.throttle(resp.throttle_time_ms);
-        let mut out = BTreeMap::new();
-        for g in &resp.groups {
-            let code = ErrorCode(g.error_code);
-            if !code.is_ok() {
-                return Err(Error::server(code, None, "OffsetFetch", None, None));
-            }
-            for t in &g.topics {
-                for p in &t.partitions {
-                    if p.committed_offset >= 0 {
-                        out.insert(
-                            (t.name.0.as_str().to_owned(), p.partition_index),
-                            p.committed_offset,
-                        );
-                    }
-                }
-            }
-        }
+        let mut out = fetched_offsets(&resp)?;
+        out.retain(|_, off| *off >= 0);
         Ok(out)
     }
 
     /// Sets a group's committed offsets; the group must have no active
     /// members (as with `kafka-consumer-groups --reset-offsets`).
-    pub async fn set_group_offsets(
-        &self,
-        group: &str,
-        offsets: &BTreeMap<(String, i32), i64>,
-    ) -> Result<()> {
-        let mut by_topic: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
-        for ((t, p), off) in offsets {
-            by_topic.entry(t).or_default().push(
-                OffsetCommitRequestPartition::default()
-                    .with_partition_index(*p)
-                    .with_committed_offset(*off)
-                    .with_committed_leader_epoch(-1),
-            );
-        }
-        let req = OffsetCommitRequest::default()
-            .with_group_id(GroupId(sb(group)))
-            .with_generation_id_or_member_epoch(-1)
-            .with_member_id(StrBytes::new())
-            .with_topics(
-                by_topic
-                    .into_iter()
-                    .map(|(t, ps)| {
-                        OffsetCommitRequestTopic::default()
-                            .with_name(topic_name(t))
-                            .with_partitions(ps)
-                    })
-                    .collect(),
-            );
+    pub async fn set_group_offsets(&self, group: &str, offsets: &GroupOffsets) -> Result<()> {
+        let req = commit_request(
+            group,
+            -1,
+            "",
+            None,
+            offsets.iter().map(|((t, p), off)| (t.as_str(), *p, *off)),
+        );
         let conn = self.coordinator_of(group).await?;
         let resp = conn.call(&req).await?;
         conn.throttle(resp.throttle_time_ms);
-        for t in &resp.topics {
-            for p in &t.partitions {
-                let code = ErrorCode(p.error_code);
-                if !code.is_ok() {
-                    return Err(Error::server(
-                        code,
-                        Some(format!("group {group}")),
-                        "OffsetCommit",
-                        Some(t.name.0.as_str()),
-                        Some(p.partition_index),
-                    ));
-                }
-            }
-        }
-        Ok(())
+        check_commit(&resp, group)
     }
 }

@@ -22,24 +22,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
-use kafka_protocol::messages::offset_commit_request::{
-    OffsetCommitRequestPartition, OffsetCommitRequestTopic,
-};
-use kafka_protocol::messages::offset_fetch_request::{
-    OffsetFetchRequestGroup, OffsetFetchRequestTopics,
-};
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
     FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
-    OffsetCommitRequest, OffsetFetchRequest, SyncGroupRequest,
+    SyncGroupRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::time::Instant;
 
 use super::assignor::{Assignor, Member, TopicCounts};
 use super::membership::{Action, Event, Membership, MembershipConfig, Partitions, Phase};
+use super::offsets::{check_commit, commit_request, fetch_request, fetched_offsets, GroupOffsets};
 use super::protocol::{Assignment, Subscription, CONSUMER_PROTOCOL_VERSION};
-use crate::client::{topic_name, Client};
+use crate::client::Client;
 use crate::config::Properties;
 use crate::conn::Connection;
 use crate::consumer::{Consumer, ConsumerConfig, Fetched, Offset, OffsetReset, TopicPartition};
@@ -693,53 +688,17 @@ impl<L: RebalanceListener> GroupConsumer<L> {
         Ok(())
     }
 
-    /// Committed offsets of the group for `ps` (OffsetFetch, require_stable).
-    pub async fn fetch_committed(&self, ps: &Partitions) -> Result<BTreeMap<(String, i32), i64>> {
-        let req = OffsetFetchRequest::default()
-            .with_require_stable(true)
-            .with_groups(vec![OffsetFetchRequestGroup::default()
-                .with_group_id(GroupId(sb(&self.cfg.group_id)))
-                .with_topics(Some(
-                    ps.iter()
-                        .map(|(t, parts)| {
-                            OffsetFetchRequestTopics::default()
-                                .with_name(topic_name(t))
-                                .with_partition_indexes(parts.clone())
-                        })
-                        .collect(),
-                ))]);
+    /// Committed offsets of the group for `ps` (OffsetFetch, require_stable);
+    /// -1 where none is committed.
+    pub async fn fetch_committed(&self, ps: &Partitions) -> Result<GroupOffsets> {
+        let req = fetch_request(&self.cfg.group_id, Some(ps), true);
         let timeout = self.cfg.consumer.client.default_api_timeout;
         self.client
             .retry("OffsetFetch", timeout, || async {
                 let conn = self.coordinator().await?;
                 let resp = conn.call(&req).await?;
                 conn.throttle(resp.throttle_time_ms);
-                let mut out = BTreeMap::new();
-                for g in &resp.groups {
-                    let code = ErrorCode(g.error_code);
-                    if !code.is_ok() {
-                        return Err(Error::server(code, None, "OffsetFetch", None, None));
-                    }
-                    for t in &g.topics {
-                        for p in &t.partitions {
-                            let code = ErrorCode(p.error_code);
-                            if !code.is_ok() {
-                                return Err(Error::server(
-                                    code,
-                                    None,
-                                    "OffsetFetch",
-                                    Some(t.name.0.as_str()),
-                                    Some(p.partition_index),
-                                ));
-                            }
-                            out.insert(
-                                (t.name.0.as_str().to_owned(), p.partition_index),
-                                p.committed_offset,
-                            );
-                        }
-                    }
-                }
-                Ok(out)
+                fetched_offsets(&resp)
             })
             .await
     }
@@ -766,68 +725,39 @@ impl<L: RebalanceListener> GroupConsumer<L> {
     }
 
     async fn send_commit(&self, offsets: &BTreeMap<TopicPartition, i64>) -> Result<()> {
-        let mut by_topic: BTreeMap<&str, Vec<OffsetCommitRequestPartition>> = BTreeMap::new();
-        for (tp, off) in offsets {
-            by_topic.entry(&tp.topic).or_default().push(
-                OffsetCommitRequestPartition::default()
-                    .with_partition_index(tp.partition)
-                    .with_committed_offset(*off)
-                    .with_committed_leader_epoch(-1),
-            );
-        }
         let (generation, member) = self.generation();
-        let req = OffsetCommitRequest::default()
-            .with_group_id(GroupId(sb(&self.cfg.group_id)))
-            .with_generation_id_or_member_epoch(generation)
-            .with_member_id(sb(&member))
-            .with_group_instance_id(self.cfg.instance_id.as_deref().map(sb))
-            .with_retention_time_ms(-1)
-            .with_topics(
-                by_topic
-                    .into_iter()
-                    .map(|(t, ps)| {
-                        OffsetCommitRequestTopic::default()
-                            .with_name(topic_name(t))
-                            .with_partitions(ps)
-                    })
-                    .collect(),
-            );
+        let group = &self.cfg.group_id;
+        let req = commit_request(
+            group,
+            generation,
+            &member,
+            self.cfg.instance_id.as_deref(),
+            offsets
+                .iter()
+                .map(|(tp, off)| (&*tp.topic, tp.partition, *off)),
+        );
         let timeout = self.cfg.consumer.client.default_api_timeout;
         self.client
             .retry("OffsetCommit", timeout, || async {
-                let conn = match self.coordinator().await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        if let Ok(addr) = find_coordinator(&self.client, &self.cfg.group_id).await {
-                            lock(&self.shared).coordinator = Some(addr);
-                        }
-                        return Err(e);
+                let result = match self.coordinator().await {
+                    Ok(conn) => {
+                        let resp = conn.call(&req).await?;
+                        conn.throttle(resp.throttle_time_ms);
+                        check_commit(&resp, group)
                     }
+                    Err(e) => Err(e),
                 };
-                let resp = conn.call(&req).await?;
-                conn.throttle(resp.throttle_time_ms);
-                for t in &resp.topics {
-                    for p in &t.partitions {
-                        let code = ErrorCode(p.error_code);
-                        if code.is_coordinator_error() {
-                            if let Ok(addr) =
-                                find_coordinator(&self.client, &self.cfg.group_id).await
-                            {
-                                lock(&self.shared).coordinator = Some(addr);
-                            }
-                        }
-                        if !code.is_ok() {
-                            return Err(Error::server(
-                                code,
-                                None,
-                                "OffsetCommit",
-                                Some(t.name.0.as_str()),
-                                Some(p.partition_index),
-                            ));
-                        }
+                if result
+                    .as_ref()
+                    .err()
+                    .and_then(Error::code)
+                    .is_some_and(|c| c.is_coordinator_error())
+                {
+                    if let Ok(addr) = find_coordinator(&self.client, group).await {
+                        lock(&self.shared).coordinator = Some(addr);
                     }
                 }
-                Ok(())
+                result
             })
             .await
     }

@@ -6,9 +6,11 @@ pub mod admin;
 pub mod assignor;
 pub mod consumer;
 pub mod membership;
+mod offsets;
 pub mod protocol;
 
 pub use admin::{GroupDescription, GroupListing, GroupMember};
 pub use assignor::{Assignor, Member, Plan, TopicCounts};
 pub use consumer::{GroupConfig, GroupConsumer, NoListener, RebalanceListener};
+pub use offsets::GroupOffsets;
 pub use protocol::{Assignment, MemberMetadataError, Subscription, CONSUMER_PROTOCOL_VERSION};
