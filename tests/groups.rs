@@ -336,3 +336,110 @@ async fn mixed_group_with_kafkas_consumer_cooperative_sticky() {
     )
     .await;
 }
+
+/// The broker hosting the group's coordinator dies mid-run: the members find
+/// the new coordinator and consume everything (no record lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_survives_the_coordinator_broker_dying() {
+    let kafka = Arc::new(faustus_testcontainers::KafkaCluster::start(3).expect("3 nodes"));
+    let topic = unique_topic("coord-fail");
+    let group = unique_topic("g-coord");
+    let base = Properties::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .set("request.timeout.ms", "5000");
+    let producer = Producer::connect(ProducerConfig::from_properties(&base).expect("config"))
+        .await
+        .expect("producer");
+    Admin::new(producer.client().clone())
+        .create_topic(NewTopic::new(&topic, 6, 3), false)
+        .await
+        .expect("topic");
+    let n = 20_000usize;
+    for i in 0..n {
+        let _ = producer
+            .send(
+                ProducerRecord::new(&topic)
+                    .key(format!("k{i}"))
+                    .value(i.to_string()),
+            )
+            .await
+            .expect("queued");
+    }
+    producer.flush().await.expect("flush");
+
+    // The first lookup creates __consumer_offsets; retry until it is ready.
+    let coordinator = producer
+        .client()
+        .retry("FindCoordinator", Duration::from_secs(60), || {
+            faustus_wire::group::consumer::find_coordinator(producer.client(), &group)
+        })
+        .await
+        .expect("coordinator");
+    let node = kafka
+        .bootstrap()
+        .split(',')
+        .position(|b| b == coordinator)
+        .expect("coordinator is one of the nodes")
+        + 1;
+
+    let props = base
+        .clone()
+        .set("group.id", &group)
+        .set("auto.offset.reset", "earliest")
+        .set("max.partition.fetch.bytes", "2048")
+        .set("auto.commit.interval.ms", "100")
+        .set("heartbeat.interval.ms", "500")
+        .set("session.timeout.ms", "10000");
+    let seen: Arc<Mutex<BTreeSet<usize>>> = Arc::default();
+    let progress = Arc::new(tokio::sync::Notify::new());
+    let mut members = Vec::new();
+    for _ in 0..2 {
+        let cfg = GroupConfig::from_properties(&props).expect("config");
+        let topic = topic.clone();
+        let seen = seen.clone();
+        let progress = progress.clone();
+        members.push(tokio::spawn(async move {
+            let mut c = GroupConsumer::subscribe(cfg, &[&topic], faustus_wire::group::NoListener)
+                .await
+                .expect("subscribe");
+            while seen.lock().expect("seen").len() < n {
+                // Errors while the coordinator moves are retried by polling
+                // again; the membership recovers by itself.
+                if let Ok(parts) = c.poll().await {
+                    for part in parts {
+                        for r in part.records() {
+                            let i: usize =
+                                std::str::from_utf8(r.expect("record").value().expect("value"))
+                                    .expect("utf-8")
+                                    .parse()
+                                    .expect("number");
+                            seen.lock().expect("seen").insert(i);
+                        }
+                    }
+                }
+                progress.notify_waiters();
+            }
+            let _ = c.close().await;
+        }));
+    }
+    // Kill the coordinator's broker once consumption is under way.
+    loop {
+        let more = progress.notified();
+        if seen.lock().expect("seen").len() >= n / 10 {
+            break;
+        }
+        more.await;
+    }
+    let k = kafka.clone();
+    tokio::task::spawn_blocking(move || k.kill(node))
+        .await
+        .expect("join")
+        .expect("kill the coordinator");
+    for m in members {
+        tokio::time::timeout(Duration::from_secs(180), m)
+            .await
+            .expect("members finish after the coordinator moved")
+            .expect("member");
+    }
+    assert_eq!(seen.lock().expect("seen").len(), n, "no record lost");
+}
