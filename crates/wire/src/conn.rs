@@ -226,10 +226,10 @@ impl Connection {
         }
     }
 
-    /// Sends `req` with the negotiated version and waits for its response.
+    /// Sends `req` with the negotiated version and waits for its response
+    /// (up to `request.timeout.ms`).
     pub async fn call<R: Request>(&self, req: &R) -> Result<R::Response> {
-        let version = self.negotiated::<R>()?;
-        self.call_version(req, version).await
+        self.call_timeout(req, self.request_timeout).await
     }
 
     /// Like [`call`](Self::call), waiting up to `timeout` for the response
@@ -240,25 +240,26 @@ impl Connection {
         req: &R,
         timeout: Duration,
     ) -> Result<R::Response> {
-        let version = self.negotiated::<R>()?;
-        let header_version = ApiKey::try_from(R::KEY)
-            .map(|k| k.response_header_version(version))
-            .unwrap_or(0);
         self.wait_throttle().await;
-        let rx = self.queue(R::KEY, version, header_version, req, true)?;
+        let (version, rx) = self.queue_request(req)?;
         let body = self.await_reply_within(R::KEY, rx, timeout).await?;
         self.decode::<R::Response>(body, R::KEY, version)
     }
 
-    /// Like [`call`](Self::call) with an explicit version.
-    pub async fn call_version<R: Request>(&self, req: &R, version: i16) -> Result<R::Response> {
+    /// Queues `req` at the negotiated version with the response header its
+    /// version calls for.
+    fn queue_request<R: Request>(
+        &self,
+        req: &R,
+    ) -> Result<(i16, Option<oneshot::Receiver<Result<Bytes>>>)> {
+        let version = self.negotiated::<R>()?;
         let header_version = ApiKey::try_from(R::KEY)
             .map(|k| k.response_header_version(version))
             .unwrap_or(0);
-        let body = self
-            .send_raw(R::KEY, version, header_version, req, true)
-            .await?;
-        self.decode::<R::Response>(body, R::KEY, version)
+        Ok((
+            version,
+            self.queue(R::KEY, version, header_version, req, true)?,
+        ))
     }
 
     /// Sends a request that gets no response (Produce with `acks=0`);
@@ -305,11 +306,7 @@ impl Connection {
         &self,
         req: &R,
     ) -> Result<impl Future<Output = Result<R::Response>> + Send + 'static> {
-        let version = self.negotiated::<R>()?;
-        let header_version = ApiKey::try_from(R::KEY)
-            .map(|k| k.response_header_version(version))
-            .unwrap_or(0);
-        let rx = self.queue(R::KEY, version, header_version, req, true)?;
+        let (version, rx) = self.queue_request(req)?;
         let this = self.clone();
         Ok(async move {
             let body = this.await_reply(R::KEY, rx).await?;
