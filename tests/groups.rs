@@ -443,3 +443,68 @@ async fn group_survives_the_coordinator_broker_dying() {
     }
     assert_eq!(seen.lock().expect("seen").len(), n, "no record lost");
 }
+
+/// Subscription by pattern picks up a topic created while consuming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pattern_subscription_follows_new_topics() {
+    let kafka = shared().expect("kafka");
+    let prefix = unique_topic("pat");
+    let (first, second) = (format!("{prefix}-a"), format!("{prefix}-b"));
+    let base = Properties::new().set("bootstrap.servers", kafka.bootstrap());
+    let producer = Producer::connect(ProducerConfig::from_properties(&base).expect("config"))
+        .await
+        .expect("producer");
+    let admin = Admin::new(producer.client().clone());
+    admin
+        .create_topic(NewTopic::new(&first, 2, 1), false)
+        .await
+        .expect("topic a");
+    for i in 0..100 {
+        let _ = producer
+            .send(ProducerRecord::new(&first).value(format!("a{i}")))
+            .await
+            .expect("queued");
+    }
+    producer.flush().await.expect("flush");
+    let props = base
+        .set("group.id", unique_topic("g-pat"))
+        .set("auto.offset.reset", "earliest")
+        .set("metadata.max.age.ms", "300");
+    let cfg = GroupConfig::from_properties(&props).expect("config");
+    let mut c = GroupConsumer::subscribe_pattern(
+        cfg,
+        &format!("{prefix}-.*"),
+        faustus_wire::group::NoListener,
+    )
+    .await
+    .expect("subscribe");
+    assert_eq!(c.subscription(), std::slice::from_ref(&first));
+    let mut seen = BTreeSet::new();
+    let mut created = false;
+    while seen.len() < 200 {
+        for part in c.poll().await.expect("poll") {
+            for r in part.records() {
+                seen.insert(
+                    String::from_utf8_lossy(r.expect("record").value().unwrap_or_default())
+                        .into_owned(),
+                );
+            }
+        }
+        if !created && seen.len() == 100 {
+            admin
+                .create_topic(NewTopic::new(&second, 1, 1), false)
+                .await
+                .expect("topic b");
+            for i in 0..100 {
+                let _ = producer
+                    .send(ProducerRecord::new(&second).value(format!("b{i}")))
+                    .await
+                    .expect("queued");
+            }
+            producer.flush().await.expect("flush");
+            created = true;
+        }
+    }
+    assert_eq!(c.subscription(), [first, second]);
+    c.close().await.expect("close");
+}

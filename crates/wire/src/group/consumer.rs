@@ -154,6 +154,9 @@ pub struct GroupConsumer<L: RebalanceListener = NoListener> {
     cfg: GroupConfig,
     consumer: Consumer,
     topics: Vec<String>,
+    /// Subscription by pattern: re-matched against the cluster's topics
+    /// every `metadata.max.age.ms`.
+    pattern: Option<(regex::Regex, Instant)>,
     shared: Arc<Mutex<Shared>>,
     heartbeat: tokio::task::JoinHandle<()>,
     listener: L,
@@ -216,6 +219,7 @@ impl<L: RebalanceListener> GroupConsumer<L> {
             client,
             consumer,
             topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            pattern: None,
             shared,
             heartbeat,
             listener,
@@ -226,6 +230,38 @@ impl<L: RebalanceListener> GroupConsumer<L> {
             last_auto_commit: now,
             cfg,
         })
+    }
+
+    /// Connects and subscribes to every topic whose whole name matches
+    /// `pattern` (a regular expression), internal topics excepted. Topics
+    /// created or deleted later are picked up every `metadata.max.age.ms`,
+    /// with a rebalance.
+    pub async fn subscribe_pattern(cfg: GroupConfig, pattern: &str, listener: L) -> Result<Self> {
+        let re = regex::Regex::new(&format!("^(?:{pattern})$"))
+            .map_err(|e| Error::Config(format!("subscription pattern `{pattern}`: {e}")))?;
+        let mut me = Self::subscribe(cfg, &[], listener).await?;
+        me.topics = me.matching(&re).await?;
+        me.pattern = Some((re, Instant::now()));
+        Ok(me)
+    }
+
+    async fn matching(&self, re: &regex::Regex) -> Result<Vec<String>> {
+        self.client.refresh_metadata(None).await?;
+        let mut topics: Vec<String> = self
+            .client
+            .cluster()
+            .topics
+            .values()
+            .filter(|t| !t.internal && re.is_match(&t.name))
+            .map(|t| t.name.clone())
+            .collect();
+        topics.sort();
+        Ok(topics)
+    }
+
+    /// The topics subscribed to now.
+    pub fn subscription(&self) -> &[String] {
+        &self.topics
     }
 
     /// The listener.
@@ -258,9 +294,24 @@ impl<L: RebalanceListener> GroupConsumer<L> {
         for (tp, off) in std::mem::take(&mut self.delivered) {
             self.processed.insert(tp, off);
         }
-        let actions = lock(&self.shared)
+        let mut actions = lock(&self.shared)
             .membership
             .handle(Instant::now(), Event::Polled);
+        if let Some((re, checked)) = self.pattern.clone() {
+            if checked.elapsed() >= self.cfg.consumer.client.metadata_max_age {
+                let topics = self.matching(&re).await?;
+                self.pattern = Some((re, Instant::now()));
+                if topics != self.topics {
+                    tracing::info!(group = %self.cfg.group_id, ?topics, "pattern subscription changed");
+                    self.topics = topics;
+                    actions.extend(
+                        lock(&self.shared)
+                            .membership
+                            .handle(Instant::now(), Event::SubscriptionChanged),
+                    );
+                }
+            }
+        }
         self.run(actions).await?;
         if self.cfg.auto_commit && self.last_auto_commit.elapsed() >= self.cfg.auto_commit_interval
         {

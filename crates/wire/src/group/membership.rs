@@ -99,6 +99,9 @@ pub enum Event {
     },
     /// The application closes the consumer.
     Close,
+    /// The subscription changed (a pattern now matches other topics): rejoin
+    /// so the leader can assign the new set.
+    SubscriptionChanged,
 }
 
 /// What the driver must do, in order.
@@ -302,6 +305,10 @@ impl Membership {
                 }
             }
             Event::CoordinatorLost => self.coordinator_lost(now),
+            Event::SubscriptionChanged => {
+                self.rejoin = true;
+                self.tick(now)
+            }
             Event::Joined {
                 code,
                 member_id,
