@@ -306,16 +306,13 @@ impl Admin {
                     conn.throttle(resp.throttle_time_ms);
                     for t in &resp.topics {
                         for p in &t.partitions {
-                            let code = ErrorCode(p.error_code);
-                            if !code.is_ok() {
-                                return Err(Error::server(
-                                    code,
-                                    None,
-                                    "ListOffsets",
-                                    Some(topic),
-                                    Some(p.partition_index),
-                                ));
-                            }
+                            Error::check(
+                                ErrorCode(p.error_code),
+                                None,
+                                "ListOffsets",
+                                Some(topic),
+                                Some(p.partition_index),
+                            )?;
                             out.insert(p.partition_index, p.offset);
                         }
                     }
@@ -363,16 +360,13 @@ impl Admin {
             .await?;
         let mut out = Vec::new();
         for r in &resp.results {
-            let code = ErrorCode(r.error_code);
-            if !code.is_ok() {
-                return Err(Error::server(
-                    code,
-                    r.error_message.as_ref().map(|m| m.as_str().to_owned()),
-                    "DescribeConfigs",
-                    Some(topic),
-                    None,
-                ));
-            }
+            Error::check(
+                ErrorCode(r.error_code),
+                r.error_message.as_ref().map(|m| m.as_str().to_owned()),
+                "DescribeConfigs",
+                Some(topic),
+                None,
+            )?;
             for c in &r.configs {
                 out.push((
                     c.name.as_str().to_owned(),
@@ -416,16 +410,13 @@ impl Admin {
                     conn.throttle(resp.throttle_time_ms);
                     for t in &resp.topics {
                         for p in &t.partitions {
-                            let code = ErrorCode(p.error_code);
-                            if !code.is_ok() {
-                                return Err(Error::server(
-                                    code,
-                                    None,
-                                    "DeleteRecords",
-                                    Some(topic),
-                                    Some(p.partition_index),
-                                ));
-                            }
+                            Error::check(
+                                ErrorCode(p.error_code),
+                                None,
+                                "DeleteRecords",
+                                Some(topic),
+                                Some(p.partition_index),
+                            )?;
                             out.insert(p.partition_index, p.low_watermark);
                         }
                     }

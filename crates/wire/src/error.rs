@@ -185,6 +185,23 @@ impl Error {
         }
     }
 
+    /// `Ok` for `NONE`, else the server error for `api` about
+    /// `topic`/`partition`: how every response's error code becomes a
+    /// `Result`.
+    pub fn check(
+        code: ErrorCode,
+        message: Option<String>,
+        api: &'static str,
+        topic: Option<&str>,
+        partition: Option<i32>,
+    ) -> Result<()> {
+        if code.is_ok() {
+            Ok(())
+        } else {
+            Err(Self::server(code, message, api, topic, partition))
+        }
+    }
+
     /// The Kafka error code, for server errors.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {

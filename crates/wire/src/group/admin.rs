@@ -141,16 +141,13 @@ impl Admin {
             .await?;
         conn.throttle(resp.throttle_time_ms);
         for r in &resp.results {
-            let code = ErrorCode(r.error_code);
-            if !code.is_ok() {
-                return Err(Error::server(
-                    code,
-                    Some(format!("group {group}")),
-                    "DeleteGroups",
-                    None,
-                    None,
-                ));
-            }
+            Error::check(
+                ErrorCode(r.error_code),
+                Some(format!("group {group}")),
+                "DeleteGroups",
+                None,
+                None,
+            )?;
         }
         Ok(())
     }

@@ -66,16 +66,13 @@ pub(crate) fn commit_request<'a>(
 pub(crate) fn check_commit(resp: &OffsetCommitResponse, group: &str) -> Result<()> {
     for t in &resp.topics {
         for p in &t.partitions {
-            let code = ErrorCode(p.error_code);
-            if !code.is_ok() {
-                return Err(Error::server(
-                    code,
-                    Some(format!("group {group}")),
-                    "OffsetCommit",
-                    Some(t.name.0.as_str()),
-                    Some(p.partition_index),
-                ));
-            }
+            Error::check(
+                ErrorCode(p.error_code),
+                Some(format!("group {group}")),
+                "OffsetCommit",
+                Some(t.name.0.as_str()),
+                Some(p.partition_index),
+            )?;
         }
     }
     Ok(())
@@ -114,16 +111,13 @@ pub(crate) fn fetched_offsets(resp: &OffsetFetchResponse) -> Result<GroupOffsets
         }
         for t in &g.topics {
             for p in &t.partitions {
-                let code = ErrorCode(p.error_code);
-                if !code.is_ok() {
-                    return Err(Error::server(
-                        code,
-                        None,
-                        "OffsetFetch",
-                        Some(t.name.0.as_str()),
-                        Some(p.partition_index),
-                    ));
-                }
+                Error::check(
+                    ErrorCode(p.error_code),
+                    None,
+                    "OffsetFetch",
+                    Some(t.name.0.as_str()),
+                    Some(p.partition_index),
+                )?;
                 out.insert(
                     (t.name.0.as_str().to_owned(), p.partition_index),
                     p.committed_offset,
