@@ -1,8 +1,9 @@
 //! The admin client against the harness Kafka.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use faustus_suite::unique_topic;
+use faustus_suite::{unique_topic, Deadline};
 use faustus_testcontainers::shared;
 use faustus_wire::{Admin, Client, ClientConfig, NewTopic, OffsetSpec, Properties};
 
@@ -97,7 +98,7 @@ async fn seek_by_timestamp_and_delete_records() {
         admin.client().clone(),
         ProducerConfig::new(&admin.client().config().bootstrap_servers.join(",")).expect("config"),
     );
-    let base = 1_700_000_000_000i64;
+    let base = faustus_suite::millis_ago(Duration::from_secs(3600));
     for i in 0..100 {
         let _ = producer
             .send(
@@ -126,7 +127,12 @@ async fn seek_by_timestamp_and_delete_records() {
         .await
         .expect("assign");
     let mut first = None;
+    let deadline = Deadline::new(
+        "the record at the seeked timestamp",
+        Duration::from_secs(60),
+    );
     while first.is_none() {
+        deadline.check(());
         for part in consumer.poll().await.expect("poll") {
             if let Some(r) = part.records().next() {
                 let r = r.expect("record");

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
-use faustus_suite::unique_topic;
+use faustus_suite::{unique_topic, Deadline};
 use faustus_testcontainers::{shared, KafkaCluster};
 use faustus_wire::consumer::{Consumer, ConsumerConfig, Offset};
 use faustus_wire::producer::{DeliveryFuture, Producer, ProducerConfig, ProducerRecord};
@@ -80,7 +81,9 @@ async fn idempotent_producer_survives_a_broker_kill_and_restart() {
     let mut seen = vec![false; 160_000];
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
     let mut got = 0;
+    let deadline = Deadline::new("every record back", Duration::from_secs(300));
     while got < 160_000 {
+        deadline.check(got);
         for part in c.poll().await.expect("poll") {
             for r in part.records() {
                 let r = r.expect("record");
@@ -197,7 +200,9 @@ async fn corrupt_batches_on_disk_give_typed_errors_and_do_not_stall() {
     // Seeking past the bad batch goes on with the next one.
     c.seek(&tp, Offset::At(2)).expect("seek past");
     let mut after = Vec::new();
+    let deadline = Deadline::new("the batch after the bad one", Duration::from_secs(60));
     while after.is_empty() {
+        deadline.check(());
         for part in c.poll().await.expect("poll") {
             for r in part.records() {
                 after.push(
@@ -212,7 +217,9 @@ async fn corrupt_batches_on_disk_give_typed_errors_and_do_not_stall() {
 
 async fn poll_until_error(c: &mut Consumer) -> (Vec<String>, Error) {
     let mut records = Vec::new();
+    let deadline = Deadline::new("the bad batch's error", Duration::from_secs(60));
     loop {
+        deadline.check(&records);
         match c.poll().await {
             Ok(parts) => {
                 for part in parts {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use faustus_suite::unique_topic;
+use faustus_suite::{unique_topic, Deadline};
 use faustus_testcontainers::shared;
 use faustus_wire::consumer::TopicPartition;
 use faustus_wire::group::{GroupConfig, GroupConsumer, RebalanceListener};
@@ -182,7 +182,9 @@ async fn stable_consumer(props: &Properties, topic: &str) -> GroupConsumer {
     let mut c = GroupConsumer::subscribe(cfg, &[topic], faustus_wire::group::NoListener)
         .await
         .expect("subscribe");
+    let deadline = Deadline::new("an assignment", Duration::from_secs(120));
     while c.assignment().is_empty() {
+        deadline.check(());
         c.poll().await.expect("poll");
     }
     c
@@ -263,7 +265,9 @@ async fn mixed_group(java_strategy: &str, ours: &str) {
         .await
         .expect("subscribe");
     // Wait until the partitions are split between the two members.
+    let deadline = Deadline::new("a split with Kafka's consumer", Duration::from_secs(120));
     loop {
+        deadline.check(c.assignment());
         c.poll().await.expect("poll");
         let mine: usize = c.assignment().values().map(Vec::len).sum();
         if mine > 0 && mine < 6 {
@@ -294,7 +298,9 @@ async fn mixed_group(java_strategy: &str, ours: &str) {
             .flatten()
             .all(|p| positions.get(p).copied().unwrap_or(0) >= ends[p])
     };
+    let deadline = Deadline::new("our partitions' end offsets", Duration::from_secs(120));
     while !done(&positions) {
+        deadline.check(&positions);
         for part in c.poll().await.expect("poll") {
             positions.insert(part.partition(), part.next_offset());
             for r in part.records() {
@@ -423,12 +429,14 @@ async fn group_survives_the_coordinator_broker_dying() {
         }));
     }
     // Kill the coordinator's broker once consumption is under way.
+    let deadline = Deadline::new("a tenth of the records", Duration::from_secs(120));
     loop {
+        deadline.check(seen.lock().expect("seen").len());
         let more = progress.notified();
         if seen.lock().expect("seen").len() >= n / 10 {
             break;
         }
-        more.await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), more).await;
     }
     let k = kafka.clone();
     tokio::task::spawn_blocking(move || k.kill(node))
@@ -481,7 +489,9 @@ async fn pattern_subscription_follows_new_topics() {
     assert_eq!(c.subscription(), std::slice::from_ref(&first));
     let mut seen = BTreeSet::new();
     let mut created = false;
+    let deadline = Deadline::new("records from both topics", Duration::from_secs(120));
     while seen.len() < 200 {
+        deadline.check(seen.len());
         for part in c.poll().await.expect("poll") {
             for r in part.records() {
                 seen.insert(

@@ -6,8 +6,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::Stdio;
+use std::time::Duration;
 
-use faustus_suite::unique_topic;
+use faustus_suite::{unique_topic, Deadline};
 use faustus_testcontainers::{shared, KafkaCluster};
 use faustus_wire::consumer::{Consumer, ConsumerConfig, Offset};
 use faustus_wire::producer::{partition_for_key, Producer, ProducerConfig, ProducerRecord};
@@ -70,7 +71,9 @@ async fn read_all(
             .iter()
             .all(|tp| c.position(tp).unwrap_or(-1) >= ends[&tp.partition])
     };
+    let deadline = Deadline::new("the end offsets", Duration::from_secs(120));
     while !at_end(&c) {
+        deadline.check(out.len());
         for part in c.poll().await.expect("poll") {
             for r in part.records() {
                 let r = r.expect("record");

@@ -4,8 +4,10 @@
 //! value, headers and timestamp intact.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use faustus_suite::unique_topic;
+use faustus_suite::{init_tracing, millis_ago, unique_topic};
 use faustus_testcontainers::shared;
 use faustus_wire::consumer::{Consumer, ConsumerConfig, Offset};
 use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
@@ -20,7 +22,9 @@ fn records() -> usize {
         .unwrap_or(1_000_000)
 }
 
-const BASE_TS: i64 = 1_700_000_000_000;
+/// How long producing, and then consuming, may take before the test fails
+/// (generous: CI runs the tests side by side on two cores).
+const PHASE: Duration = Duration::from_secs(300);
 
 fn value_of(i: usize) -> Vec<u8> {
     let mut v = format!("value-{i:012}-").into_bytes();
@@ -29,8 +33,12 @@ fn value_of(i: usize) -> Vec<u8> {
 }
 
 async fn round_trip(settings: &[(&str, &str)], partitions: i32) {
+    init_tracing();
     let kafka = shared().expect("kafka");
     let n = records();
+    // Recent timestamps: records older than retention.ms may be deleted
+    // while the test runs.
+    let base_ts = millis_ago(Duration::from_secs(3600));
     let topic = unique_topic("roundtrip");
     let mut props = Properties::new().set("bootstrap.servers", kafka.bootstrap());
     for (k, v) in settings {
@@ -46,22 +54,34 @@ async fn round_trip(settings: &[(&str, &str)], partitions: i32) {
         .create_topic(NewTopic::new(&topic, partitions, 1), false)
         .await
         .expect("topic");
-    let mut pending = Vec::new();
-    for i in 0..n {
-        let rec = ProducerRecord::new(&topic)
-            .key(format!("k{i}"))
-            .value(value_of(i))
-            .header("i", i.to_string())
-            .timestamp(BASE_TS + i as i64);
-        pending.push(producer.send(rec).await.expect("queued"));
-        if pending.len() >= 100_000 {
-            for d in pending.drain(..) {
-                d.await.expect("delivered");
+    // A stuck phase fails the test with where it stopped instead of hanging.
+    let acked = std::sync::atomic::AtomicUsize::new(0);
+    let produce = async {
+        let mut pending = Vec::new();
+        for i in 0..n {
+            let rec = ProducerRecord::new(&topic)
+                .key(format!("k{i}"))
+                .value(value_of(i))
+                .header("i", i.to_string())
+                .timestamp(base_ts + i as i64);
+            pending.push(producer.send(rec).await.expect("queued"));
+            if pending.len() >= 100_000 {
+                for d in pending.drain(..) {
+                    d.await.expect("delivered");
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
-    }
-    for d in pending {
-        d.await.expect("delivered");
+        for d in pending {
+            d.await.expect("delivered");
+            acked.fetch_add(1, Ordering::Relaxed);
+        }
+    };
+    if tokio::time::timeout(PHASE, produce).await.is_err() {
+        panic!(
+            "{topic}: producing stalled with {} of {n} acknowledged",
+            acked.load(Ordering::Relaxed)
+        );
     }
     producer.close().await.expect("close");
 
@@ -76,12 +96,40 @@ async fn round_trip(settings: &[(&str, &str)], partitions: i32) {
     let mut seen = vec![false; n];
     let mut last_index: BTreeMap<i32, i64> = BTreeMap::new();
     let mut got = 0usize;
+    let mut next_offset: BTreeMap<i32, i64> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + PHASE;
     while got < n {
-        let parts = consumer.poll().await.expect("poll");
-        assert!(!parts.is_empty() || got < n, "stalled at {got} of {n}");
+        let parts = tokio::time::timeout_at(deadline, consumer.poll())
+            .await
+            .unwrap_or_else(|_| panic!("{topic}: consuming stalled at {got} of {n}: {consumer:?}"))
+            .expect("poll");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{topic}: consuming stalled at {got} of {n}: {consumer:?}"
+        );
         for part in parts {
+            let expected = next_offset.entry(part.partition()).or_insert(0);
+            assert_eq!(
+                part.start_offset(),
+                *expected,
+                "{topic}-{}: fetched from {} after delivering up to {}",
+                part.partition(),
+                part.start_offset(),
+                *expected
+            );
             for rec in part.records() {
                 let rec = rec.expect("valid record");
+                assert_eq!(
+                    rec.offset,
+                    *expected,
+                    "{topic}-{}: offset gap; batches {:?}",
+                    part.partition(),
+                    part.batches()
+                        .iter()
+                        .map(|b| (b.base_offset(), b.last_offset()))
+                        .collect::<Vec<_>>()
+                );
+                *expected += 1;
                 let header: Vec<(&str, Option<&[u8]>)> = rec.headers().collect();
                 assert_eq!(header.len(), 1);
                 let i: usize = std::str::from_utf8(header[0].1.expect("header value"))
@@ -92,7 +140,7 @@ async fn round_trip(settings: &[(&str, &str)], partitions: i32) {
                 seen[i] = true;
                 assert_eq!(rec.key(), Some(format!("k{i}").as_bytes()));
                 assert_eq!(rec.value(), Some(&value_of(i)[..]));
-                assert_eq!(rec.timestamp, BASE_TS + i as i64);
+                assert_eq!(rec.timestamp, base_ts + i as i64);
                 let last = last_index.entry(part.partition()).or_insert(-1);
                 assert!(
                     *last < i as i64,

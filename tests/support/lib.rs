@@ -24,3 +24,61 @@ pub fn wait_until<T>(
 }
 
 pub use faustus_testcontainers::unique_name as unique_topic;
+
+/// Sends the client's `tracing` output to the test's stderr, filtered by
+/// `RUST_LOG` (nothing when it is unset). Safe to call from every test.
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_none() {
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// A time limit for a loop that waits on the broker: tests call
+/// [`check`](Deadline::check) each round, so a stuck wait fails with what
+/// it was waiting for instead of hanging the suite.
+#[derive(Debug, Clone)]
+pub struct Deadline {
+    what: String,
+    within: Duration,
+    at: Instant,
+}
+
+impl Deadline {
+    /// A limit of `within` from now for `what`.
+    pub fn new(what: impl Into<String>, within: Duration) -> Self {
+        Self {
+            what: what.into(),
+            within,
+            at: Instant::now() + within,
+        }
+    }
+
+    /// Panics, naming the wait and `progress`, once the limit has passed.
+    pub fn check(&self, progress: impl std::fmt::Debug) {
+        if Instant::now() >= self.at {
+            panic!(
+                "timed out after {:?} waiting for {} (progress: {progress:?})",
+                self.within, self.what
+            );
+        }
+    }
+
+    /// Whether the limit has passed.
+    pub fn passed(&self) -> bool {
+        Instant::now() >= self.at
+    }
+}
+
+/// A record timestamp `ago` before now, in ms since the epoch. Tests stamp
+/// records with recent times: the broker deletes data older than
+/// `retention.ms` (7 days by default) at any moment, even mid-test.
+pub fn millis_ago(ago: Duration) -> i64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    now - ago.as_millis() as i64
+}

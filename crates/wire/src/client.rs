@@ -220,6 +220,17 @@ impl Client {
         }
     }
 
+    /// The open connection to broker `node`, if there is one; never
+    /// connects.
+    pub async fn connected(&self, node: i32) -> Option<Connection> {
+        let addr = self.cluster().brokers.get(&node).cloned()?;
+        let conns = self.inner.conns.lock().await;
+        conns
+            .get(&addr)
+            .and_then(|slot| slot.conn.clone())
+            .filter(|c| !c.is_closed())
+    }
+
     /// A live connection to broker `node`.
     pub async fn broker(&self, node: i32) -> Result<Connection> {
         let addr = self.cluster().brokers.get(&node).cloned();

@@ -284,7 +284,11 @@ pub struct Consumer {
 impl std::fmt::Debug for Consumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
-            .field("assignment", &self.parts.keys().collect::<Vec<_>>())
+            .field("partitions", &self.parts)
+            .field("buffered", &self.buffer.len())
+            .field("fetches_in_flight", &self.fetches.len())
+            .field("brokers_in_flight", &self.in_flight_brokers.keys())
+            .field("sessions", &self.sessions)
             .finish()
     }
 }
@@ -679,6 +683,7 @@ impl Consumer {
                     st.in_flight = true;
                 }
             }
+            tracing::trace!(broker, session = sreq.session_id, epoch = sreq.epoch, listed = ?sreq.partitions.iter().map(|(tp, o)| (tp.partition, *o)).collect::<Vec<_>>(), forgotten = sreq.forgotten.len(), "fetch");
             self.in_flight_brokers.insert(broker, ());
             let client = self.client.clone();
             self.fetches.spawn(async move {
@@ -755,6 +760,13 @@ impl Consumer {
                 let code = ErrorCode(p.error_code);
                 if !code.is_ok() {
                     if code == ErrorCode::OFFSET_OUT_OF_RANGE {
+                        tracing::warn!(
+                            topic,
+                            partition = tp.partition,
+                            offset,
+                            reset = ?self.cfg.auto_offset_reset,
+                            "fetch offset out of range (deleted by retention?); applying auto.offset.reset"
+                        );
                         match self.cfg.auto_offset_reset {
                             OffsetReset::Earliest => st.reset = Some(Offset::Beginning),
                             OffsetReset::Latest => st.reset = Some(Offset::End),
@@ -785,6 +797,14 @@ impl Consumer {
                     }
                     continue;
                 }
+                tracing::trace!(
+                    topic,
+                    partition = p.partition_index,
+                    offset,
+                    bytes = p.records.as_ref().map_or(0, |r| r.len()),
+                    hw = p.high_watermark,
+                    "fetched"
+                );
                 let Some(records) = p.records.filter(|r| !r.is_empty()) else {
                     continue;
                 };

@@ -287,6 +287,8 @@ struct Inner {
     idle: Notify,
     memory: Arc<Semaphore>,
     closing: AtomicBool,
+    /// Brokers sent `acks=0` requests since the last flush.
+    unacked_brokers: Mutex<std::collections::BTreeSet<i32>>,
 }
 
 /// An asynchronous Kafka producer. Share it behind an `Arc`; `send` takes
@@ -346,6 +348,7 @@ impl Producer {
             wake: Notify::new(),
             idle: Notify::new(),
             closing: AtomicBool::new(false),
+            unacked_brokers: Mutex::new(std::collections::BTreeSet::new()),
         });
         let sender = tokio::spawn(run_sender(inner.clone()));
         Self { inner, sender }
@@ -479,6 +482,12 @@ impl Producer {
 
     /// Sends everything queued now, without waiting for `linger.ms`, and
     /// waits until every queued record is acknowledged or failed.
+    ///
+    /// With `acks=0` no record is ever acknowledged; flush then sends each
+    /// broker written to a request that does get an answer, on the same
+    /// connection, and waits for it. A broker handles one request per
+    /// connection at a time, in order, so the answer means the records
+    /// before it were appended (unless the connection broke meanwhile).
     pub async fn flush(&self) -> Result<()> {
         let inner = &self.inner;
         lock(&inner.acc).begin_flush();
@@ -496,6 +505,15 @@ impl Producer {
             idle.await;
         }
         lock(&inner.acc).end_flush();
+        let brokers = std::mem::take(&mut *lock(&inner.unacked_brokers));
+        for broker in brokers {
+            if let Some(conn) = inner.client.connected(broker).await {
+                let barrier = kafka_protocol::messages::ApiVersionsRequest::default();
+                if let Err(e) = conn.call(&barrier).await {
+                    tracing::debug!(broker, error = %e, "acks=0 flush barrier failed");
+                }
+            }
+        }
         Ok(())
     }
 
@@ -706,6 +724,7 @@ async fn start_produce(
         .map(|b| (b.tp.topic.clone(), b.tp.partition))
         .collect();
     if inner.cfg.acks == 0 {
+        lock(&inner.unacked_brokers).insert(broker);
         conn.send_only(&req).await?;
         let out = keys
             .into_iter()
