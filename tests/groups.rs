@@ -74,6 +74,7 @@ fn check_exclusive(log: &[(String, Change, Vec<TopicPartition>)]) {
 }
 
 async fn run_members(strategy: &str) {
+    faustus_suite::init_tracing();
     let kafka = shared().expect("kafka");
     let topic = unique_topic(&format!("group-{strategy}"));
     let group = unique_topic("g");
@@ -102,16 +103,29 @@ async fn run_members(strategy: &str) {
         .clone()
         .set("group.id", &group)
         .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", strategy)
-        .set("auto.commit.interval.ms", "200")
-        .set("max.partition.fetch.bytes", "4096")
-        .set("heartbeat.interval.ms", "500")
-        .set("session.timeout.ms", "10000");
+        .set("auto.commit.interval.ms", "200");
+    // KIP-848 members learn of a rebalance at their next heartbeat (every
+    // second on the harness brokers), so records are consumed slowly enough,
+    // with some work per poll, for joins and leaves to happen mid-stream.
+    let (props, work) = if strategy == "consumer" {
+        let p = props
+            .set("group.protocol", "consumer")
+            .set("max.partition.fetch.bytes", "1024");
+        (p, Duration::from_millis(20))
+    } else {
+        let p = props
+            .set("partition.assignment.strategy", strategy)
+            .set("max.partition.fetch.bytes", "4096")
+            .set("heartbeat.interval.ms", "500")
+            .set("session.timeout.ms", "10000");
+        (p, Duration::ZERO)
+    };
     let log: Log = Arc::default();
     let seen: Arc<Mutex<BTreeMap<usize, usize>>> = Arc::default();
 
-    // Each member consumes until told to stop (after `polls` polls) and
-    // then leaves cleanly; a1 runs until everything is consumed.
+    // Each member consumes until told to stop (after `polls` polls with an
+    // assignment) and then leaves cleanly; a1 runs until everything is
+    // consumed.
     let spawn = |name: &str, polls: Option<usize>| {
         let cfg = GroupConfig::from_properties(&props).expect("group config");
         let topic = topic.clone();
@@ -140,7 +154,13 @@ async fn run_members(strategy: &str) {
                         *seen.lock().expect("seen").entry(i).or_default() += 1;
                     }
                 }
-                count += 1;
+                if !work.is_zero() {
+                    // Processing takes time.
+                    tokio::time::sleep(work).await;
+                }
+                if !c.assignment().is_empty() {
+                    count += 1;
+                }
             }
             c.close().await.expect("close");
         })
@@ -175,6 +195,13 @@ async fn members_join_and_leave_with_cooperative_sticky() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn members_join_and_leave_with_range() {
     run_members("range").await;
+}
+
+/// The same join/leave run under the next-generation protocol (KIP-848):
+/// the coordinator assigns, members reconcile and acknowledge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_join_and_leave_with_the_consumer_protocol() {
+    run_members("consumer").await;
 }
 
 async fn stable_consumer(props: &Properties, topic: &str) -> GroupConsumer {
@@ -517,4 +544,79 @@ async fn pattern_subscription_follows_new_topics() {
     }
     assert_eq!(c.subscription(), [first, second]);
     c.close().await.expect("close");
+}
+
+/// Manual commits, synchronous and asynchronous, under both protocols: the
+/// group's committed offsets are the positions after what was consumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_sync_and_async_commits_under_both_protocols() {
+    let kafka = shared().expect("kafka");
+    let topic = unique_topic("commits");
+    let base = Properties::new().set("bootstrap.servers", kafka.bootstrap());
+    let producer = Producer::connect(ProducerConfig::from_properties(&base).expect("config"))
+        .await
+        .expect("producer");
+    let admin = Admin::new(producer.client().clone());
+    admin
+        .create_topic(NewTopic::new(&topic, 3, 1), false)
+        .await
+        .expect("topic");
+    for i in 0..300 {
+        let _ = producer
+            .send(
+                ProducerRecord::new(&topic)
+                    .key(format!("k{i}"))
+                    .value(i.to_string()),
+            )
+            .await
+            .expect("queued");
+    }
+    producer.flush().await.expect("flush");
+    for protocol in ["classic", "consumer"] {
+        let group = unique_topic(&format!("commits-{protocol}"));
+        let props = base
+            .clone()
+            .set("group.id", &group)
+            .set("group.protocol", protocol)
+            .set("enable.auto.commit", "false")
+            .set("max.partition.fetch.bytes", "512")
+            .set("auto.offset.reset", "earliest");
+        let cfg = GroupConfig::from_properties(&props).expect("group config");
+        let mut c = GroupConsumer::subscribe(cfg, &[&topic], faustus_wire::group::NoListener)
+            .await
+            .expect("subscribe");
+        let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut got = 0;
+        let mut async_commits = 0;
+        let deadline = Deadline::new(format!("300 records ({protocol})"), Duration::from_secs(60));
+        while got < 300 {
+            deadline.check((got, c.assignment()));
+            for part in c.poll().await.expect("poll") {
+                got += part.records().count();
+                positions.insert(part.partition(), part.next_offset());
+            }
+            if got > 0 && got < 300 {
+                // Part way: an asynchronous commit, awaited.
+                c.commit_async().await.expect("async commit");
+                async_commits += 1;
+                let committed = admin.group_offsets(&group).await.expect("offsets");
+                for (p, off) in &positions {
+                    assert_eq!(committed.get(&(topic.clone(), *p)), Some(off), "{protocol}");
+                }
+            }
+        }
+        assert!(
+            async_commits > 0,
+            "{protocol}: no asynchronous commit was made"
+        );
+        c.commit().await.expect("sync commit");
+        let committed = admin.group_offsets(&group).await.expect("offsets");
+        let expected: BTreeMap<(String, i32), i64> = positions
+            .iter()
+            .map(|(p, off)| ((topic.clone(), *p), *off))
+            .collect();
+        assert_eq!(committed, expected, "{protocol}");
+        assert_eq!(positions.values().sum::<i64>(), 300);
+        c.close().await.expect("close");
+    }
 }

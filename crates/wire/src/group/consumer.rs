@@ -14,27 +14,29 @@
 //! handed and moved on from. With manual commits, call
 //! [`GroupConsumer::commit`] after processing.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use kafka_protocol::messages::consumer_group_heartbeat_request::TopicPartitions as CghTopicPartitions;
 use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    FindCoordinatorRequest, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
-    SyncGroupRequest,
+    ConsumerGroupHeartbeatRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest,
+    JoinGroupRequest, LeaveGroupRequest, SyncGroupRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::time::Instant;
 
 use super::assignor::{Assignor, Member, TopicCounts};
 use super::membership::{Action, Event, Membership, MembershipConfig, Partitions, Phase};
+use super::next::{NextConfig, NextHeartbeat, NextMembership};
 use super::offsets::{check_commit, commit_request, fetch_request, fetched_offsets, GroupOffsets};
 use super::protocol::{Assignment, Subscription, CONSUMER_PROTOCOL_VERSION};
-use crate::client::Client;
+use crate::client::{topic_name, Client};
 use crate::config::Properties;
 use crate::conn::Connection;
 use crate::consumer::{Consumer, ConsumerConfig, Fetched, Offset, OffsetReset, TopicPartition};
@@ -63,6 +65,23 @@ pub struct GroupConfig {
     pub auto_commit: bool,
     /// `auto.commit.interval.ms` (default 5000).
     pub auto_commit_interval: Duration,
+    /// `group.protocol`: `classic` (the default) or `consumer` (KIP-848).
+    pub protocol: GroupProtocol,
+    /// `group.remote.assignor`: the coordinator's assignor under the
+    /// `consumer` protocol (`uniform` or `range`; the broker's default when
+    /// unset).
+    pub remote_assignor: Option<String>,
+}
+
+/// Which group protocol a consumer speaks (`group.protocol`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupProtocol {
+    /// JoinGroup / SyncGroup / Heartbeat, with a client-side assignor run by
+    /// the group's leader.
+    Classic,
+    /// ConsumerGroupHeartbeat with server-side assignment (KIP-848, Kafka
+    /// 4.0+).
+    Consumer,
 }
 
 impl GroupConfig {
@@ -92,6 +111,34 @@ impl GroupConfig {
                 "partition.assignment.strategy is empty".into(),
             ));
         }
+        let protocol = match p
+            .get("group.protocol")
+            .unwrap_or("classic")
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "classic" => GroupProtocol::Classic,
+            "consumer" => GroupProtocol::Consumer,
+            other => {
+                return Err(Error::Config(format!(
+                    "group.protocol={other}: expected classic or consumer"
+                )))
+            }
+        };
+        if protocol == GroupProtocol::Consumer {
+            // As the Java client: these belong to the coordinator now.
+            for key in [
+                "partition.assignment.strategy",
+                "session.timeout.ms",
+                "heartbeat.interval.ms",
+            ] {
+                if p.get(key).is_some() {
+                    return Err(Error::Config(format!(
+                        "{key} is not supported with group.protocol=consumer (the coordinator decides it)"
+                    )));
+                }
+            }
+        }
         Ok(Self {
             consumer: ConsumerConfig::from_properties(p)?,
             group_id,
@@ -102,6 +149,8 @@ impl GroupConfig {
             assignors,
             auto_commit: p.bool_or("enable.auto.commit", true)?,
             auto_commit_interval: p.millis_or("auto.commit.interval.ms", 5_000)?,
+            protocol,
+            remote_assignor: p.get("group.remote.assignor").map(str::to_owned),
         })
     }
 }
@@ -133,8 +182,67 @@ pub trait RebalanceListener: Send {
 pub struct NoListener;
 impl RebalanceListener for NoListener {}
 
+/// The membership state machine of the protocol in use.
+#[derive(Debug)]
+// One per consumer, behind a mutex: the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+enum GroupMember {
+    Classic(Membership),
+    Next(NextMembership),
+}
+
+impl GroupMember {
+    fn phase(&self) -> Phase {
+        match self {
+            Self::Classic(m) => m.phase(),
+            Self::Next(m) => m.phase(),
+        }
+    }
+    fn member_id(&self) -> &str {
+        match self {
+            Self::Classic(m) => m.member_id(),
+            Self::Next(m) => m.member_id(),
+        }
+    }
+    /// The classic generation, or the KIP-848 member epoch: what offset
+    /// commits carry.
+    fn generation(&self) -> i32 {
+        match self {
+            Self::Classic(m) => m.generation(),
+            Self::Next(m) => m.epoch(),
+        }
+    }
+    fn owned(&self) -> &Partitions {
+        match self {
+            Self::Classic(m) => m.owned(),
+            Self::Next(m) => m.owned(),
+        }
+    }
+    fn next_deadline(&self) -> Instant {
+        match self {
+            Self::Classic(m) => m.next_deadline(),
+            Self::Next(m) => m.next_deadline(),
+        }
+    }
+    fn handle(&mut self, now: Instant, event: Event) -> Vec<Action> {
+        match self {
+            Self::Classic(m) => m.handle(now, event),
+            Self::Next(m) => m.handle(now, event),
+        }
+    }
+    /// Whether the background task heartbeats in this phase: the classic
+    /// protocol once stable (joins run in `poll`), KIP-848 whenever the
+    /// member is in the group or joining it.
+    fn background(&self) -> bool {
+        match self {
+            Self::Classic(m) => m.phase() == Phase::Stable,
+            Self::Next(m) => matches!(m.phase(), Phase::Stable | Phase::Joining),
+        }
+    }
+}
+
 struct Shared {
-    membership: Membership,
+    membership: GroupMember,
     /// Actions the heartbeat task could not carry out itself.
     pending: VecDeque<Action>,
     coordinator: Option<String>,
@@ -146,6 +254,24 @@ struct JoinState {
     protocol: Option<String>,
     members: Vec<(String, Option<String>, Bytes)>,
     plan: Vec<(String, Bytes)>,
+}
+
+/// The outcome of [`GroupConsumer::commit_async`]: a future of the commit's
+/// result. Dropping it does not cancel the commit.
+#[derive(Debug)]
+pub struct CommitHandle(tokio::task::JoinHandle<Result<()>>);
+
+impl Future for CommitHandle {
+    type Output = Result<()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.unwrap_or_else(|e| Err(Error::Config(format!("commit task failed: {e}")))))
+    }
 }
 
 /// A consumer in a consumer group.
@@ -193,17 +319,30 @@ impl<L: RebalanceListener> GroupConsumer<L> {
         let client = Client::connect(cfg.consumer.client.clone()).await?;
         let consumer = Consumer::with_client(client.clone(), cfg.consumer.clone());
         let now = Instant::now();
-        let membership = Membership::new(
-            MembershipConfig {
-                session_timeout: cfg.session_timeout,
-                heartbeat_interval: cfg.heartbeat_interval,
-                max_poll_interval: cfg.max_poll_interval,
-                retry_backoff: cfg.consumer.client.retry_backoff,
-                instance_id: cfg.instance_id.clone(),
-                cooperative: cfg.assignors.first().is_some_and(|a| a.is_cooperative()),
-            },
-            now,
-        );
+        let membership = match cfg.protocol {
+            GroupProtocol::Classic => GroupMember::Classic(Membership::new(
+                MembershipConfig {
+                    session_timeout: cfg.session_timeout,
+                    heartbeat_interval: cfg.heartbeat_interval,
+                    max_poll_interval: cfg.max_poll_interval,
+                    retry_backoff: cfg.consumer.client.retry_backoff,
+                    instance_id: cfg.instance_id.clone(),
+                    cooperative: cfg.assignors.first().is_some_and(|a| a.is_cooperative()),
+                },
+                now,
+            )),
+            GroupProtocol::Consumer => GroupMember::Next(NextMembership::new(
+                NextConfig {
+                    member_id: random_member_id(),
+                    instance_id: cfg.instance_id.clone(),
+                    max_poll_interval: cfg.max_poll_interval,
+                    retry_backoff: cfg.consumer.client.retry_backoff,
+                    server_assignor: cfg.remote_assignor.clone(),
+                },
+                topics.iter().map(|t| (*t).to_owned()).collect(),
+                now,
+            )),
+        };
         let shared = Arc::new(Mutex::new(Shared {
             membership,
             pending: VecDeque::new(),
@@ -241,6 +380,9 @@ impl<L: RebalanceListener> GroupConsumer<L> {
             .map_err(|e| Error::Config(format!("subscription pattern `{pattern}`: {e}")))?;
         let mut me = Self::subscribe(cfg, &[], listener).await?;
         me.topics = me.matching(&re).await?;
+        if let GroupMember::Next(m) = &mut lock(&me.shared).membership {
+            m.set_subscription(me.topics.clone());
+        }
         me.pattern = Some((re, Instant::now()));
         Ok(me)
     }
@@ -304,6 +446,9 @@ impl<L: RebalanceListener> GroupConsumer<L> {
                 if topics != self.topics {
                     tracing::info!(group = %self.cfg.group_id, ?topics, "pattern subscription changed");
                     self.topics = topics;
+                    if let GroupMember::Next(m) = &mut lock(&self.shared).membership {
+                        m.set_subscription(self.topics.clone());
+                    }
                     actions.extend(
                         lock(&self.shared)
                             .membership
@@ -333,6 +478,58 @@ impl<L: RebalanceListener> GroupConsumer<L> {
             self.processed.insert(tp, off);
         }
         self.commit_processed(None).await
+    }
+
+    /// Starts committing the positions after everything the consumer has
+    /// returned so far, and returns at once; the returned handle resolves to
+    /// the commit's outcome (await it, or drop it to ignore the outcome).
+    ///
+    /// As with the Java client's `commitAsync`, a failed asynchronous commit
+    /// is not retried (a retry could land after a newer commit). Commits
+    /// leave on one connection to the coordinator, which handles them in
+    /// order. Later automatic or synchronous commits send these offsets
+    /// again if needed.
+    pub fn commit_async(&mut self) -> CommitHandle {
+        for (tp, off) in std::mem::take(&mut self.delivered) {
+            self.processed.insert(tp, off);
+        }
+        let offsets: BTreeMap<TopicPartition, i64> = self
+            .processed
+            .iter()
+            .filter(|(tp, off)| self.committed.get(*tp) != Some(off))
+            .map(|(tp, off)| (tp.clone(), *off))
+            .collect();
+        let (generation, member) = self.generation();
+        let group = self.cfg.group_id.clone();
+        let req = commit_request(
+            &group,
+            generation,
+            &member,
+            self.cfg.instance_id.as_deref(),
+            offsets
+                .iter()
+                .map(|(tp, off)| (&*tp.topic, tp.partition, *off)),
+        );
+        let client = self.client.clone();
+        let addr = lock(&self.shared).coordinator.clone();
+        CommitHandle(tokio::spawn(async move {
+            if offsets.is_empty() {
+                return Ok(());
+            }
+            let addr = addr.ok_or_else(|| {
+                Error::server(
+                    ErrorCode::COORDINATOR_NOT_AVAILABLE,
+                    Some(format!("group {group}")),
+                    "OffsetCommit",
+                    None,
+                    None,
+                )
+            })?;
+            let conn = client.conn_to(&addr).await?;
+            let resp = conn.call(&req).await?;
+            conn.throttle(resp.throttle_time_ms);
+            check_commit(&resp, &group)
+        }))
     }
 
     /// Commits explicit offsets (the next offset to read, per partition).
@@ -511,11 +708,19 @@ impl<L: RebalanceListener> GroupConsumer<L> {
                 return Err(Error::server(
                     code,
                     Some(format!("group {group}")),
-                    "Heartbeat",
+                    match self.cfg.protocol {
+                        GroupProtocol::Classic => "Heartbeat",
+                        GroupProtocol::Consumer => "ConsumerGroupHeartbeat",
+                    },
                     None,
                     None,
                 ));
             }
+            Action::ConsumerHeartbeat(hb) => {
+                let addr = lock(&self.shared).coordinator.clone();
+                vec![consumer_heartbeat(&self.client, addr, &group, &self.topics, &hb).await]
+            }
+            Action::Reconciled(id) => vec![Event::Reconciled(id)],
         })
     }
 
@@ -877,8 +1082,170 @@ async fn send_heartbeat(
     Ok(ErrorCode(resp.error_code))
 }
 
-/// Heartbeats in the background while the member is stable; anything else the
-/// membership asks for is left for `poll` to do.
+/// ConsumerGroupHeartbeat (KIP-848) to the coordinator at `addr`, with
+/// owned partitions named by topic id; the answer, or the failure, as an
+/// event. Assigned topic ids are resolved to names through metadata, and
+/// only topics of `subscription` are kept: a coordinator's slip cannot make
+/// us consume what we did not ask for.
+async fn consumer_heartbeat(
+    client: &Client,
+    addr: Option<String>,
+    group: &str,
+    subscription: &[String],
+    hb: &NextHeartbeat,
+) -> Event {
+    let lost = || Event::ConsumerHeartbeat {
+        code: ErrorCode::COORDINATOR_NOT_AVAILABLE,
+        member_id: None,
+        epoch: -1,
+        interval: Duration::ZERO,
+        assignment: None,
+    };
+    let Some(addr) = addr else {
+        return Event::CoordinatorLost;
+    };
+    let mut owned = None;
+    if let Some(ps) = &hb.owned {
+        let mut list = Vec::with_capacity(ps.len());
+        for (topic, parts) in ps {
+            match client.topic(topic, false, false).await {
+                Ok(info) => list.push(
+                    CghTopicPartitions::default()
+                        .with_topic_id(uuid::Uuid::from_bytes(info.id))
+                        .with_partitions(parts.clone()),
+                ),
+                Err(e) => {
+                    tracing::debug!(group, topic, error = %e, "no topic id for an owned topic");
+                    return lost();
+                }
+            }
+        }
+        owned = Some(list);
+    }
+    let req = ConsumerGroupHeartbeatRequest::default()
+        .with_group_id(GroupId(sb(group)))
+        .with_member_id(sb(&hb.member_id))
+        .with_member_epoch(hb.epoch)
+        .with_instance_id(hb.instance_id.as_deref().map(sb))
+        .with_rebalance_timeout_ms(hb.rebalance_timeout_ms)
+        .with_subscribed_topic_names(
+            hb.subscription
+                .as_ref()
+                .map(|ts| ts.iter().map(|t| topic_name(t)).collect()),
+        )
+        .with_server_assignor(hb.server_assignor.as_deref().map(sb))
+        .with_topic_partitions(owned);
+    let conn = match client.conn_to(&addr).await {
+        Ok(c) => c,
+        Err(_) => return Event::CoordinatorLost,
+    };
+    let resp = match conn.call(&req).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(group, error = %e, "ConsumerGroupHeartbeat failed");
+            return Event::CoordinatorLost;
+        }
+    };
+    conn.throttle(resp.throttle_time_ms);
+    let code = ErrorCode(resp.error_code);
+    if !code.is_ok() {
+        tracing::debug!(
+            group,
+            %code,
+            message = resp.error_message.as_ref().map(|m| m.as_str()),
+            "ConsumerGroupHeartbeat error"
+        );
+    }
+    let assignment = match &resp.assignment {
+        Some(a) if code.is_ok() => {
+            Some(resolve_assignment(client, group, subscription, &a.topic_partitions).await)
+        }
+        _ => None,
+    };
+    Event::ConsumerHeartbeat {
+        code,
+        member_id: resp.member_id.as_ref().map(|m| m.as_str().to_owned()),
+        epoch: resp.member_epoch,
+        interval: Duration::from_millis(resp.heartbeat_interval_ms.max(0) as u64),
+        assignment,
+    }
+}
+
+/// Names the topics of a KIP-848 assignment, refreshing metadata once if an
+/// id is unknown. Unknown ids and unsubscribed topics are left out.
+async fn resolve_assignment(
+    client: &Client,
+    group: &str,
+    subscription: &[String],
+    parts: &[kafka_protocol::messages::consumer_group_heartbeat_response::TopicPartitions],
+) -> Partitions {
+    let lookup = |client: &Client| {
+        let cluster = client.cluster();
+        let by_id: HashMap<[u8; 16], String> = cluster
+            .topics
+            .values()
+            .map(|t| (t.id, t.name.clone()))
+            .collect();
+        parts
+            .iter()
+            .map(|tp| (by_id.get(tp.topic_id.as_bytes()).cloned(), tp))
+            .collect::<Vec<_>>()
+    };
+    let mut named = lookup(client);
+    if named.iter().any(|(n, _)| n.is_none()) {
+        let topics: Vec<&str> = subscription.iter().map(String::as_str).collect();
+        if let Err(e) = client.refresh_metadata(Some(&topics)).await {
+            tracing::debug!(group, error = %e, "metadata refresh for an assignment failed");
+        }
+        named = lookup(client);
+    }
+    let mut out = Partitions::new();
+    for (name, tp) in named {
+        match name {
+            Some(n) if subscription.contains(&n) => {
+                let mut ps = tp.partitions.clone();
+                ps.sort_unstable();
+                ps.dedup();
+                ps.retain(|p| *p >= 0);
+                out.insert(n, ps);
+            }
+            Some(n) => {
+                tracing::warn!(
+                    group,
+                    topic = n,
+                    "assigned a topic we do not subscribe to; ignored"
+                );
+            }
+            None => {
+                tracing::warn!(group, topic_id = %tp.topic_id, "assigned an unknown topic id; ignored");
+            }
+        }
+    }
+    out
+}
+
+/// A fresh member id, as the Java client makes them: 16 random bytes in
+/// URL-safe base64 without padding.
+fn random_member_id() -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes: [u8; 16] = rand::random();
+    let mut out = String::with_capacity(22);
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// Heartbeats in the background: under the classic protocol while the
+/// member is stable, under KIP-848 whenever it is in the group. Anything
+/// else the membership asks for (joins, listener callbacks) is left for
+/// `poll` to do.
 async fn heartbeat_loop(
     client: Client,
     group: String,
@@ -887,57 +1254,75 @@ async fn heartbeat_loop(
 ) {
     loop {
         let next = lock(&shared).membership.next_deadline();
-        tokio::time::sleep_until(next.max(Instant::now() + Duration::from_millis(50))).await;
-        let actions = {
+        // Wake at least every 250 ms: `poll` may have changed the state.
+        let now = Instant::now();
+        tokio::time::sleep_until(
+            next.max(now + Duration::from_millis(50))
+                .min(now + Duration::from_millis(250)),
+        )
+        .await;
+        let mut queue: VecDeque<Action> = {
             let mut s = lock(&shared);
-            if s.membership.phase() != Phase::Stable {
+            if !s.membership.background() {
                 continue;
             }
-            s.membership.handle(Instant::now(), Event::Tick)
+            s.membership.handle(Instant::now(), Event::Tick).into()
         };
-        for a in actions {
-            if let Action::FindCoordinator { not_before } = a {
-                // Keep heartbeating through a coordinator move without
-                // waiting for the application's next poll.
-                tokio::time::sleep_until(not_before).await;
-                let event = match find_coordinator(&client, &group).await {
-                    Ok(addr) => {
-                        lock(&shared).coordinator = Some(addr);
-                        Event::CoordinatorFound
+        while let Some(a) = queue.pop_front() {
+            let event = match a {
+                Action::FindCoordinator { not_before } => {
+                    // Keep heartbeating through a coordinator move without
+                    // waiting for the application's next poll.
+                    tokio::time::sleep_until(not_before).await;
+                    match find_coordinator(&client, &group).await {
+                        Ok(addr) => {
+                            lock(&shared).coordinator = Some(addr);
+                            Event::CoordinatorFound
+                        }
+                        Err(_) => Event::CoordinatorLost,
                     }
-                    Err(_) => Event::CoordinatorLost,
-                };
-                let mut s = lock(&shared);
-                let more = s.membership.handle(Instant::now(), event);
-                s.pending.extend(more);
-                continue;
-            }
-            if a != Action::Heartbeat {
-                lock(&shared).pending.push_back(a);
-                continue;
-            }
-            let (generation, member, addr) = {
-                let s = lock(&shared);
-                (
-                    s.membership.generation(),
-                    s.membership.member_id().to_owned(),
-                    s.coordinator.clone(),
-                )
+                }
+                Action::Heartbeat => {
+                    let (generation, member, addr) = {
+                        let s = lock(&shared);
+                        (
+                            s.membership.generation(),
+                            s.membership.member_id().to_owned(),
+                            s.coordinator.clone(),
+                        )
+                    };
+                    let result = match addr {
+                        Some(addr) => match client.conn_to(&addr).await {
+                            Ok(conn) => {
+                                send_heartbeat(&conn, &group, generation, &member, &instance).await
+                            }
+                            Err(e) => Err(e),
+                        },
+                        None => Err(Error::Closed),
+                    };
+                    match result {
+                        Ok(code) => Event::Heartbeat { code },
+                        Err(_) => Event::CoordinatorLost,
+                    }
+                }
+                Action::ConsumerHeartbeat(hb) => {
+                    let (addr, subscription) = {
+                        let s = lock(&shared);
+                        let subscription = match &s.membership {
+                            GroupMember::Next(m) => m.subscription().to_vec(),
+                            GroupMember::Classic(_) => Vec::new(),
+                        };
+                        (s.coordinator.clone(), subscription)
+                    };
+                    consumer_heartbeat(&client, addr, &group, &subscription, &hb).await
+                }
+                other => {
+                    lock(&shared).pending.push_back(other);
+                    continue;
+                }
             };
-            let result = match addr {
-                Some(addr) => match client.conn_to(&addr).await {
-                    Ok(conn) => send_heartbeat(&conn, &group, generation, &member, &instance).await,
-                    Err(e) => Err(e),
-                },
-                None => Err(Error::Closed),
-            };
-            let event = match result {
-                Ok(code) => Event::Heartbeat { code },
-                Err(_) => Event::CoordinatorLost,
-            };
-            let mut s = lock(&shared);
-            let more = s.membership.handle(Instant::now(), event);
-            s.pending.extend(more);
+            let more = lock(&shared).membership.handle(Instant::now(), event);
+            queue.extend(more);
         }
     }
 }

@@ -102,6 +102,21 @@ pub enum Event {
     /// The subscription changed (a pattern now matches other topics): rejoin
     /// so the leader can assign the new set.
     SubscriptionChanged,
+    /// ConsumerGroupHeartbeat answered (KIP-848).
+    ConsumerHeartbeat {
+        /// Error code.
+        code: ErrorCode,
+        /// The member id, when the coordinator chose it (version 0).
+        member_id: Option<String>,
+        /// The member epoch.
+        epoch: i32,
+        /// The heartbeat interval the coordinator asks for.
+        interval: Duration,
+        /// The new target assignment, if it changed.
+        assignment: Option<Partitions>,
+    },
+    /// The driver carried out a reconciliation's actions (KIP-848).
+    Reconciled(u64),
 }
 
 /// What the driver must do, in order.
@@ -139,6 +154,12 @@ pub enum Action {
     Lose(Partitions),
     /// Stop with this error.
     Fail(ErrorCode),
+    /// Send ConsumerGroupHeartbeat (KIP-848) and report the answer as
+    /// [`Event::ConsumerHeartbeat`].
+    ConsumerHeartbeat(super::next::NextHeartbeat),
+    /// The revoke and assign actions before this one are done: report
+    /// [`Event::Reconciled`] with this id.
+    Reconciled(u64),
 }
 
 /// The member's state.
@@ -159,7 +180,8 @@ pub struct Membership {
     last_poll: Instant,
 }
 
-fn diff(a: &Partitions, b: &Partitions) -> Partitions {
+/// The partitions in `a` that are not in `b`.
+pub(crate) fn diff(a: &Partitions, b: &Partitions) -> Partitions {
     let mut out = Partitions::new();
     for (t, ps) in a {
         let other = b.get(t);
@@ -416,6 +438,8 @@ impl Membership {
                     c => self.fail(c),
                 }
             }
+            // Next-generation protocol events do not apply.
+            Event::ConsumerHeartbeat { .. } | Event::Reconciled(_) => Vec::new(),
         }
     }
 

@@ -6,11 +6,14 @@ pub mod admin;
 pub mod assignor;
 pub mod consumer;
 pub mod membership;
+pub mod next;
 mod offsets;
 pub mod protocol;
 
 pub use admin::{GroupDescription, GroupListing, GroupMember};
 pub use assignor::{Assignor, Member, Plan, TopicCounts};
-pub use consumer::{GroupConfig, GroupConsumer, NoListener, RebalanceListener};
+pub use consumer::{
+    CommitHandle, GroupConfig, GroupConsumer, GroupProtocol, NoListener, RebalanceListener,
+};
 pub use offsets::GroupOffsets;
 pub use protocol::{Assignment, MemberMetadataError, Subscription, CONSUMER_PROTOCOL_VERSION};
