@@ -245,6 +245,8 @@ struct Shared {
     membership: GroupMember,
     /// Actions the heartbeat task could not carry out itself.
     pending: VecDeque<Action>,
+    /// Signalled when `pending` gets work, to cut a poll's fetch wait short.
+    wake: Arc<tokio::sync::Notify>,
     coordinator: Option<String>,
 }
 
@@ -346,6 +348,7 @@ impl<L: RebalanceListener> GroupConsumer<L> {
         let shared = Arc::new(Mutex::new(Shared {
             membership,
             pending: VecDeque::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
             coordinator: None,
         }));
         let heartbeat = tokio::spawn(heartbeat_loop(
@@ -463,7 +466,22 @@ impl<L: RebalanceListener> GroupConsumer<L> {
             self.commit_processed(None).await?;
             self.last_auto_commit = Instant::now();
         }
-        let fetched = self.consumer.poll().await?;
+        // Fetch, but wake for membership work the heartbeat task found (a
+        // rebalance, an assignment to reconcile) instead of sitting out the
+        // fetch wait: a rebalance does not wait for the next poll.
+        let wake = lock(&self.shared).wake.clone();
+        let fetched = loop {
+            let work = wake.notified();
+            tokio::select! {
+                biased;
+                fetched = self.consumer.poll() => break fetched?,
+                _ = work => {
+                    if !lock(&self.shared).pending.is_empty() {
+                        self.run(Vec::new()).await?;
+                    }
+                }
+            }
+        };
         for f in &fetched {
             self.delivered
                 .insert(f.topic_partition().clone(), f.next_offset());
@@ -1317,7 +1335,9 @@ async fn heartbeat_loop(
                     consumer_heartbeat(&client, addr, &group, &subscription, &hb).await
                 }
                 other => {
-                    lock(&shared).pending.push_back(other);
+                    let mut s = lock(&shared);
+                    s.pending.push_back(other);
+                    s.wake.notify_one();
                     continue;
                 }
             };
