@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use kafka_protocol::messages::{
-    DeleteGroupsRequest, DescribeGroupsRequest, GroupId, ListGroupsRequest,
+    ConsumerGroupDescribeRequest, DeleteGroupsRequest, DescribeGroupsRequest, GroupId,
+    ListGroupsRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -105,6 +106,13 @@ impl Admin {
             reason: "no group in the response".into(),
         })?;
         let code = ErrorCode(g.error_code);
+        // A KIP-848 group is not a classic group: DescribeGroups (up to v5)
+        // calls it Dead (v6+ says GROUP_ID_NOT_FOUND). Ask the new API.
+        let not_classic = code == ErrorCode::GROUP_ID_NOT_FOUND
+            || (code.is_ok() && g.group_state.as_str() == "Dead" && g.members.is_empty());
+        if not_classic && conn.version_for(69).is_some() {
+            return self.describe_consumer_group(&conn, group).await;
+        }
         if !code.is_ok() {
             return Err(Error::server(code, None, "DescribeGroups", None, None));
         }
@@ -129,6 +137,57 @@ impl Admin {
             state: g.group_state.as_str().to_owned(),
             protocol_type: g.protocol_type.as_str().to_owned(),
             protocol: g.protocol_data.as_str().to_owned(),
+            members,
+        })
+    }
+
+    /// ConsumerGroupDescribe (KIP-848) of a group on its coordinator.
+    async fn describe_consumer_group(
+        &self,
+        conn: &Connection,
+        group: &str,
+    ) -> Result<GroupDescription> {
+        let resp = conn
+            .call(&ConsumerGroupDescribeRequest::default().with_group_ids(vec![GroupId(sb(group))]))
+            .await?;
+        conn.throttle(resp.throttle_time_ms);
+        let g = resp.groups.first().ok_or_else(|| Error::Decode {
+            api: "ConsumerGroupDescribe",
+            broker: conn.addr().to_owned(),
+            reason: "no group in the response".into(),
+        })?;
+        Error::check(
+            ErrorCode(g.error_code),
+            g.error_message.as_ref().map(|m| m.as_str().to_owned()),
+            "ConsumerGroupDescribe",
+            None,
+            None,
+        )?;
+        let members = g
+            .members
+            .iter()
+            .map(|m| GroupMember {
+                member_id: m.member_id.as_str().to_owned(),
+                instance_id: m.instance_id.as_ref().map(|i| i.as_str().to_owned()),
+                client_id: m.client_id.as_str().to_owned(),
+                host: m.client_host.as_str().to_owned(),
+                assignment: m
+                    .assignment
+                    .topic_partitions
+                    .iter()
+                    .map(|tp| {
+                        let mut ps = tp.partitions.clone();
+                        ps.sort_unstable();
+                        (tp.topic_name.0.as_str().to_owned(), ps)
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(GroupDescription {
+            group_id: group.to_owned(),
+            state: g.group_state.as_str().to_owned(),
+            protocol_type: "consumer".to_owned(),
+            protocol: g.assignor_name.as_str().to_owned(),
             members,
         })
     }

@@ -37,6 +37,7 @@ pub fn client_range(api_key: i16) -> Option<(i16, i16)> {
         ApiKey::DescribeConfigs => (1, 4),
         ApiKey::DeleteGroups => (0, 2),
         ApiKey::ConsumerGroupHeartbeat => (0, 1),
+        ApiKey::ConsumerGroupDescribe => (0, 1),
         _ => return None,
     })
 }
