@@ -620,7 +620,11 @@ async fn manual_sync_and_async_commits_under_both_protocols() {
         // Describe works for both kinds of group.
         let d = admin.describe_group(&group).await.expect("describe");
         assert_eq!(d.members.len(), 1, "{protocol}: {d:?}");
-        assert_eq!(d.members[0].assignment.get(&topic), Some(&vec![0, 1, 2]), "{protocol}");
+        assert_eq!(
+            d.members[0].assignment.get(&topic),
+            Some(&vec![0, 1, 2]),
+            "{protocol}"
+        );
         c.close().await.expect("close");
     }
 }
