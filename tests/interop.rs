@@ -6,13 +6,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::Stdio;
-use std::time::Duration;
 
-use faustus_suite::{unique_topic, Deadline};
+use faustus_suite::{read_all, unique_topic};
 use faustus_testcontainers::{shared, KafkaCluster};
-use faustus_wire::consumer::{Consumer, ConsumerConfig, Offset};
+
 use faustus_wire::producer::{partition_for_key, Producer, ProducerConfig, ProducerRecord};
-use faustus_wire::{Admin, NewTopic, OffsetSpec, Properties};
+use faustus_wire::{Admin, NewTopic, Properties};
 
 fn java_produce(kafka: &KafkaCluster, topic: &str, codec: &str, lines: &[String]) {
     let mut child = kafka
@@ -37,55 +36,6 @@ fn java_produce(kafka: &KafkaCluster, topic: &str, codec: &str, lines: &[String]
         }
     }
     assert!(child.wait().expect("exit").success());
-}
-
-/// Reads every partition of `topic` up to its current end (the last stable
-/// offset under read_committed), as `(partition, key, value)` in
-/// per-partition order.
-async fn read_all(
-    bootstrap: &str,
-    topic: &str,
-    read_committed: bool,
-) -> Vec<(i32, String, String)> {
-    let props = Properties::new().set("bootstrap.servers", bootstrap).set(
-        "isolation.level",
-        if read_committed {
-            "read_committed"
-        } else {
-            "read_uncommitted"
-        },
-    );
-    let mut c = Consumer::connect(ConsumerConfig::from_properties(&props).expect("config"))
-        .await
-        .expect("consumer");
-    c.assign(topic, &[], Offset::Beginning)
-        .await
-        .expect("assign");
-    let ends = Admin::new(c.client().clone())
-        .list_offsets(topic, &[], OffsetSpec::Latest, read_committed)
-        .await
-        .expect("end offsets");
-    let mut out = Vec::new();
-    let at_end = |c: &Consumer| {
-        c.assignment()
-            .iter()
-            .all(|tp| c.position(tp).unwrap_or(-1) >= ends[&tp.partition])
-    };
-    let deadline = Deadline::new("the end offsets", Duration::from_secs(120));
-    while !at_end(&c) {
-        deadline.check(out.len());
-        for part in c.poll().await.expect("poll") {
-            for r in part.records() {
-                let r = r.expect("record");
-                out.push((
-                    part.partition(),
-                    String::from_utf8_lossy(r.key().unwrap_or_default()).into_owned(),
-                    String::from_utf8_lossy(r.value().unwrap_or_default()).into_owned(),
-                ));
-            }
-        }
-    }
-    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,6 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+use faustus_wire::consumer::{Consumer, ConsumerConfig, Offset};
+use faustus_wire::{Admin, OffsetSpec, Properties};
+
 /// Polls `check` every `every` until it returns `Some`, or fails with `what`
 /// once `within` has passed. Tests wait on conditions with this, not sleeps.
 pub fn wait_until<T>(
@@ -81,4 +84,53 @@ pub fn millis_ago(ago: Duration) -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
     now - ago.as_millis() as i64
+}
+
+/// Reads every partition of `topic` up to its current end (the last stable
+/// offset under read_committed), as `(partition, key, value)` in
+/// per-partition order.
+pub async fn read_all(
+    bootstrap: &str,
+    topic: &str,
+    read_committed: bool,
+) -> Vec<(i32, String, String)> {
+    let props = Properties::new().set("bootstrap.servers", bootstrap).set(
+        "isolation.level",
+        if read_committed {
+            "read_committed"
+        } else {
+            "read_uncommitted"
+        },
+    );
+    let mut c = Consumer::connect(ConsumerConfig::from_properties(&props).expect("config"))
+        .await
+        .expect("consumer");
+    c.assign(topic, &[], Offset::Beginning)
+        .await
+        .expect("assign");
+    let ends = Admin::new(c.client().clone())
+        .list_offsets(topic, &[], OffsetSpec::Latest, read_committed)
+        .await
+        .expect("end offsets");
+    let mut out = Vec::new();
+    let at_end = |c: &Consumer| {
+        c.assignment()
+            .iter()
+            .all(|tp| c.position(tp).unwrap_or(-1) >= ends[&tp.partition])
+    };
+    let deadline = Deadline::new("the end offsets", Duration::from_secs(120));
+    while !at_end(&c) {
+        deadline.check(out.len());
+        for part in c.poll().await.expect("poll") {
+            for r in part.records() {
+                let r = r.expect("record");
+                out.push((
+                    part.partition(),
+                    String::from_utf8_lossy(r.key().unwrap_or_default()).into_owned(),
+                    String::from_utf8_lossy(r.value().unwrap_or_default()).into_owned(),
+                ));
+            }
+        }
+    }
+    out
 }

@@ -252,7 +252,25 @@ impl Connection {
         &self,
         req: &R,
     ) -> Result<(i16, Option<oneshot::Receiver<Result<Bytes>>>)> {
-        let version = self.negotiated::<R>()?;
+        self.queue_request_at_most(req, i16::MAX)
+    }
+
+    fn queue_request_at_most<R: Request>(
+        &self,
+        req: &R,
+        max_version: i16,
+    ) -> Result<(i16, Option<oneshot::Receiver<Result<Bytes>>>)> {
+        let version = self.negotiated::<R>()?.min(max_version);
+        if self
+            .versions
+            .broker_range(R::KEY)
+            .is_some_and(|(min, _)| version < min)
+        {
+            return Err(Error::UnsupportedVersion {
+                api: api_name(R::KEY),
+                broker: self.shared.addr.clone(),
+            });
+        }
         let header_version = ApiKey::try_from(R::KEY)
             .map(|k| k.response_header_version(version))
             .unwrap_or(0);
@@ -306,7 +324,18 @@ impl Connection {
         &self,
         req: &R,
     ) -> Result<impl Future<Output = Result<R::Response>> + Send + 'static> {
-        let (version, rx) = self.queue_request(req)?;
+        self.enqueue_at_most(req, i16::MAX)
+    }
+
+    /// Like [`enqueue`](Self::enqueue), at version `max_version` or below
+    /// (a transactional producer keeps Produce below v12, whose implicit
+    /// partition registration belongs to KIP-890's transaction version 2).
+    pub fn enqueue_at_most<R: Request>(
+        &self,
+        req: &R,
+        max_version: i16,
+    ) -> Result<impl Future<Output = Result<R::Response>> + Send + 'static> {
+        let (version, rx) = self.queue_request_at_most(req, max_version)?;
         let this = self.clone();
         Ok(async move {
             let body = this.await_reply(R::KEY, rx).await?;

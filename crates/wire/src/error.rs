@@ -160,6 +160,14 @@ pub enum Error {
     /// The client was closed.
     #[error("the client is closed")]
     Closed,
+    /// A transactional call failed (see [`TxnError`] for what may follow).
+    #[error("transactional.id {transactional_id}: {error}")]
+    Transaction {
+        /// The producer's `transactional.id`.
+        transactional_id: String,
+        /// What went wrong.
+        error: crate::producer::txn::TxnError,
+    },
 }
 
 /// `Result` with this crate's [`Error`].
@@ -222,6 +230,10 @@ impl Error {
                 Action::Retry { refresh: true }
             }
             Error::UnknownPartition { .. } => Action::Retry { refresh: true },
+            Error::Transaction {
+                error: crate::producer::txn::TxnError::Abortable(_),
+                ..
+            } => Action::AbortTransaction,
             Error::Server { code, .. } => {
                 let code = *code;
                 if code.is_coordinator_error() {
@@ -322,6 +334,13 @@ impl Error {
             },
             Error::Config(m) => Error::Config(m.clone()),
             Error::Closed => Error::Closed,
+            Error::Transaction {
+                transactional_id,
+                error,
+            } => Error::Transaction {
+                transactional_id: transactional_id.clone(),
+                error: error.clone(),
+            },
         }
     }
 

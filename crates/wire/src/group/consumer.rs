@@ -258,6 +258,33 @@ struct JoinState {
     plan: Vec<(String, Bytes)>,
 }
 
+/// A group member's identity, for committing its offsets inside a
+/// transaction (KIP-447: the coordinator refuses offsets from a member of an
+/// older generation, so a zombie cannot commit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupMetadata {
+    /// `group.id`.
+    pub group_id: String,
+    /// Generation (classic) or member epoch (KIP-848); -1 for none.
+    pub generation: i32,
+    /// Member id; empty for none.
+    pub member_id: String,
+    /// `group.instance.id`.
+    pub instance_id: Option<String>,
+}
+
+impl GroupMetadata {
+    /// Metadata for a group without membership checks (generation -1).
+    pub fn new(group_id: impl Into<String>) -> Self {
+        Self {
+            group_id: group_id.into(),
+            generation: -1,
+            member_id: String::new(),
+            instance_id: None,
+        }
+    }
+}
+
 /// The outcome of [`GroupConsumer::commit_async`]: a future of the commit's
 /// result. Dropping it does not cancel the commit.
 #[derive(Debug)]
@@ -417,6 +444,18 @@ impl<L: RebalanceListener> GroupConsumer<L> {
     /// The partitions this member owns now.
     pub fn assignment(&self) -> Partitions {
         lock(&self.shared).membership.owned().clone()
+    }
+
+    /// This member's identity, for
+    /// [`TransactionalProducer::send_offsets_to_transaction`](crate::producer::TransactionalProducer::send_offsets_to_transaction).
+    pub fn group_metadata(&self) -> GroupMetadata {
+        let (generation, member_id) = self.generation();
+        GroupMetadata {
+            group_id: self.cfg.group_id.clone(),
+            generation,
+            member_id,
+            instance_id: self.cfg.instance_id.clone(),
+        }
     }
 
     /// The current generation and member id.
@@ -1045,17 +1084,23 @@ impl<L: RebalanceListener> Drop for GroupConsumer<L> {
 
 /// FindCoordinator for a group; returns the coordinator's `host:port`.
 pub async fn find_coordinator(client: &Client, group: &str) -> Result<String> {
+    find_coordinator_for(client, group, 0).await
+}
+
+/// FindCoordinator for a key: `key_type` 0 for a group, 1 for a
+/// `transactional.id`. Returns the coordinator's `host:port`.
+pub async fn find_coordinator_for(client: &Client, key: &str, key_type: i8) -> Result<String> {
     let conn = client.any_broker().await?;
     let version = conn.version_for(10).unwrap_or(0);
     // v4+ batch the keys (KIP-699); earlier versions take one key.
     let req = if version >= 4 {
         FindCoordinatorRequest::default()
-            .with_key_type(0)
-            .with_coordinator_keys(vec![sb(group)])
+            .with_key_type(key_type)
+            .with_coordinator_keys(vec![sb(key)])
     } else {
         FindCoordinatorRequest::default()
-            .with_key_type(0)
-            .with_key(sb(group))
+            .with_key_type(key_type)
+            .with_key(sb(key))
     };
     let resp = conn.call(&req).await?;
     conn.throttle(resp.throttle_time_ms);

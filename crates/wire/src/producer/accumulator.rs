@@ -141,6 +141,12 @@ pub(crate) struct Accumulator {
     producer_epoch: i16,
     /// KIP-360: the epoch must be bumped before more batches go out.
     pub(crate) need_bump: bool,
+    /// Transactional: a batch failed or was dropped after getting a
+    /// sequence; the epoch must be bumped when the transaction is aborted.
+    pub(crate) sequence_gap: bool,
+    /// Transactional: the first batch that failed since the last
+    /// [`take_failure`](Self::take_failure).
+    failure: Option<Arc<Error>>,
     flushing: usize,
     outstanding: usize,
     in_flight_total: usize,
@@ -154,6 +160,8 @@ impl Accumulator {
             producer_id: -1,
             producer_epoch: -1,
             need_bump: false,
+            sequence_gap: false,
+            failure: None,
             flushing: 0,
             outstanding: 0,
             in_flight_total: 0,
@@ -182,6 +190,7 @@ impl Accumulator {
         self.producer_id = id;
         self.producer_epoch = epoch;
         self.need_bump = false;
+        self.sequence_gap = false;
         for q in self.parts.values_mut() {
             q.acked_seq = 0;
             q.acked_any = false;
@@ -315,7 +324,11 @@ impl Accumulator {
             self.outstanding -= 1;
             // A batch that may have been written leaves a sequence gap.
             if self.cfg.idempotent && b.attempts > 0 {
-                self.need_bump = true;
+                if self.cfg.transactional {
+                    self.sequence_gap = true;
+                } else {
+                    self.need_bump = true;
+                }
             }
             let e = Error::Timeout {
                 what: format!(
@@ -324,9 +337,40 @@ impl Accumulator {
                 ),
                 after: timeout,
             };
-            b.completion.finish(Err(Arc::new(e)));
+            let e = Arc::new(e);
+            if self.cfg.transactional && self.failure.is_none() {
+                self.failure = Some(e.clone());
+            }
+            b.completion.finish(Err(e));
         }
         expired
+    }
+
+    /// Transactional: the first batch failure since the last call.
+    pub(crate) fn take_failure(&mut self) -> Option<Arc<Error>> {
+        self.failure.take()
+    }
+
+    /// Fails every batch not in flight with `err` (a transaction is being
+    /// aborted). Batches that had been sent before keep their sequence
+    /// numbers in the broker's view, so dropping one leaves a gap: that sets
+    /// [`sequence_gap`](Self::sequence_gap).
+    pub(crate) fn fail_unsent(&mut self, err: &Error) {
+        let mut dropped = Vec::new();
+        for q in self.parts.values_mut() {
+            dropped.extend(q.open.take());
+            dropped.extend(q.ready.drain(..));
+            q.retrying = false;
+        }
+        for b in dropped {
+            self.outstanding -= 1;
+            if b.attempts > 0 || b.bytes.is_some() {
+                self.sequence_gap = true;
+            }
+            b.completion.finish(Err(Arc::new(err.duplicate())));
+        }
+        // (Batches that never left had no sequence yet: sequences are given
+        // when a batch is built for sending.)
     }
 
     /// Takes the batches to send now, grouped by leader broker: at most one
@@ -459,7 +503,9 @@ impl Accumulator {
             return Followup::default();
         }
         if action == Action::BumpEpoch {
-            if !idempotent {
+            if !idempotent || self.cfg.transactional {
+                // Inside a transaction the epoch moves only when it is
+                // aborted (KIP-360): the batch fails, the transaction with it.
                 action = Action::Fail;
             } else if err.code() == Some(ErrorCode::OUT_OF_ORDER_SEQUENCE_NUMBER)
                 && b.base_sequence > acked
@@ -493,10 +539,18 @@ impl Accumulator {
             _ => {
                 if idempotent {
                     // The failed batch leaves a gap in the sequence.
-                    self.need_bump = true;
+                    if self.cfg.transactional {
+                        self.sequence_gap = true;
+                    } else {
+                        self.need_bump = true;
+                    }
                 }
                 self.outstanding -= 1;
-                b.completion.finish(Err(Arc::new(err)));
+                let err = Arc::new(err);
+                if self.cfg.transactional && self.failure.is_none() {
+                    self.failure = Some(err.clone());
+                }
+                b.completion.finish(Err(err));
                 Followup::default()
             }
         }

@@ -29,6 +29,10 @@
 
 mod accumulator;
 mod partitioner;
+mod transactional;
+pub mod txn;
+
+pub use transactional::TransactionalProducer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::{Future, IntoFuture};
@@ -85,6 +89,11 @@ pub struct ProducerConfig {
     pub max_block: Duration,
     /// `partitioner.ignore.keys` (default false).
     pub ignore_keys: bool,
+    /// `transactional.id`: set for a [`TransactionalProducer`].
+    pub transactional_id: Option<String>,
+    /// `transaction.timeout.ms` (default 60000): the coordinator aborts a
+    /// transaction left open longer.
+    pub transaction_timeout: Duration,
 }
 
 impl ProducerConfig {
@@ -103,6 +112,15 @@ impl ProducerConfig {
         };
         let explicit = p.get("enable.idempotence").is_some();
         let mut idempotence = p.bool_or("enable.idempotence", true)?;
+        let transactional_id = p
+            .get("transactional.id")
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned);
+        if transactional_id.is_some() && (!idempotence || acks != -1) {
+            return Err(Error::Config(
+                "transactional.id requires enable.idempotence=true and acks=all".into(),
+            ));
+        }
         if acks != -1 {
             if explicit && idempotence {
                 return Err(Error::Config(
@@ -138,6 +156,8 @@ impl ProducerConfig {
             max_request_size: p.parse_or("max.request.size", 1_048_576usize)?,
             max_block: p.millis_or("max.block.ms", 60_000)?,
             ignore_keys: p.bool_or("partitioner.ignore.keys", false)?,
+            transaction_timeout: p.millis_or("transaction.timeout.ms", 60_000)?,
+            transactional_id,
             client,
         };
         if cfg.buffer_memory < cfg.batch_size {
@@ -289,6 +309,8 @@ struct Inner {
     closing: AtomicBool,
     /// Brokers sent `acks=0` requests since the last flush.
     unacked_brokers: Mutex<std::collections::BTreeSet<i32>>,
+    /// The transaction state, for a transactional producer.
+    txn: Option<Arc<transactional::TxnShared>>,
 }
 
 /// An asynchronous Kafka producer. Share it behind an `Arc`; `send` takes
@@ -323,6 +345,12 @@ impl Producer {
     /// A producer over an existing cluster handle (its `client` settings in
     /// `cfg` are ignored).
     pub fn with_client(client: Client, cfg: ProducerConfig) -> Self {
+        let txn = cfg.transactional_id.as_ref().map(|id| {
+            Arc::new(transactional::TxnShared::new(
+                id.clone(),
+                cfg.client.retry_backoff,
+            ))
+        });
         let acc = Accumulator::new(AccConfig {
             batch_size: cfg.batch_size,
             linger: cfg.linger,
@@ -336,7 +364,7 @@ impl Producer {
             delivery_timeout: cfg.delivery_timeout,
             backoff: client.retry_backoff(),
             max_request_size: cfg.max_request_size,
-            transactional: false,
+            transactional: cfg.transactional_id.is_some(),
         });
         let inner = Arc::new(Inner {
             memory: Arc::new(Semaphore::new(cfg.buffer_memory)),
@@ -349,6 +377,7 @@ impl Producer {
             idle: Notify::new(),
             closing: AtomicBool::new(false),
             unacked_brokers: Mutex::new(std::collections::BTreeSet::new()),
+            txn,
         });
         let sender = tokio::spawn(run_sender(inner.clone()));
         Self { inner, sender }
@@ -552,7 +581,7 @@ async fn run_sender(inner: Arc<Inner>) {
         let now = Instant::now();
         // Producer id: obtain it first, and bump its epoch when asked
         // (KIP-360) once nothing is in flight.
-        let needs_id = {
+        let needs_id = inner.txn.is_none() && {
             let acc = lock(&inner.acc);
             inner.cfg.idempotence
                 && acc.in_flight() == 0
@@ -582,13 +611,32 @@ async fn run_sender(inner: Arc<Inner>) {
             let expired = acc.expire(now);
             drop(expired);
             let client = &inner.client;
-            let drained = acc.drain(now, |tp| client.leader_of(&tp.topic, tp.partition));
+            let drained = match &inner.txn {
+                // Only partitions the coordinator added to the transaction.
+                Some(txn) => acc.drain(now, |tp| {
+                    if txn.may_send(tp) {
+                        client.leader_of(&tp.topic, tp.partition)
+                    } else {
+                        None
+                    }
+                }),
+                None => acc.drain(now, |tp| client.leader_of(&tp.topic, tp.partition)),
+            };
             (drained, acc.next_deadline(), acc.outstanding())
         };
         if outstanding == 0 {
             inner.idle.notify_waiters();
             if inner.closing.load(Ordering::Acquire) {
                 break;
+            }
+        }
+        if let Some(txn) = &inner.txn {
+            if let Some(parts) = txn.partitions_to_add() {
+                tokio::spawn(transactional::add_partitions(
+                    inner.clone(),
+                    txn.clone(),
+                    parts,
+                ));
             }
         }
         // Requests are queued on each connection here, in drain order, so
@@ -705,6 +753,11 @@ async fn start_produce(
         .as_millis()
         .min(i32::MAX as u128) as i32;
     let req = ProduceRequest::default()
+        .with_transactional_id(inner.txn.as_ref().map(|t| {
+            kafka_protocol::messages::TransactionalId(
+                kafka_protocol::protocol::StrBytes::from_string(t.id().to_owned()),
+            )
+        }))
         .with_acks(inner.cfg.acks)
         .with_timeout_ms(timeout_ms)
         .with_topic_data(
@@ -738,7 +791,10 @@ async fn start_produce(
             .collect();
         return Ok(Box::pin(async move { Ok(out) }));
     }
-    let response = conn.enqueue(&req)?;
+    // A transactional producer registers partitions itself (AddPartitionsToTxn):
+    // stay below Produce v12, which would register them implicitly.
+    let max_version = if inner.txn.is_some() { 11 } else { i16::MAX };
+    let response = conn.enqueue_at_most(&req, max_version)?;
     Ok(Box::pin(async move {
         let resp = response.await?;
         conn.throttle(resp.throttle_time_ms);
