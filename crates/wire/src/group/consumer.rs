@@ -589,6 +589,16 @@ impl<L: RebalanceListener> GroupConsumer<L> {
         }))
     }
 
+    /// Moves an owned partition's position: the next poll returns records
+    /// from there (after an aborted transaction, back to what was
+    /// committed). Records handed out before no longer count as processed.
+    pub fn seek(&mut self, tp: &TopicPartition, to: Offset) -> Result<()> {
+        self.consumer.seek(tp, to)?;
+        self.delivered.remove(tp);
+        self.processed.remove(tp);
+        Ok(())
+    }
+
     /// Commits explicit offsets (the next offset to read, per partition).
     pub async fn commit_offsets(&mut self, offsets: &BTreeMap<TopicPartition, i64>) -> Result<()> {
         self.send_commit(offsets).await

@@ -229,6 +229,8 @@ pub struct TxnMachine {
     /// The coordinator knows of this transaction (a partition or a group
     /// was added): it must be ended with EndTxn.
     started: bool,
+    /// Why the producer stopped, once fatal.
+    fatal: Option<(ErrorCode, String)>,
 }
 
 fn classify(code: ErrorCode) -> Kind {
@@ -276,6 +278,7 @@ impl TxnMachine {
             abortable: None,
             bump_epoch: false,
             started: false,
+            fatal: None,
         }
     }
 
@@ -311,6 +314,7 @@ impl TxnMachine {
     fn fatal(&mut self, code: ErrorCode, what: &str) -> Vec<TxnAction> {
         self.state = TxnState::Fatal;
         self.step = Step::None;
+        self.fatal = Some((code, what.to_owned()));
         vec![TxnAction::Complete(Err(TxnError::Fatal(
             code,
             what.to_owned(),
@@ -372,7 +376,13 @@ impl TxnMachine {
                 | TxnEvent::Begin
                 | TxnEvent::SendOffsets(_)
                 | TxnEvent::Commit
-                | TxnEvent::Abort => self.refuse("any call after a fatal error"),
+                | TxnEvent::Abort => {
+                    let (code, why) = self
+                        .fatal
+                        .clone()
+                        .unwrap_or((ErrorCode::UNKNOWN_SERVER_ERROR, String::new()));
+                    vec![TxnAction::Complete(Err(TxnError::Fatal(code, why)))]
+                }
                 _ => Vec::new(),
             };
         }
@@ -453,6 +463,7 @@ impl TxnMachine {
                         }
                         Kind::Fatal => {
                             self.state = TxnState::Fatal;
+                            self.fatal = Some((code, format!("AddPartitionsToTxn: {code}")));
                         }
                         Kind::Abortable | Kind::AbortBump => {
                             self.bump_epoch |= classify(code) == Kind::AbortBump;
@@ -796,10 +807,13 @@ mod tests {
                 matches!(a.as_slice(), [TxnAction::Complete(Err(TxnError::Fatal(c, _)))] if *c == code)
             );
             assert_eq!(m.state(), TxnState::Fatal);
-            assert!(matches!(
-                m.handle(now, TxnEvent::Begin).as_slice(),
-                [TxnAction::Complete(Err(TxnError::State { .. }))]
-            ));
+            assert!(
+                matches!(
+                    m.handle(now, TxnEvent::Begin).as_slice(),
+                    [TxnAction::Complete(Err(TxnError::Fatal(c, _)))] if *c == code
+                ),
+                "later calls repeat the fatal error"
+            );
             assert!(m.handle(now, TxnEvent::SenderReady).is_empty());
         }
     }
