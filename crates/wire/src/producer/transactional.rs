@@ -59,6 +59,11 @@ pub(crate) struct TxnShared {
     id: String,
     machine: Mutex<TxnMachine>,
     coordinator: Mutex<Option<String>>,
+    /// The consumer group coordinators TxnOffsetCommit goes to, by group.
+    group_coordinators: Mutex<BTreeMap<String, String>>,
+    /// AddPartitionsToTxn answered CONCURRENT_TRANSACTIONS this many times
+    /// in a row.
+    concurrent_retries: std::sync::atomic::AtomicU32,
 }
 
 impl TxnShared {
@@ -67,6 +72,8 @@ impl TxnShared {
             id,
             machine: Mutex::new(TxnMachine::new(TxnConfig { retry_backoff })),
             coordinator: Mutex::new(None),
+            group_coordinators: Mutex::new(BTreeMap::new()),
+            concurrent_retries: std::sync::atomic::AtomicU32::new(0),
         }
     }
 
@@ -137,10 +144,27 @@ pub(crate) async fn add_partitions(
     {
         *lock(&txn.coordinator) = None;
     }
-    if results.iter().any(|(_, c)| {
-        *c == ErrorCode::CONCURRENT_TRANSACTIONS || *c == ErrorCode::COORDINATOR_LOAD_IN_PROGRESS
-    }) {
+    if results
+        .iter()
+        .any(|(_, c)| *c == ErrorCode::COORDINATOR_LOAD_IN_PROGRESS)
+    {
         tokio::time::sleep(inner.client.retry_backoff().delay(0)).await;
+    } else if results
+        .iter()
+        .any(|(_, c)| *c == ErrorCode::CONCURRENT_TRANSACTIONS)
+    {
+        // The previous transaction's markers are still being written: that
+        // takes milliseconds, so retry much sooner than retry.backoff.ms
+        // (1 ms, doubling up to 20), or every transaction pays the backoff.
+        let n = txn
+            .concurrent_retries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let backoff = inner.client.retry_backoff().delay(0);
+        let wait = Duration::from_millis(1 << n.min(5)).min(Duration::from_millis(20));
+        tokio::time::sleep(wait.min(backoff)).await;
+    } else {
+        txn.concurrent_retries
+            .store(0, std::sync::atomic::Ordering::Relaxed);
     }
     let _ = txn.handle(TxnEvent::PartitionsAdded(results));
     let state = lock(&txn.machine).state();
@@ -528,8 +552,18 @@ impl TransactionalProducer {
                     })
                     .collect(),
             );
+        let cached = lock(&self.txn.group_coordinators)
+            .get(&group.group_id)
+            .cloned();
         let result = async {
-            let addr = find_coordinator_for(&inner.client, &group.group_id, 0).await?;
+            let addr = match cached {
+                Some(a) => a,
+                None => {
+                    let a = find_coordinator_for(&inner.client, &group.group_id, 0).await?;
+                    lock(&self.txn.group_coordinators).insert(group.group_id.clone(), a.clone());
+                    a
+                }
+            };
             let conn = inner.client.conn_to(&addr).await?;
             let resp = conn.call(&req).await?;
             conn.throttle(resp.throttle_time_ms);
@@ -543,10 +577,14 @@ impl TransactionalProducer {
             )
         }
         .await;
-        result.unwrap_or_else(|e| {
+        let code = result.unwrap_or_else(|e| {
             tracing::debug!(transactional_id = %self.txn.id, error = %e, "TxnOffsetCommit failed");
             ErrorCode::COORDINATOR_NOT_AVAILABLE
-        })
+        });
+        if code.is_coordinator_error() {
+            lock(&self.txn.group_coordinators).remove(&group.group_id);
+        }
+        code
     }
 
     async fn end_txn(&self, commit: bool) -> Result<ErrorCode> {

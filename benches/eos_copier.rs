@@ -1,0 +1,137 @@
+//! The cost of exactly-once: `examples/eos_copier` copying a 2-partition
+//! topic to a 3-partition one, in transactions of 500 records, against the
+//! same copier with at-least-once commits (an idempotent producer, flushed,
+//! then the group's offsets committed, every 500 records).
+//!
+//! `cargo bench --bench eos_copier` (`FAUSTUS_EOS_RECORDS`, default 200000;
+//! `FAUSTUS_EOS_ROUNDS`, default 3) builds the example in release mode, then
+//! alternates the two modes, each on a fresh output topic and group, timing
+//! from the copier's start until the group has committed every input record.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use faustus_testcontainers::{shared, unique_name};
+use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
+use faustus_wire::{Admin, NewTopic, Properties};
+
+fn env_or(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let n = env_or("FAUSTUS_EOS_RECORDS", 200_000);
+    let rounds = env_or("FAUSTUS_EOS_ROUNDS", 3);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--example", "eos_copier"])
+        .status()
+        .expect("cargo build");
+    assert!(status.success());
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let copier = target.join("release").join("examples").join("eos_copier");
+
+    let kafka = shared().expect("kafka");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let bootstrap = kafka.bootstrap().to_owned();
+    let (input, admin) = rt.block_on(async {
+        let props = Properties::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("linger.ms", "5")
+            .set("batch.size", "262144");
+        let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
+            .await
+            .expect("producer");
+        let admin = Admin::new(p.client().clone());
+        let input = unique_name("eos-bench-in");
+        admin
+            .create_topic(NewTopic::new(&input, 2, 1), false)
+            .await
+            .expect("topic");
+        let value = bytes::Bytes::from(vec![b'v'; 100]);
+        for i in 0..n {
+            let _ = p
+                .send(
+                    ProducerRecord::new(&input)
+                        .key(format!("{i:08}"))
+                        .value(value.clone()),
+                )
+                .await
+                .expect("queued");
+        }
+        p.flush().await.expect("flush");
+        (input, admin)
+    });
+
+    let mut results: Vec<(&str, f64)> = Vec::new();
+    for r in 0..rounds {
+        for mode in ["at-least-once", "exactly-once"] {
+            let output = unique_name("eos-bench-out");
+            let group = unique_name(&format!("eos-bench-{r}"));
+            rt.block_on(admin.create_topic(NewTopic::new(&output, 3, 1), false))
+                .expect("output topic");
+            let mut cmd = Command::new(&copier);
+            cmd.args([
+                "--bootstrap",
+                &bootstrap,
+                "--input",
+                &input,
+                "--output",
+                &output,
+            ])
+            .args(["--group", &group, "--records-per-txn", "500"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+            if mode == "at-least-once" {
+                cmd.arg("--at-least-once");
+            } else {
+                cmd.args(["--transactional-id", &unique_name("eos-bench-txn")]);
+            }
+            let start = Instant::now();
+            let mut child = cmd.spawn().expect("copier");
+            loop {
+                assert!(start.elapsed() < Duration::from_secs(600), "copier stalled");
+                let done: i64 = rt
+                    .block_on(admin.group_offsets(&group))
+                    .map(|o| o.values().filter(|v| **v > 0).sum())
+                    .unwrap_or(0);
+                if done >= n as i64 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let secs = start.elapsed().as_secs_f64();
+            let _ = child.kill();
+            let _ = child.wait();
+            println!(
+                "round {r} {mode:<14} {:>10.0} records/s ({secs:.2} s)",
+                n as f64 / secs
+            );
+            results.push((mode, n as f64 / secs));
+        }
+    }
+    let median = |mode: &str| {
+        let mut v: Vec<f64> = results
+            .iter()
+            .filter(|(m, _)| *m == mode)
+            .map(|(_, x)| *x)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (alo, eos) = (median("at-least-once"), median("exactly-once"));
+    println!(
+        "median: at-least-once {alo:.0} records/s, exactly-once {eos:.0} records/s; exactly-once costs {:.1}%",
+        (1.0 - eos / alo) * 100.0
+    );
+}
