@@ -1401,3 +1401,42 @@ async fn heartbeat_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_ids_look_like_the_java_clients() {
+        let a = random_member_id();
+        let b = random_member_id();
+        assert_eq!(a.len(), 22, "16 bytes in unpadded base64: {a}");
+        assert!(a
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_consumer_protocol_refuses_client_side_group_settings() {
+        let base = Properties::new()
+            .set("bootstrap.servers", "127.0.0.1:9092")
+            .set("group.id", "g")
+            .set("group.protocol", "consumer");
+        let cfg = GroupConfig::from_properties(&base).expect("plain consumer protocol");
+        assert_eq!(cfg.protocol, GroupProtocol::Consumer);
+        for key in [
+            "partition.assignment.strategy",
+            "session.timeout.ms",
+            "heartbeat.interval.ms",
+        ] {
+            let p = base.clone().set(key, "range");
+            assert!(
+                matches!(GroupConfig::from_properties(&p), Err(Error::Config(m)) if m.contains(key)),
+                "{key}"
+            );
+        }
+        let bad = base.clone().set("group.protocol", "eager");
+        assert!(GroupConfig::from_properties(&bad).is_err());
+    }
+}
