@@ -159,6 +159,7 @@ pub(crate) async fn add_partitions(
         let n = txn
             .concurrent_retries
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(transactional_id = %txn.id, retry = n, "AddPartitionsToTxn: the previous transaction is still completing");
         let backoff = inner.client.retry_backoff().delay(0);
         let wait = Duration::from_millis(1 << n.min(5)).min(Duration::from_millis(20));
         tokio::time::sleep(wait.min(backoff)).await;
