@@ -370,3 +370,63 @@ async fn the_coordinator_aborts_a_transaction_left_open_past_its_timeout() {
         "fatal: {err}"
     );
 }
+
+/// The transaction coordinator's broker dies mid-transaction: the producer
+/// finds the new coordinator and the commit goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_commit_follows_a_coordinator_that_moves() {
+    let kafka = Arc::new(KafkaCluster::start(3).expect("3-node cluster"));
+    let client = faustus_wire::Client::connect(
+        faustus_wire::ClientConfig::new(kafka.bootstrap()).expect("config"),
+    )
+    .await
+    .expect("client");
+    let out = unique_topic("txn-move");
+    Admin::new(client.clone())
+        .create_topic(
+            NewTopic::new(&out, 3, 3).config("min.insync.replicas", "2"),
+            false,
+        )
+        .await
+        .expect("topic");
+    let id = unique_topic("txn-move");
+    let p = txn_producer(
+        &kafka,
+        &id,
+        &[("request.timeout.ms", "5000"), ("retry.backoff.ms", "50")],
+    )
+    .await;
+    p.begin().await.expect("begin");
+    send_n(&p, &out, "before", 100).await;
+
+    // Kill the broker that coordinates this transactional id.
+    let addr = faustus_wire::group::consumer::find_coordinator_for(&client, &id, 1)
+        .await
+        .expect("coordinator");
+    client.refresh_metadata(None).await.expect("metadata");
+    let node = client
+        .cluster()
+        .brokers
+        .iter()
+        .find(|(_, a)| **a == addr)
+        .map(|(id, _)| *id as usize)
+        .expect("the coordinator is a broker");
+    let k = kafka.clone();
+    tokio::task::spawn_blocking(move || k.kill(node))
+        .await
+        .expect("join")
+        .expect("kill the coordinator");
+
+    send_n(&p, &out, "after", 100).await;
+    p.commit()
+        .await
+        .expect("the commit follows the coordinator");
+    assert_eq!(
+        values(&read_all(kafka.bootstrap(), &out, true).await),
+        expected(&["after", "before"], 100)
+    );
+    let moved = faustus_wire::group::consumer::find_coordinator_for(&client, &id, 1)
+        .await
+        .expect("new coordinator");
+    assert_ne!(moved, addr, "the coordinator moved");
+}
