@@ -332,12 +332,15 @@ impl TransactionalProducer {
             topic: delivery.topic.clone(),
             partition: delivery.partition,
         };
-        for a in self.txn.handle(TxnEvent::Send(tp)) {
-            if let TxnAction::Complete(Err(e)) = a {
-                return Err(self.txn.error(e));
+        if !self.txn.may_send(&tp) {
+            // A partition new to this transaction: the sender registers it.
+            for a in self.txn.handle(TxnEvent::Send(tp)) {
+                if let TxnAction::Complete(Err(e)) = a {
+                    return Err(self.txn.error(e));
+                }
             }
+            self.producer.inner.wake.notify_one();
         }
-        self.producer.inner.wake.notify_one();
         Ok(delivery)
     }
 
