@@ -269,17 +269,27 @@ impl NextMembership {
         self.sent_owned = None;
     }
 
-    /// Drops every partition without a commit and rejoins with epoch 0.
-    fn fenced(&mut self, now: Instant) -> Vec<Action> {
-        let mut out = Vec::new();
+    /// Gives up every partition: a reconciliation under way is cancelled,
+    /// the target dropped, and the owned partitions revoked (with a commit)
+    /// or lost (without).
+    fn give_up(&mut self, lost: bool) -> Vec<Action> {
         if let Some(r) = self.reconciling.take() {
             self.cancelled = Some(r);
         }
         self.target = None;
         let owned = std::mem::take(&mut self.owned);
-        if !owned.is_empty() {
-            out.push(Action::Lose(owned));
+        if owned.is_empty() {
+            Vec::new()
+        } else if lost {
+            vec![Action::Lose(owned)]
+        } else {
+            vec![Action::Revoke(owned)]
         }
+    }
+
+    /// Drops every partition without a commit and rejoins with epoch 0.
+    fn fenced(&mut self, now: Instant) -> Vec<Action> {
+        let out = self.give_up(true);
         self.epoch = JOIN_EPOCH;
         self.forget_sent();
         self.phase = if self.coordinator_known {
@@ -396,15 +406,7 @@ impl NextMembership {
             } => self.heartbeat_response(now, code, member_id, epoch, interval, assignment),
             Event::Close => {
                 self.closing = true;
-                let mut out = Vec::new();
-                if let Some(r) = self.reconciling.take() {
-                    self.cancelled = Some(r);
-                }
-                self.target = None;
-                let owned = std::mem::take(&mut self.owned);
-                if !owned.is_empty() {
-                    out.push(Action::Revoke(owned));
-                }
+                let mut out = self.give_up(false);
                 if self.coordinator_known && self.epoch != JOIN_EPOCH {
                     self.phase = Phase::Joining;
                     out.push(self.leave());
@@ -498,15 +500,7 @@ impl NextMembership {
         }
         if now >= self.last_poll + self.cfg.max_poll_interval && !self.closing {
             // The application stopped polling: give the partitions up.
-            let mut out = Vec::new();
-            if let Some(r) = self.reconciling.take() {
-                self.cancelled = Some(r);
-            }
-            self.target = None;
-            let owned = std::mem::take(&mut self.owned);
-            if !owned.is_empty() {
-                out.push(Action::Lose(owned));
-            }
+            let mut out = self.give_up(true);
             if self.epoch != JOIN_EPOCH && self.in_flight.is_none() {
                 out.push(self.leave());
             }
