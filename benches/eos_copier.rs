@@ -12,8 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use faustus_testcontainers::{shared, unique_name};
-use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
-use faustus_wire::{Admin, NewTopic, Properties};
+use faustus_wire::{Admin, NewTopic};
 
 fn env_or(key: &str, default: usize) -> usize {
     std::env::var(key)
@@ -44,33 +43,20 @@ fn main() {
         .build()
         .expect("runtime");
     let bootstrap = kafka.bootstrap().to_owned();
-    let (input, admin) = rt.block_on(async {
-        let props = Properties::new()
-            .set("bootstrap.servers", &bootstrap)
-            .set("linger.ms", "5")
-            .set("batch.size", "262144");
-        let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
-            .await
-            .expect("producer");
-        let admin = Admin::new(p.client().clone());
-        let input = unique_name("eos-bench-in");
-        admin
-            .create_topic(NewTopic::new(&input, 2, 1), false)
-            .await
-            .expect("topic");
-        let value = bytes::Bytes::from(vec![b'v'; 100]);
-        for i in 0..n {
-            let _ = p
-                .send(
-                    ProducerRecord::new(&input)
-                        .key(format!("{i:08}"))
-                        .value(value.clone()),
-                )
-                .await
-                .expect("queued");
-        }
-        p.flush().await.expect("flush");
-        (input, admin)
+    let input = rt.block_on(faustus_suite::filled_topic(
+        &bootstrap,
+        "eos-bench-in",
+        2,
+        n,
+        100,
+    ));
+    let admin = rt.block_on(async {
+        let client = faustus_wire::Client::connect(
+            faustus_wire::ClientConfig::new(&bootstrap).expect("config"),
+        )
+        .await
+        .expect("client");
+        Admin::new(client)
     });
 
     let mut results: Vec<(&str, f64)> = Vec::new();

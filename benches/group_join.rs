@@ -18,8 +18,7 @@ use std::time::{Duration, Instant};
 
 use faustus_testcontainers::{shared, unique_name};
 use faustus_wire::group::{GroupConfig, GroupConsumer, NoListener};
-use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
-use faustus_wire::{Admin, NewTopic, Properties};
+use faustus_wire::Properties;
 
 const PARTITIONS: i32 = 12;
 const RECORDS: usize = 1_200_000;
@@ -39,34 +38,6 @@ fn props(bootstrap: &str, group: &str, protocol: &str) -> Properties {
     } else {
         p
     }
-}
-
-async fn fill(bootstrap: &str) -> String {
-    let topic = unique_name("join-bench");
-    let base = Properties::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("linger.ms", "5")
-        .set("batch.size", "262144");
-    let producer = Producer::connect(ProducerConfig::from_properties(&base).expect("config"))
-        .await
-        .expect("producer");
-    Admin::new(producer.client().clone())
-        .create_topic(NewTopic::new(&topic, PARTITIONS, 1), false)
-        .await
-        .expect("topic");
-    let value = bytes::Bytes::from(vec![b'v'; 50]);
-    for i in 0..RECORDS {
-        let _ = producer
-            .send(
-                ProducerRecord::new(&topic)
-                    .key(format!("{i:08}"))
-                    .value(value.clone()),
-            )
-            .await
-            .expect("queued");
-    }
-    producer.close().await.expect("close");
-    topic
 }
 
 /// One round with our consumer: the join time in ms.
@@ -172,7 +143,13 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let topic = rt.block_on(fill(kafka.bootstrap()));
+    let topic = rt.block_on(faustus_suite::filled_topic(
+        kafka.bootstrap(),
+        "join-bench",
+        PARTITIONS,
+        RECORDS,
+        50,
+    ));
     let java_src = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/java/JoinTime.java");
     for protocol in ["classic", "consumer"] {
         let ours: Vec<f64> = (0..rounds)

@@ -134,3 +134,41 @@ pub async fn read_all(
     }
     out
 }
+
+/// Creates a topic named after `prefix` with `partitions` partitions
+/// (replication 1) and fills it with `records` records: 8-digit keys and
+/// `value_len`-byte values. Returns the topic's name. For benchmarks.
+pub async fn filled_topic(
+    bootstrap: &str,
+    prefix: &str,
+    partitions: i32,
+    records: usize,
+    value_len: usize,
+) -> String {
+    use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
+    let topic = unique_topic(prefix);
+    let props = Properties::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("batch.size", "262144");
+    let producer = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
+        .await
+        .expect("producer");
+    Admin::new(producer.client().clone())
+        .create_topic(faustus_wire::NewTopic::new(&topic, partitions, 1), false)
+        .await
+        .expect("topic");
+    let value = vec![b'v'; value_len];
+    for i in 0..records {
+        let _ = producer
+            .send(
+                ProducerRecord::new(&topic)
+                    .key(format!("{i:08}"))
+                    .value(value.clone()),
+            )
+            .await
+            .expect("queued");
+    }
+    producer.close().await.expect("close");
+    topic
+}
