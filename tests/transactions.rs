@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use faustus_suite::{read_all, unique_topic, Deadline};
+use faustus_suite::{read_all, read_all_settled, unique_topic, Deadline};
 use faustus_testcontainers::{shared, KafkaCluster};
 use faustus_wire::consumer::TopicPartition;
 use faustus_wire::group::{GroupConfig, GroupConsumer, GroupMetadata, NoListener};
@@ -123,7 +123,7 @@ async fn aborted_records_stay_hidden_and_committed_ones_appear_once() {
     send_n(&p, &out, "committed-b", 300).await;
     p.commit().await.expect("commit");
 
-    let committed = read_all(kafka.bootstrap(), &out, true).await;
+    let committed = read_all_settled(kafka.bootstrap(), &out).await;
     assert_eq!(
         values(&committed),
         expected(&["committed-a", "committed-b"], 300)
@@ -151,7 +151,7 @@ async fn an_open_transaction_hides_what_follows_until_it_ends() {
     assert_eq!(read_all(kafka.bootstrap(), &out, false).await.len(), 10);
     p.commit().await.expect("commit");
     assert_eq!(
-        values(&read_all(kafka.bootstrap(), &out, true).await),
+        values(&read_all_settled(kafka.bootstrap(), &out).await),
         expected(&["open"], 10)
     );
 }
@@ -193,7 +193,7 @@ async fn a_second_instance_fences_the_first() {
     send_n(&fresh, &out, "fresh", 50).await;
     fresh.commit().await.expect("commit");
     assert_eq!(
-        values(&read_all(kafka.bootstrap(), &out, true).await),
+        values(&read_all_settled(kafka.bootstrap(), &out).await),
         expected(&["fresh"], 50)
     );
 }
@@ -275,7 +275,7 @@ async fn offsets_commit_with_the_transaction_and_only_then() {
             .is_empty(),
         "an aborted transaction commits no offsets"
     );
-    assert!(read_all(kafka.bootstrap(), &out, true).await.is_empty());
+    assert!(read_all_settled(kafka.bootstrap(), &out).await.is_empty());
 
     // Second pass, same records again (as after a restart): commit.
     p.begin().await.expect("begin");
@@ -296,7 +296,7 @@ async fn offsets_commit_with_the_transaction_and_only_then() {
         .collect();
     assert_eq!(committed, want);
     assert_eq!(
-        values(&read_all(kafka.bootstrap(), &out, true).await),
+        values(&read_all_settled(kafka.bootstrap(), &out).await),
         expected(&["out"], 200)
     );
 
@@ -355,7 +355,7 @@ async fn the_coordinator_aborts_a_transaction_left_open_past_its_timeout() {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(read_all(kafka.bootstrap(), &out, true).await.is_empty());
+    assert!(read_all_settled(kafka.bootstrap(), &out).await.is_empty());
     // The producer's epoch was bumped by the abort: committing fails for
     // good.
     let err = p.commit().await.expect_err("commit after the timeout");
@@ -422,7 +422,7 @@ async fn the_commit_follows_a_coordinator_that_moves() {
         .await
         .expect("the commit follows the coordinator");
     assert_eq!(
-        values(&read_all(kafka.bootstrap(), &out, true).await),
+        values(&read_all_settled(kafka.bootstrap(), &out).await),
         expected(&["after", "before"], 100)
     );
     let moved = faustus_wire::group::consumer::find_coordinator_for(&client, &id, 1)

@@ -172,3 +172,36 @@ pub async fn filled_topic(
     producer.close().await.expect("close");
     topic
 }
+
+/// Waits until no transaction is open on any partition of `topic` (the
+/// last stable offset has caught up with the high watermark: the
+/// coordinator writes commit and abort markers after EndTxn returns), then
+/// reads it all under read_committed. Fails after a minute if a transaction
+/// stays open.
+pub async fn read_all_settled(bootstrap: &str, topic: &str) -> Vec<(i32, String, String)> {
+    let client =
+        faustus_wire::Client::connect(faustus_wire::ClientConfig::new(bootstrap).expect("config"))
+            .await
+            .expect("client");
+    let admin = Admin::new(client);
+    let deadline = Deadline::new(
+        format!("the transactions on {topic} to settle"),
+        Duration::from_secs(60),
+    );
+    loop {
+        let lso = admin
+            .list_offsets(topic, &[], OffsetSpec::Latest, true)
+            .await
+            .expect("last stable offsets");
+        let hw = admin
+            .list_offsets(topic, &[], OffsetSpec::Latest, false)
+            .await
+            .expect("high watermarks");
+        if lso == hw {
+            break;
+        }
+        deadline.check((&lso, &hw));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    read_all(bootstrap, topic, true).await
+}
