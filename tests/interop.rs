@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::process::Stdio;
 
-use faustus_suite::{read_all, unique_topic};
+use faustus_suite::{read_all, read_all_settled, unique_topic};
 use faustus_testcontainers::{shared, KafkaCluster};
 
 use faustus_wire::producer::{partition_for_key, Producer, ProducerConfig, ProducerRecord};
@@ -154,7 +154,7 @@ async fn read_committed_hides_aborted_transactions_from_kafkas_copier() {
         .expect("copier runs");
     assert!(status.success(), "copier failed");
 
-    let committed = read_all(kafka.bootstrap(), &output, true).await;
+    let committed = read_all_settled(kafka.bootstrap(), &output).await;
     let values: Vec<&str> = committed.iter().map(|(_, _, v)| v.as_str()).collect();
     let unique: BTreeSet<&str> = values.iter().copied().collect();
     assert_eq!(
