@@ -289,12 +289,21 @@ async fn offsets_commit_with_the_transaction_and_only_then() {
         .await
         .expect("offsets");
     p.commit().await.expect("commit");
-    let committed = admin.group_offsets(&group).await.expect("offsets");
     let want: BTreeMap<(String, i32), i64> = positions
         .iter()
         .map(|(tp, off)| ((tp.topic.to_string(), tp.partition), *off))
         .collect();
-    assert_eq!(committed, want);
+    // Transactional offsets show once the commit marker reaches the
+    // group's offsets partition, which follows EndTxn.
+    let deadline = Deadline::new("the transaction's offsets", Duration::from_secs(60));
+    loop {
+        let committed = admin.group_offsets(&group).await.expect("offsets");
+        if committed == want {
+            break;
+        }
+        deadline.check(&committed);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(
         values(&read_all_settled(kafka.bootstrap(), &out).await),
         expected(&["out"], 200)
