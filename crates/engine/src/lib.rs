@@ -1,9 +1,62 @@
-//! faustus-engine: agents, tables, windows and commits on top of
-//! [`faustus_wire`].
+//! faustus-engine: Faust's programming model on [`faustus_wire`].
 //!
-//! Nothing is implemented here yet; the engine is built once the wire client's
-//! core, consumer groups and transactions are in place (see
-//! `docs/architecture.md`).
+//! An [`App`] has typed [`Topic`]s, [`Table`]s whose state lives in local
+//! stores backed by compacted changelog topics, and agents: async functions
+//! fed with [`Batch`]es, one partition's records at a time, borrowed from the
+//! fetched buffer and decoded only when asked. A worker joins one consumer
+//! group covering every agent's source topics; partition *n* of each source
+//! topic and of each table form one task, owned by one worker at a time.
+//! Commits are at-least-once (flush, then commit offsets) or exactly-once
+//! (changelog writes, outputs and input offsets in one transaction).
+//!
+//! ```no_run
+//! use faustus_engine::prelude::*;
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Click { count: u64 }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let mut app = App::new("page_views", Properties::new());
+//!     let clicks = app.topic::<String, Click>("page_views");
+//!     let counts = app.table::<String, u64>("click_counts");
+//!     app.agent("count_click", &clicks, async move |batch: Batch<String, Click>| {
+//!         let mut table = batch.table(&counts)?;
+//!         for item in batch.items() {
+//!             let (url, click) = item?;
+//!             table.update(&url, |n| *n += click.count)?;
+//!         }
+//!         Ok(())
+//!     });
+//!     app.main()
+//! }
+//! ```
+//!
+//! See `docs/engine.md` for the architecture.
 #![deny(missing_docs)]
 
+mod app;
+mod batch;
+mod cli;
+pub mod codec;
+pub mod config;
+mod error;
+mod store;
+mod table;
+mod worker;
+
+pub use app::{Agent, AgentOptions, App, ErrorPolicy, Topic, TopicSpec};
+pub use batch::{Batch, Event};
+pub use codec::{Codec, CodecError, Json, Raw, Utf8};
+pub use config::{EngineConfig, Guarantee, StoreKind};
+pub use error::{Error, Location, Result};
 pub use faustus_wire as wire;
+pub use table::{Table, TableSpec, TableView};
+
+/// The names most Faustus programs need.
+pub mod prelude {
+    pub use crate::{
+        Agent, AgentOptions, App, Batch, Codec, ErrorPolicy, Event, Json, Raw, Table, TableSpec,
+        TableView, Topic, TopicSpec, Utf8,
+    };
+    pub use faustus_wire::Properties;
+}

@@ -285,6 +285,36 @@ impl GroupMetadata {
     }
 }
 
+/// Reads a group member's current [`GroupMetadata`]; see
+/// [`GroupConsumer::metadata_handle`].
+#[derive(Clone)]
+pub struct GroupMetadataHandle {
+    shared: Arc<Mutex<Shared>>,
+    group_id: String,
+    instance_id: Option<String>,
+}
+
+impl std::fmt::Debug for GroupMetadataHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("GroupMetadataHandle")
+            .field(&self.get())
+            .finish()
+    }
+}
+
+impl GroupMetadataHandle {
+    /// The member's identity now.
+    pub fn get(&self) -> GroupMetadata {
+        let s = lock(&self.shared);
+        GroupMetadata {
+            group_id: self.group_id.clone(),
+            generation: s.membership.generation(),
+            member_id: s.membership.member_id().to_owned(),
+            instance_id: self.instance_id.clone(),
+        }
+    }
+}
+
 /// The outcome of [`GroupConsumer::commit_async`]: a future of the commit's
 /// result. Dropping it does not cancel the commit.
 #[derive(Debug)]
@@ -454,6 +484,18 @@ impl<L: RebalanceListener> GroupConsumer<L> {
             group_id: self.cfg.group_id.clone(),
             generation,
             member_id,
+            instance_id: self.cfg.instance_id.clone(),
+        }
+    }
+
+    /// A handle that reads this member's [`GroupMetadata`] at any time,
+    /// from a [`RebalanceListener`] too: a listener that commits a
+    /// transaction while partitions are revoked needs the generation of that
+    /// moment (under the cooperative protocol, the new one).
+    pub fn metadata_handle(&self) -> GroupMetadataHandle {
+        GroupMetadataHandle {
+            shared: self.shared.clone(),
+            group_id: self.cfg.group_id.clone(),
             instance_id: self.cfg.instance_id.clone(),
         }
     }

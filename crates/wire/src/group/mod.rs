@@ -13,8 +13,8 @@ pub mod protocol;
 pub use admin::{GroupDescription, GroupListing, GroupMember};
 pub use assignor::{Assignor, Member, Plan, TopicCounts};
 pub use consumer::{
-    CommitHandle, GroupConfig, GroupConsumer, GroupMetadata, GroupProtocol, NoListener,
-    RebalanceListener,
+    CommitHandle, GroupConfig, GroupConsumer, GroupMetadata, GroupMetadataHandle, GroupProtocol,
+    NoListener, RebalanceListener,
 };
 pub use offsets::GroupOffsets;
 pub use protocol::{Assignment, MemberMetadataError, Subscription, CONSUMER_PROTOCOL_VERSION};

@@ -1,0 +1,478 @@
+//! The app: its topics, tables and agents, and how a program registers them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord, RecordMetadata};
+use faustus_wire::Properties;
+
+use crate::batch::{Batch, BatchInput};
+use crate::codec::{Codec, Codecs, Json};
+use crate::config::EngineConfig;
+use crate::error::{Error, Result};
+use crate::table::{Table, TableDef, TableSpec};
+
+/// How a topic is declared: codecs, and the settings used when the app
+/// creates it.
+pub struct TopicSpec<K, V> {
+    key: Box<dyn Codec<K>>,
+    value: Box<dyn Codec<V>>,
+    partitions: Option<i32>,
+    replication: Option<i16>,
+    create: bool,
+    configs: Vec<(String, String)>,
+}
+
+impl<K, V> std::fmt::Debug for TopicSpec<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TopicSpec")
+            .field("key", &self.key.name())
+            .field("value", &self.value.name())
+            .field("partitions", &self.partitions)
+            .finish()
+    }
+}
+
+impl<K, V> TopicSpec<K, V> {
+    /// A topic with these codecs, created by the app with `topic.partitions`
+    /// and `topic.replication.factor` unless it exists.
+    pub fn new(key: impl Codec<K> + 'static, value: impl Codec<V> + 'static) -> Self {
+        Self {
+            key: Box::new(key),
+            value: Box::new(value),
+            partitions: None,
+            replication: None,
+            create: true,
+            configs: Vec::new(),
+        }
+    }
+    /// JSON keys and values.
+    pub fn json() -> Self
+    where
+        Json: Codec<K> + Codec<V>,
+    {
+        Self::new(Json, Json)
+    }
+    /// Partitions when the app creates the topic.
+    pub fn partitions(mut self, n: i32) -> Self {
+        self.partitions = Some(n);
+        self
+    }
+    /// Replication factor when the app creates the topic.
+    pub fn replication_factor(mut self, n: i16) -> Self {
+        self.replication = Some(n);
+        self
+    }
+    /// A topic config (`cleanup.policy`, `retention.ms`, ...) for creation.
+    pub fn config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.configs.push((key.into(), value.into()));
+        self
+    }
+    /// The app does not create this topic: it must exist.
+    pub fn external(mut self) -> Self {
+        self.create = false;
+        self
+    }
+}
+
+/// What the app knows of a topic, untyped.
+#[derive(Debug, Clone)]
+pub(crate) struct TopicDef {
+    pub(crate) name: String,
+    pub(crate) partitions: Option<i32>,
+    pub(crate) replication: Option<i16>,
+    pub(crate) create: bool,
+    pub(crate) configs: Vec<(String, String)>,
+    pub(crate) codecs: String,
+}
+
+pub(crate) struct TopicInner<K, V> {
+    pub(crate) name: String,
+    pub(crate) codecs: Codecs<K, V>,
+}
+
+/// A typed topic: a name and the codecs of its keys and values. Cheap to
+/// clone.
+pub struct Topic<K, V> {
+    pub(crate) inner: Arc<TopicInner<K, V>>,
+}
+
+impl<K, V> Clone for Topic<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for Topic<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Topic").field(&self.inner.name).finish()
+    }
+}
+
+impl<K, V> Topic<K, V> {
+    /// The topic's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Encodes a record for this topic (`key` `None` is a null key; the
+    /// partitioner then spreads records).
+    pub fn record(&self, key: Option<&K>, value: &V) -> Result<ProducerRecord> {
+        let mut rec = ProducerRecord::new(&self.inner.name);
+        if let Some(k) = key {
+            let mut buf = Vec::new();
+            self.inner
+                .codecs
+                .key
+                .encode(k, &mut buf)
+                .map_err(|source| Error::Encode {
+                    target: self.inner.name.clone(),
+                    part: "key",
+                    source,
+                })?;
+            rec.key = Some(buf.into());
+        }
+        let mut buf = Vec::new();
+        self.inner
+            .codecs
+            .value
+            .encode(value, &mut buf)
+            .map_err(|source| Error::Encode {
+                target: self.inner.name.clone(),
+                part: "value",
+                source,
+            })?;
+        rec.value = Some(buf.into());
+        Ok(rec)
+    }
+}
+
+/// What an agent does with a record it cannot decode or process (an
+/// [`Error`] with a [`Location`](crate::Location)).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum ErrorPolicy {
+    /// Stop the worker with the error (the default: nothing is skipped
+    /// unless asked).
+    #[default]
+    Stop,
+    /// Log the error and go on with the next record.
+    Skip,
+    /// Send the record, as it was, to this topic with headers
+    /// `faustus.source.topic`, `faustus.source.partition`,
+    /// `faustus.source.offset` and `faustus.error`, and go on.
+    DeadLetter(String),
+}
+
+/// An agent's options.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// What to do with a record that fails.
+    pub on_error: ErrorPolicy,
+    /// How many partitions' batches the agent may process at once (default
+    /// 1). Batches of one partition are always processed in order.
+    pub concurrency: usize,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            on_error: ErrorPolicy::Stop,
+            concurrency: 1,
+        }
+    }
+}
+
+impl AgentOptions {
+    /// Sets the error policy.
+    pub fn on_error(mut self, p: ErrorPolicy) -> Self {
+        self.on_error = p;
+        self
+    }
+    /// Sets the concurrency.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.concurrency = n.max(1);
+        self
+    }
+}
+
+pub(crate) type AgentFuture<'a> = Pin<Box<dyn Future<Output = Result<()>> + 'a>>;
+
+/// An agent with its types erased.
+pub(crate) trait ErasedAgent {
+    fn call<'a>(&'a self, input: BatchInput) -> AgentFuture<'a>;
+}
+
+struct TypedAgent<K, V, F> {
+    topic: Topic<K, V>,
+    f: F,
+}
+
+impl<K: 'static, V: 'static, F> ErasedAgent for TypedAgent<K, V, F>
+where
+    F: AsyncFn(Batch<K, V>) -> Result<()>,
+{
+    fn call<'a>(&'a self, input: BatchInput) -> AgentFuture<'a> {
+        let batch = Batch::new(input, self.topic.clone());
+        Box::pin((self.f)(batch))
+    }
+}
+
+pub(crate) struct AgentDef {
+    pub(crate) name: String,
+    pub(crate) topic: String,
+    pub(crate) options: AgentOptions,
+    pub(crate) run: Box<dyn ErasedAgent>,
+}
+
+/// A lazily connected producer for sends from outside agents.
+#[derive(Clone, Default)]
+pub(crate) struct LazyProducer {
+    cell: Arc<tokio::sync::OnceCell<Producer>>,
+    props: Arc<std::sync::Mutex<Properties>>,
+}
+
+impl LazyProducer {
+    async fn get(&self) -> Result<&Producer> {
+        let props = self.props.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Ok(self
+            .cell
+            .get_or_try_init(|| async {
+                Producer::connect(ProducerConfig::from_properties(&props)?).await
+            })
+            .await?)
+    }
+}
+
+/// An agent's handle: its source topic, and `send` to feed it from code.
+pub struct Agent<K, V> {
+    topic: Topic<K, V>,
+    producer: LazyProducer,
+}
+
+impl<K, V> std::fmt::Debug for Agent<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Agent").field(&self.topic.name()).finish()
+    }
+}
+
+impl<K, V> Agent<K, V> {
+    /// The topic the agent reads.
+    pub fn topic(&self) -> &Topic<K, V> {
+        &self.topic
+    }
+    /// Feeds the agent a record (through its topic), waiting for the
+    /// broker's acknowledgement.
+    pub async fn send(&self, key: Option<&K>, value: &V) -> Result<RecordMetadata> {
+        let rec = self.topic.record(key, value)?;
+        let p = self.producer.get().await?;
+        Ok(p.send(rec).await?.await?)
+    }
+}
+
+/// A Faustus application: settings, topics, tables and agents.
+pub struct App {
+    pub(crate) id: String,
+    pub(crate) props: Properties,
+    pub(crate) topics: Vec<TopicDef>,
+    pub(crate) tables: Vec<TableDef>,
+    pub(crate) agents: Vec<AgentDef>,
+    pub(crate) producer: LazyProducer,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("id", &self.id)
+            .field("topics", &self.topics.len())
+            .field("tables", &self.tables.len())
+            .field("agents", &self.agents.len())
+            .finish()
+    }
+}
+
+impl App {
+    /// An app with this id (its consumer group and the prefix of its
+    /// internal topics) and these properties (see [`crate::config`]).
+    /// `bootstrap.servers` may also come from the command line or the
+    /// `KAFKA_BOOTSTRAP` environment variable.
+    pub fn new(id: impl Into<String>, props: Properties) -> Self {
+        let producer = LazyProducer::default();
+        *producer.props.lock().unwrap_or_else(|e| e.into_inner()) = props.clone();
+        Self {
+            id: id.into(),
+            props,
+            topics: Vec::new(),
+            tables: Vec::new(),
+            agents: Vec::new(),
+            producer,
+        }
+    }
+
+    /// The app id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Sets a property (before the app starts).
+    pub fn set(&mut self, key: &str, value: &str) {
+        self.props.insert(key, value);
+        self.producer
+            .props
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, value);
+    }
+
+    /// The app's settings, checked.
+    pub fn config(&self) -> Result<EngineConfig> {
+        EngineConfig::from_properties(&self.id, &self.props)
+    }
+
+    /// A topic with JSON keys and values, created by the app if missing.
+    pub fn topic<K, V>(&mut self, name: &str) -> Topic<K, V>
+    where
+        Json: Codec<K> + Codec<V>,
+    {
+        self.topic_with(name, TopicSpec::json())
+    }
+
+    /// A topic declared with a [`TopicSpec`].
+    pub fn topic_with<K, V>(&mut self, name: &str, spec: TopicSpec<K, V>) -> Topic<K, V> {
+        let codecs = format!("{}/{}", spec.key.name(), spec.value.name());
+        match self.topics.iter_mut().find(|t| t.name == name) {
+            Some(t) => {
+                // Declared again (say, once as a sink and once as a
+                // source): the stricter settings win.
+                t.partitions = t.partitions.or(spec.partitions);
+                t.create |= spec.create;
+            }
+            None => self.topics.push(TopicDef {
+                name: name.to_owned(),
+                partitions: spec.partitions,
+                replication: spec.replication,
+                create: spec.create,
+                configs: spec.configs,
+                codecs,
+            }),
+        }
+        Topic {
+            inner: Arc::new(TopicInner {
+                name: name.to_owned(),
+                codecs: Codecs::new(spec.key, spec.value),
+            }),
+        }
+    }
+
+    /// An internal topic `<app-id>-<name>-repartition` for `group_by`: an
+    /// agent sends re-keyed records to it, and an agent reading it sees each
+    /// key in the partition (and so the table partition) the key hashes to.
+    pub fn repartition_topic<K, V>(&mut self, name: &str, spec: TopicSpec<K, V>) -> Topic<K, V> {
+        let full = format!("{}-{}-repartition", self.id, name);
+        self.topic_with(&full, spec)
+    }
+
+    /// A table with JSON keys and values; missing keys read as
+    /// `V::default()` (Faust's `default=int` is `u64`'s 0).
+    pub fn table<K, V>(&mut self, name: &str) -> Table<K, V>
+    where
+        Json: Codec<K> + Codec<V>,
+        K: std::fmt::Debug + 'static,
+        V: Default + std::fmt::Debug + 'static,
+    {
+        self.table_with(name, TableSpec::json(V::default))
+    }
+
+    /// A table declared with a [`TableSpec`]. Its changelog is the compacted
+    /// topic `<app-id>-<name>-changelog`.
+    pub fn table_with<K, V>(&mut self, name: &str, spec: TableSpec<K, V>) -> Table<K, V>
+    where
+        K: std::fmt::Debug + 'static,
+        V: std::fmt::Debug + 'static,
+    {
+        let id = self.tables.len();
+        let (table, def) = Table::declare(id, &self.id, name, spec);
+        self.tables.push(def);
+        table
+    }
+
+    /// Registers an agent over `topic` with default options: `f` is called
+    /// with each batch of one partition's records, in order.
+    pub fn agent<K, V, F>(&mut self, name: &str, topic: &Topic<K, V>, f: F) -> Agent<K, V>
+    where
+        K: 'static,
+        V: 'static,
+        F: AsyncFn(Batch<K, V>) -> Result<()> + 'static,
+    {
+        self.agent_with(name, topic, AgentOptions::default(), f)
+    }
+
+    /// Registers an agent with options.
+    pub fn agent_with<K, V, F>(
+        &mut self,
+        name: &str,
+        topic: &Topic<K, V>,
+        options: AgentOptions,
+        f: F,
+    ) -> Agent<K, V>
+    where
+        K: 'static,
+        V: 'static,
+        F: AsyncFn(Batch<K, V>) -> Result<()> + 'static,
+    {
+        self.agents.push(AgentDef {
+            name: name.to_owned(),
+            topic: topic.name().to_owned(),
+            options,
+            run: Box::new(TypedAgent {
+                topic: topic.clone(),
+                f,
+            }),
+        });
+        Agent {
+            topic: topic.clone(),
+            producer: self.producer.clone(),
+        }
+    }
+
+    /// Sends a record to a topic from outside agents, waiting for the
+    /// broker's acknowledgement.
+    pub async fn send<K, V>(
+        &self,
+        topic: &Topic<K, V>,
+        key: Option<&K>,
+        value: &V,
+    ) -> Result<RecordMetadata> {
+        let rec = topic.record(key, value)?;
+        let p = self.producer.get().await?;
+        Ok(p.send(rec).await?.await?)
+    }
+
+    /// Runs a worker until `shutdown` resolves (or an error stops it), then
+    /// commits, leaves the group and returns.
+    pub async fn run_worker(&self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        crate::worker::run(self, shutdown).await
+    }
+
+    /// A table's committed contents, read from its changelog with
+    /// read_committed (the last value of each key): a read from outside the
+    /// agents, which does not need a running worker.
+    pub async fn table_entries<K, V>(&self, table: &Table<K, V>) -> Result<Vec<(K, V)>>
+    where
+        K: 'static,
+        V: 'static,
+    {
+        let raw = crate::worker::read_changelog(self, &self.tables[table.id()]).await?;
+        raw.into_iter()
+            .map(|(k, v)| table.decode_entry(&k, &v))
+            .collect()
+    }
+
+    /// Runs the command line (`worker`, `send`, `agents`, `tables`) and
+    /// returns the process's exit code.
+    pub fn main(self) -> std::process::ExitCode {
+        crate::cli::main(self)
+    }
+}

@@ -1,0 +1,250 @@
+//! Batches: what an agent is fed. A batch is one partition's records from
+//! one fetch, borrowed from the fetched buffer; keys and values are decoded
+//! only when asked for.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use faustus_wire::consumer::Fetched;
+use faustus_wire::producer::ProducerRecord;
+use faustus_wire::record::Record;
+
+use crate::app::Topic;
+use crate::error::{Error, Location, Result};
+use crate::table::{Table, TablePart, TableView};
+
+/// A worker's state for one partition number (a task).
+#[derive(Debug)]
+pub(crate) struct TaskCtx {
+    /// This partition of each table, by table id.
+    pub(crate) tables: Vec<RefCell<TablePart>>,
+    /// Records agents sent; the engine produces them after each agent call.
+    pub(crate) outbox: RefCell<Vec<ProducerRecord>>,
+}
+
+/// What the engine hands an agent, untyped.
+pub(crate) struct BatchInput {
+    pub(crate) fetched: Rc<Fetched>,
+    /// Records before this offset were handled already (an earlier call
+    /// failed on one and the error policy let the rest go on).
+    pub(crate) from: i64,
+    pub(crate) task: Rc<TaskCtx>,
+}
+
+/// One partition's records from one fetch, for an agent.
+pub struct Batch<K, V> {
+    input: BatchInput,
+    topic: Topic<K, V>,
+}
+
+impl<K, V> std::fmt::Debug for Batch<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batch")
+            .field("topic", &self.topic.name())
+            .field("partition", &self.partition())
+            .field("from", &self.input.from)
+            .finish()
+    }
+}
+
+impl<K, V> Batch<K, V> {
+    pub(crate) fn new(input: BatchInput, topic: Topic<K, V>) -> Self {
+        Self { input, topic }
+    }
+
+    /// The topic.
+    pub fn topic(&self) -> &str {
+        self.topic.name()
+    }
+    /// The partition.
+    pub fn partition(&self) -> i32 {
+        self.input.fetched.partition()
+    }
+    /// The partition's high watermark when the batch was fetched.
+    pub fn high_watermark(&self) -> i64 {
+        self.input.fetched.high_watermark()
+    }
+    /// The offset after the batch's last record.
+    pub fn next_offset(&self) -> i64 {
+        self.input.fetched.next_offset()
+    }
+
+    /// The records, as views that decode on demand. A malformed record (a
+    /// corrupt batch) ends the iteration with an error.
+    pub fn events(&self) -> impl Iterator<Item = Result<Event<'_, K, V>>> + '_ {
+        let from = self.input.from;
+        self.input
+            .fetched
+            .records()
+            .filter(move |r| r.as_ref().map_or(true, |r| r.offset >= from))
+            .map(move |r| r.map(|rec| Event { rec, batch: self }).map_err(Error::from))
+    }
+
+    /// Keys and values, decoded (Faust's `stream.items()`).
+    pub fn items(&self) -> impl Iterator<Item = Result<(K, V)>> + '_ {
+        self.events().map(|e| {
+            let e = e?;
+            Ok((e.key()?, e.value()?))
+        })
+    }
+
+    /// Values, decoded.
+    pub fn values(&self) -> impl Iterator<Item = Result<V>> + '_ {
+        self.events().map(|e| e?.value())
+    }
+
+    /// This batch's partition of `table` (the same partition number: topics
+    /// and tables are co-partitioned). Only one view of a table may be open
+    /// at a time in a batch.
+    pub fn table<'b, TK, TV>(&'b self, table: &'b Table<TK, TV>) -> Result<TableView<'b, TK, TV>> {
+        let cell = self
+            .input
+            .task
+            .tables
+            .get(table.id())
+            .ok_or_else(|| Error::Table {
+                table: table.name().to_owned(),
+                message: "not a table of this app".into(),
+            })?;
+        let part = cell.try_borrow_mut().map_err(|_| Error::Table {
+            table: table.name().to_owned(),
+            message: format!(
+                "partition {} is already open in this task",
+                self.partition()
+            ),
+        })?;
+        Ok(TableView {
+            part,
+            table,
+            key_buf: Vec::new(),
+        })
+    }
+
+    /// Sends a record to a topic (a sink, or another agent's topic). It is
+    /// produced when the agent returns, inside the transaction under
+    /// exactly-once.
+    pub fn send<K2, V2>(&self, topic: &Topic<K2, V2>, key: Option<&K2>, value: &V2) -> Result<()> {
+        let rec = topic.record(key, value)?;
+        self.input.task.outbox.borrow_mut().push(rec);
+        Ok(())
+    }
+
+    /// Re-keys every record with `key` and sends it to `topic`, usually a
+    /// [`repartition_topic`](crate::App::repartition_topic): the agent
+    /// reading that topic sees each new key in the partition it hashes to
+    /// (Faust's `group_by`).
+    pub fn group_by<K2>(
+        &self,
+        topic: &Topic<K2, V>,
+        key: impl Fn(&Event<'_, K, V>) -> Result<K2>,
+    ) -> Result<()> {
+        for ev in self.events() {
+            let ev = ev?;
+            let k = key(&ev)?;
+            let v = ev.value()?;
+            self.send(topic, Some(&k), &v)?;
+        }
+        Ok(())
+    }
+
+    /// Forwards every record unchanged (bytes, headers, timestamp) to
+    /// `topic`, partitioned by its key (Faust's `through`).
+    pub fn through(&self, topic: &Topic<K, V>) -> Result<()> {
+        let mut out = self.input.task.outbox.borrow_mut();
+        for ev in self.events() {
+            let ev = ev?;
+            let mut rec = ProducerRecord::new(topic.name());
+            rec.key = ev.raw_key().map(bytes::Bytes::copy_from_slice);
+            rec.value = ev.raw_value().map(bytes::Bytes::copy_from_slice);
+            rec.timestamp = Some(ev.timestamp());
+            rec.headers = ev
+                .rec
+                .headers()
+                .map(|(k, v)| (k.to_owned(), v.map(bytes::Bytes::copy_from_slice)))
+                .collect();
+            out.push(rec);
+        }
+        Ok(())
+    }
+}
+
+/// One record of a batch, borrowed from the fetched buffer.
+pub struct Event<'b, K, V> {
+    rec: Record<'b>,
+    batch: &'b Batch<K, V>,
+}
+
+impl<K, V> std::fmt::Debug for Event<'_, K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Event")
+            .field("at", &self.location().to_string())
+            .finish()
+    }
+}
+
+impl<K, V> Event<'_, K, V> {
+    /// The record's offset.
+    pub fn offset(&self) -> i64 {
+        self.rec.offset
+    }
+    /// The record's timestamp (ms).
+    pub fn timestamp(&self) -> i64 {
+        self.rec.timestamp
+    }
+    /// The key's bytes (`None`: null).
+    pub fn raw_key(&self) -> Option<&[u8]> {
+        self.rec.key()
+    }
+    /// The value's bytes (`None`: null).
+    pub fn raw_value(&self) -> Option<&[u8]> {
+        self.rec.value()
+    }
+    /// The record's headers.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, Option<&[u8]>)> {
+        self.rec.headers()
+    }
+    /// Where the record is.
+    pub fn location(&self) -> Location {
+        Location {
+            topic: self.batch.topic().to_owned(),
+            partition: self.batch.partition(),
+            offset: self.rec.offset,
+        }
+    }
+    /// The decoded key.
+    pub fn key(&self) -> Result<K> {
+        self.batch
+            .topic
+            .inner
+            .codecs
+            .key
+            .decode(self.rec.key())
+            .map_err(|source| Error::Decode {
+                at: self.location(),
+                part: "key",
+                source,
+            })
+    }
+    /// The decoded value.
+    pub fn value(&self) -> Result<V> {
+        self.batch
+            .topic
+            .inner
+            .codecs
+            .value
+            .decode(self.rec.value())
+            .map_err(|source| Error::Decode {
+                at: self.location(),
+                part: "value",
+                source,
+            })
+    }
+    /// An error that gives up on this record: the agent's
+    /// [`ErrorPolicy`](crate::ErrorPolicy) decides what happens to it.
+    pub fn fail(&self, message: impl Into<String>) -> Error {
+        Error::Processing {
+            at: self.location(),
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Codecs turn keys and values into bytes and back. [`Json`] (serde),
+//! [`Utf8`] and [`Raw`] come with the engine; implement [`Codec`] for more
+//! (Avro, protobuf, ...). A serde struct with [`Json`] plays the part of
+//! Faust's `Record`.
+
+use std::marker::PhantomData;
+
+/// Why a codec refused some bytes or a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CodecError(pub String);
+
+impl CodecError {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+/// Encodes and decodes values of type `T`.
+///
+/// Decoding takes the record's bytes borrowed from the fetched buffer; a
+/// null key or value reaches the codec as `None`.
+pub trait Codec<T>: Send + Sync {
+    /// Appends `item`'s encoding to `out`.
+    fn encode(&self, item: &T, out: &mut Vec<u8>) -> Result<(), CodecError>;
+    /// Decodes one item; `None` is a null key or value.
+    fn decode(&self, bytes: Option<&[u8]>) -> Result<T, CodecError>;
+    /// The codec's name, for logs and the `agents` command.
+    fn name(&self) -> &'static str;
+}
+
+fn required(bytes: Option<&[u8]>) -> Result<&[u8], CodecError> {
+    bytes.ok_or_else(|| CodecError::new("null where a value was expected"))
+}
+
+/// JSON through serde, for any `Serialize + DeserializeOwned` type. A null
+/// record decodes as JSON `null` (so `Option<T>` accepts it).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Json;
+
+impl<T> Codec<T> for Json
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + 'static,
+{
+    fn encode(&self, item: &T, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        serde_json::to_writer(out, item).map_err(|e| CodecError::new(e.to_string()))
+    }
+    fn decode(&self, bytes: Option<&[u8]>) -> Result<T, CodecError> {
+        serde_json::from_slice(bytes.unwrap_or(b"null"))
+            .map_err(|e| CodecError::new(format!("invalid JSON: {e}")))
+    }
+    fn name(&self) -> &'static str {
+        "json"
+    }
+}
+
+/// UTF-8 text as [`String`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Utf8;
+
+impl Codec<String> for Utf8 {
+    fn encode(&self, item: &String, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        out.extend_from_slice(item.as_bytes());
+        Ok(())
+    }
+    fn decode(&self, bytes: Option<&[u8]>) -> Result<String, CodecError> {
+        std::str::from_utf8(required(bytes)?)
+            .map(str::to_owned)
+            .map_err(|e| CodecError::new(format!("invalid UTF-8: {e}")))
+    }
+    fn name(&self) -> &'static str {
+        "utf8"
+    }
+}
+
+/// Bytes as they are.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Raw;
+
+impl Codec<Vec<u8>> for Raw {
+    fn encode(&self, item: &Vec<u8>, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        out.extend_from_slice(item);
+        Ok(())
+    }
+    fn decode(&self, bytes: Option<&[u8]>) -> Result<Vec<u8>, CodecError> {
+        Ok(required(bytes)?.to_vec())
+    }
+    fn name(&self) -> &'static str {
+        "raw"
+    }
+}
+
+impl Codec<bytes::Bytes> for Raw {
+    fn encode(&self, item: &bytes::Bytes, out: &mut Vec<u8>) -> Result<(), CodecError> {
+        out.extend_from_slice(item);
+        Ok(())
+    }
+    fn decode(&self, bytes: Option<&[u8]>) -> Result<bytes::Bytes, CodecError> {
+        Ok(bytes::Bytes::copy_from_slice(required(bytes)?))
+    }
+    fn name(&self) -> &'static str {
+        "raw"
+    }
+}
+
+/// A key and a value codec, shared by a topic's or a table's handles.
+pub(crate) struct Codecs<K, V> {
+    pub(crate) key: Box<dyn Codec<K>>,
+    pub(crate) value: Box<dyn Codec<V>>,
+    _t: PhantomData<fn() -> (K, V)>,
+}
+
+impl<K, V> Codecs<K, V> {
+    pub(crate) fn new(key: Box<dyn Codec<K>>, value: Box<dyn Codec<V>>) -> Self {
+        Self {
+            key,
+            value,
+            _t: PhantomData,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Click {
+        url: String,
+        count: u64,
+    }
+
+    #[test]
+    fn json_round_trips_a_record_struct() {
+        let c = Click {
+            url: "/a".into(),
+            count: 3,
+        };
+        let mut out = Vec::new();
+        Json.encode(&c, &mut out).unwrap();
+        let back: Click = Json.decode(Some(&out)).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn json_refuses_bad_input_and_null_unless_optional() {
+        let r: Result<Click, _> = Json.decode(Some(b"{not json"));
+        assert!(r.unwrap_err().0.contains("invalid JSON"));
+        let r: Result<Click, _> = Json.decode(None);
+        assert!(r.is_err());
+        let r: Option<Click> = Json.decode(None).unwrap();
+        assert_eq!(r, None);
+    }
+
+    #[test]
+    fn utf8_and_raw() {
+        let mut out = Vec::new();
+        Utf8.encode(&"héllo".to_string(), &mut out).unwrap();
+        assert_eq!(Utf8.decode(Some(&out)).unwrap(), "héllo");
+        assert!(Utf8.decode(Some(&[0xff, 0xfe])).is_err());
+        assert!(Utf8.decode(None).is_err());
+        let v: Vec<u8> = Raw.decode(Some(&[1, 2, 3])).unwrap();
+        assert_eq!(v, vec![1, 2, 3]);
+    }
+}

@@ -1,0 +1,169 @@
+//! Engine settings. Client settings keep the Java client's names
+//! (`bootstrap.servers`, `isolation.level`, `compression.type`, ...) and pass
+//! through to the consumer and producer; the engine's own settings follow
+//! Kafka Streams and Faust:
+//!
+//! | property | default | meaning |
+//! | --- | --- | --- |
+//! | `processing.guarantee` | `at_least_once` | or `exactly_once` (`exactly_once_v2` is accepted as a synonym) |
+//! | `commit.interval.ms` | 1000 | how often a worker commits (flushes, writes state, commits offsets or its transaction) |
+//! | `topic.partitions` | 8 | partitions of the topics the app creates (Faust's default) |
+//! | `topic.replication.factor` | 1 | their replication factor |
+//! | `state.dir` | `./<app-id>-data` | where tables keep their local stores |
+//! | `store` | `rocksdb` | table store: `rocksdb` or `memory` |
+//! | `table.standby.replicas` | 0 | standby copies of each table partition (not implemented yet: values above 0 are refused) |
+//! | `transaction.timeout.ms` | 10000 | as Kafka Streams under exactly-once: a crashed worker's open transaction is aborted after this |
+//!
+//! The consumer group is the app id (`group.id` may override it), assigned
+//! with the `range` assignor so that partition *n* of every source topic
+//! lands on the same worker (co-partitioning, as Kafka Streams' tasks).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use faustus_wire::Properties;
+
+use crate::error::{Error, Result};
+
+/// `processing.guarantee`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guarantee {
+    /// Flush outputs, then commit input offsets: a crash may repeat work.
+    AtLeastOnce,
+    /// Changelog writes, outputs and input offsets in one Kafka
+    /// transaction (KIP-98, KIP-447).
+    ExactlyOnce,
+}
+
+/// Where tables keep their partitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// RocksDB under `state.dir` (the default).
+    RocksDb,
+    /// Memory only: every assignment recovers from the changelog.
+    Memory,
+}
+
+/// The engine's settings, read from [`Properties`].
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The app id: consumer group, prefix of internal topics.
+    pub app_id: String,
+    /// All properties, for the clients.
+    pub properties: Properties,
+    /// `processing.guarantee`.
+    pub guarantee: Guarantee,
+    /// `commit.interval.ms`.
+    pub commit_interval: Duration,
+    /// `topic.partitions`.
+    pub topic_partitions: i32,
+    /// `topic.replication.factor`.
+    pub replication_factor: i16,
+    /// `state.dir`.
+    pub state_dir: PathBuf,
+    /// `store`.
+    pub store: StoreKind,
+    /// `table.standby.replicas`.
+    pub standby_replicas: u32,
+}
+
+impl EngineConfig {
+    /// Reads the engine's settings; `bootstrap.servers` is required.
+    pub fn from_properties(app_id: &str, p: &Properties) -> Result<Self> {
+        if app_id.is_empty() || app_id.contains(['/', ' ']) {
+            return Err(Error::Config(format!(
+                "app id `{app_id}`: must be non-empty, without spaces or slashes"
+            )));
+        }
+        if p.get("bootstrap.servers").is_none_or(str::is_empty) {
+            return Err(Error::Config("bootstrap.servers is required".into()));
+        }
+        let guarantee = match p.get("processing.guarantee").unwrap_or("at_least_once") {
+            "at_least_once" => Guarantee::AtLeastOnce,
+            "exactly_once" | "exactly_once_v2" => Guarantee::ExactlyOnce,
+            other => {
+                return Err(Error::Config(format!(
+                    "processing.guarantee={other}: expected at_least_once or exactly_once"
+                )))
+            }
+        };
+        let store = match p.get("store").unwrap_or("rocksdb") {
+            "rocksdb" | "rocksdb://" => StoreKind::RocksDb,
+            "memory" | "memory://" => StoreKind::Memory,
+            other => {
+                return Err(Error::Config(format!(
+                    "store={other}: expected rocksdb or memory"
+                )))
+            }
+        };
+        let standby_replicas: u32 = p.parse_or("table.standby.replicas", 0)?;
+        if standby_replicas > 0 {
+            return Err(Error::Config(
+                "table.standby.replicas > 0: standby replicas are not implemented yet".into(),
+            ));
+        }
+        let topic_partitions: i32 = p.parse_or("topic.partitions", 8)?;
+        if topic_partitions < 1 {
+            return Err(Error::Config("topic.partitions must be at least 1".into()));
+        }
+        Ok(Self {
+            app_id: app_id.to_owned(),
+            properties: p.clone(),
+            guarantee,
+            commit_interval: p.millis_or("commit.interval.ms", 1000)?,
+            topic_partitions,
+            replication_factor: p.parse_or("topic.replication.factor", 1)?,
+            state_dir: p
+                .get("state.dir")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(format!("{app_id}-data"))),
+            store,
+            standby_replicas,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn props() -> Properties {
+        Properties::new().set("bootstrap.servers", "127.0.0.1:9092")
+    }
+
+    #[test]
+    fn defaults() {
+        let c = EngineConfig::from_properties("pv", &props()).unwrap();
+        assert_eq!(c.guarantee, Guarantee::AtLeastOnce);
+        assert_eq!(c.commit_interval, Duration::from_millis(1000));
+        assert_eq!(c.topic_partitions, 8);
+        assert_eq!(c.replication_factor, 1);
+        assert_eq!(c.state_dir, PathBuf::from("pv-data"));
+        assert_eq!(c.store, StoreKind::RocksDb);
+    }
+
+    #[test]
+    fn refuses_bad_settings() {
+        for (k, v) in [
+            ("processing.guarantee", "twice"),
+            ("store", "redis"),
+            ("topic.partitions", "0"),
+            ("table.standby.replicas", "1"),
+            ("commit.interval.ms", "soon"),
+        ] {
+            let e = EngineConfig::from_properties("pv", &props().set(k, v)).unwrap_err();
+            assert!(
+                matches!(e, Error::Config(_) | Error::Wire(_)),
+                "{k}={v}: {e}"
+            );
+        }
+        assert!(EngineConfig::from_properties("pv", &Properties::new()).is_err());
+        assert!(EngineConfig::from_properties("a b", &props()).is_err());
+        let c = EngineConfig::from_properties(
+            "pv",
+            &props().set("processing.guarantee", "exactly_once_v2"),
+        )
+        .unwrap();
+        assert_eq!(c.guarantee, Guarantee::ExactlyOnce);
+    }
+}

@@ -1,0 +1,339 @@
+//! Tables: typed, dict-like state per partition, backed by a local store and
+//! a compacted changelog topic.
+//!
+//! An agent reaches the partition of a table that matches the partition of
+//! the batch it processes ([`Batch::table`](crate::Batch::table)). Each
+//! change is kept in an overlay over the store and staged as a changelog
+//! record; the engine sends the staged records after the agent returns, and
+//! writes the overlay to the store once those records are durable (see
+//! `store.rs`).
+
+use std::cell::RefMut;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use faustus_wire::producer::{DeliveryFuture, ProducerRecord};
+
+use crate::codec::{Codec, Codecs, Json};
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+/// How a table is declared: codecs and the value missing keys read as.
+pub struct TableSpec<K, V> {
+    key: Box<dyn Codec<K>>,
+    value: Box<dyn Codec<V>>,
+    default: Box<dyn Fn() -> V>,
+}
+
+impl<K, V> std::fmt::Debug for TableSpec<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableSpec")
+            .field("key", &self.key.name())
+            .field("value", &self.value.name())
+            .finish()
+    }
+}
+
+impl<K, V> TableSpec<K, V> {
+    /// A table with these codecs and this default value.
+    pub fn new(
+        key: impl Codec<K> + 'static,
+        value: impl Codec<V> + 'static,
+        default: impl Fn() -> V + 'static,
+    ) -> Self {
+        Self {
+            key: Box::new(key),
+            value: Box::new(value),
+            default: Box::new(default),
+        }
+    }
+    /// JSON keys and values.
+    pub fn json(default: impl Fn() -> V + 'static) -> Self
+    where
+        Json: Codec<K> + Codec<V>,
+    {
+        Self::new(Json, Json, default)
+    }
+}
+
+pub(crate) struct TableInner<K, V> {
+    id: usize,
+    name: String,
+    changelog: Arc<str>,
+    codecs: Codecs<K, V>,
+    default: Box<dyn Fn() -> V>,
+}
+
+/// A typed table handle. Cheap to clone.
+pub struct Table<K, V> {
+    inner: Arc<TableInner<K, V>>,
+}
+
+impl<K, V> Clone for Table<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for Table<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Table").field(&self.inner.name).finish()
+    }
+}
+
+/// The engine's untyped view of a table.
+pub(crate) struct TableDef {
+    pub(crate) name: String,
+    pub(crate) changelog: Arc<str>,
+    /// Renders an entry for the `tables` command.
+    pub(crate) show: Box<dyn Fn(&[u8], &[u8]) -> String>,
+}
+
+impl<K: std::fmt::Debug + 'static, V: std::fmt::Debug + 'static> Table<K, V> {
+    pub(crate) fn declare(
+        id: usize,
+        app_id: &str,
+        name: &str,
+        spec: TableSpec<K, V>,
+    ) -> (Self, TableDef) {
+        let changelog: Arc<str> = Arc::from(format!("{app_id}-{name}-changelog"));
+        let inner = Arc::new(TableInner {
+            id,
+            name: name.to_owned(),
+            changelog: changelog.clone(),
+            codecs: Codecs::new(spec.key, spec.value),
+            default: spec.default,
+        });
+        let shown = inner.clone();
+        let def = TableDef {
+            name: name.to_owned(),
+            changelog,
+            show: Box::new(move |k, v| {
+                let k = shown.codecs.key.decode(Some(k));
+                let v = shown.codecs.value.decode(Some(v));
+                match (k, v) {
+                    (Ok(k), Ok(v)) => format!("{k:?}\t{v:?}"),
+                    (k, v) => format!("<undecodable entry: {:?} {:?}>", k.err(), v.err()),
+                }
+            }),
+        };
+        (Self { inner }, def)
+    }
+}
+
+impl<K, V> Table<K, V> {
+    pub(crate) fn id(&self) -> usize {
+        self.inner.id
+    }
+    /// The table's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+    /// Its changelog topic.
+    pub fn changelog_topic(&self) -> &str {
+        &self.inner.changelog
+    }
+    pub(crate) fn decode_entry(&self, k: &[u8], v: &[u8]) -> Result<(K, V)> {
+        let bad = |e: crate::CodecError| Error::Table {
+            table: self.inner.name.clone(),
+            message: format!("undecodable entry: {e}"),
+        };
+        Ok((
+            self.inner.codecs.key.decode(Some(k)).map_err(bad)?,
+            self.inner.codecs.value.decode(Some(v)).map_err(bad)?,
+        ))
+    }
+}
+
+/// One partition of one table, owned by the worker's task for that
+/// partition number.
+pub(crate) struct TablePart {
+    pub(crate) name: String,
+    pub(crate) changelog: Arc<str>,
+    pub(crate) partition: i32,
+    pub(crate) store: Box<dyn Store>,
+    /// Changes not yet in the store (newer than its changelog offset).
+    pub(crate) overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Changelog records the agent staged; sent after it returns.
+    pub(crate) staged: Vec<ProducerRecord>,
+    /// The last changelog record sent since the store was written: its
+    /// offset is what the store records.
+    pub(crate) last_sent: Option<DeliveryFuture>,
+}
+
+impl std::fmt::Debug for TablePart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TablePart")
+            .field("table", &self.name)
+            .field("partition", &self.partition)
+            .field("overlay", &self.overlay.len())
+            .finish()
+    }
+}
+
+impl TablePart {
+    pub(crate) fn new(
+        name: String,
+        changelog: Arc<str>,
+        partition: i32,
+        store: Box<dyn Store>,
+    ) -> Self {
+        Self {
+            name,
+            changelog,
+            partition,
+            store,
+            overlay: HashMap::new(),
+            staged: Vec::new(),
+            last_sent: None,
+        }
+    }
+
+    fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.overlay.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.store.get(key),
+        }
+    }
+
+    fn put_raw(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let mut rec = ProducerRecord::new(&*self.changelog).partition(self.partition);
+        rec.key = Some(bytes::Bytes::copy_from_slice(&key));
+        rec.value = value.as_deref().map(bytes::Bytes::copy_from_slice);
+        self.staged.push(rec);
+        self.overlay.insert(key, value);
+    }
+
+    /// Drops changes the store does not have (after an aborted
+    /// transaction): the table is back at its last commit.
+    pub(crate) fn roll_back(&mut self) {
+        self.overlay.clear();
+        self.staged.clear();
+        self.last_sent = None;
+    }
+}
+
+/// An agent's access to the partition of a table matching its batch.
+pub struct TableView<'b, K, V> {
+    pub(crate) part: RefMut<'b, TablePart>,
+    pub(crate) table: &'b Table<K, V>,
+    pub(crate) key_buf: Vec<u8>,
+}
+
+impl<K, V> std::fmt::Debug for TableView<'_, K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TableView")
+            .field("table", &self.table.inner.name)
+            .field("partition", &self.part.partition)
+            .finish()
+    }
+}
+
+impl<K, V> TableView<'_, K, V> {
+    fn encode_key(&mut self, key: &K) -> Result<()> {
+        self.key_buf.clear();
+        self.table
+            .inner
+            .codecs
+            .key
+            .encode(key, &mut self.key_buf)
+            .map_err(|source| Error::Encode {
+                target: self.table.inner.name.clone(),
+                part: "key",
+                source,
+            })
+    }
+
+    fn decode_value(&self, raw: Option<Vec<u8>>) -> Result<V> {
+        match raw {
+            None => Ok((self.table.inner.default)()),
+            Some(b) => self
+                .table
+                .inner
+                .codecs
+                .value
+                .decode(Some(&b))
+                .map_err(|e| Error::Table {
+                    table: self.table.inner.name.clone(),
+                    message: format!("stored value undecodable: {e}"),
+                }),
+        }
+    }
+
+    /// The partition this view covers.
+    pub fn partition(&self) -> i32 {
+        self.part.partition
+    }
+
+    /// The value of `key`, or the table's default.
+    pub fn get(&mut self, key: &K) -> Result<V> {
+        self.encode_key(key)?;
+        let raw = self.part.get_raw(&self.key_buf)?;
+        self.decode_value(raw)
+    }
+
+    /// Whether `key` has a value (other than by default).
+    pub fn contains(&mut self, key: &K) -> Result<bool> {
+        self.encode_key(key)?;
+        Ok(self.part.get_raw(&self.key_buf)?.is_some())
+    }
+
+    /// Sets `key` to `value` (one changelog record).
+    pub fn set(&mut self, key: &K, value: &V) -> Result<()> {
+        self.encode_key(key)?;
+        let mut v = Vec::new();
+        self.table
+            .inner
+            .codecs
+            .value
+            .encode(value, &mut v)
+            .map_err(|source| Error::Encode {
+                target: self.table.inner.name.clone(),
+                part: "value",
+                source,
+            })?;
+        let k = self.key_buf.clone();
+        self.part.put_raw(k, Some(v));
+        Ok(())
+    }
+
+    /// Changes `key`'s value (starting from the default) in place, writes
+    /// it back, and returns it.
+    pub fn update(&mut self, key: &K, f: impl FnOnce(&mut V)) -> Result<V>
+    where
+        V: Clone,
+    {
+        let mut v = self.get(key)?;
+        f(&mut v);
+        self.set(key, &v)?;
+        Ok(v)
+    }
+
+    /// Deletes `key` (a tombstone in the changelog).
+    pub fn delete(&mut self, key: &K) -> Result<()> {
+        self.encode_key(key)?;
+        let k = self.key_buf.clone();
+        self.part.put_raw(k, None);
+        Ok(())
+    }
+
+    /// The partition's entries (committed and pending), in key order.
+    pub fn entries(&self) -> Result<Vec<(K, V)>> {
+        let mut all: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> = self
+            .part
+            .store
+            .entries()?
+            .into_iter()
+            .map(|(k, v)| (k, Some(v)))
+            .collect();
+        for (k, v) in &self.part.overlay {
+            all.insert(k.clone(), v.clone());
+        }
+        all.into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .map(|(k, v)| self.table.decode_entry(&k, &v))
+            .collect()
+    }
+}
