@@ -205,3 +205,67 @@ pub async fn read_all_settled(bootstrap: &str, topic: &str) -> Vec<(i32, String,
     }
     read_all(bootstrap, topic, true).await
 }
+
+/// A record with its headers, as [`read_with_headers`] returns it.
+#[derive(Debug, Clone)]
+pub struct FullRecord {
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Key (lossy UTF-8).
+    pub key: String,
+    /// Value (lossy UTF-8).
+    pub value: String,
+    /// Headers (values lossy UTF-8).
+    pub headers: Vec<(String, String)>,
+}
+
+impl FullRecord {
+    /// The first header named `key`.
+    pub fn header(&self, key: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Every record of `topic` up to its end offsets, with headers.
+pub async fn read_with_headers(bootstrap: &str, topic: &str) -> Vec<FullRecord> {
+    let props = Properties::new().set("bootstrap.servers", bootstrap);
+    let mut c = Consumer::connect(ConsumerConfig::from_properties(&props).expect("config"))
+        .await
+        .expect("consumer");
+    c.assign(topic, &[], Offset::Beginning)
+        .await
+        .expect("assign");
+    let ends = Admin::new(c.client().clone())
+        .list_offsets(topic, &[], OffsetSpec::Latest, false)
+        .await
+        .expect("end offsets");
+    let mut out = Vec::new();
+    let deadline = Deadline::new("the end offsets", Duration::from_secs(120));
+    while !c
+        .assignment()
+        .iter()
+        .all(|tp| c.position(tp).unwrap_or(-1) >= ends[&tp.partition])
+    {
+        deadline.check(out.len());
+        for part in c.poll().await.expect("poll") {
+            for r in part.records() {
+                let r = r.expect("record");
+                let lossy =
+                    |b: Option<&[u8]>| String::from_utf8_lossy(b.unwrap_or_default()).into_owned();
+                out.push(FullRecord {
+                    partition: part.partition(),
+                    offset: r.offset,
+                    key: lossy(r.key()),
+                    value: lossy(r.value()),
+                    headers: r.headers().map(|(k, v)| (k.to_owned(), lossy(v))).collect(),
+                });
+            }
+        }
+    }
+    out
+}

@@ -138,29 +138,29 @@ mod tests {
             count: 3,
         };
         let mut out = Vec::new();
-        Json.encode(&c, &mut out).unwrap();
-        let back: Click = Json.decode(Some(&out)).unwrap();
+        Json.encode(&c, &mut out).expect("ok");
+        let back: Click = Json.decode(Some(&out)).expect("ok");
         assert_eq!(back, c);
     }
 
     #[test]
     fn json_refuses_bad_input_and_null_unless_optional() {
         let r: Result<Click, _> = Json.decode(Some(b"{not json"));
-        assert!(r.unwrap_err().0.contains("invalid JSON"));
+        assert!(r.expect_err("an error").0.contains("invalid JSON"));
         let r: Result<Click, _> = Json.decode(None);
         assert!(r.is_err());
-        let r: Option<Click> = Json.decode(None).unwrap();
+        let r: Option<Click> = Json.decode(None).expect("ok");
         assert_eq!(r, None);
     }
 
     #[test]
     fn utf8_and_raw() {
         let mut out = Vec::new();
-        Utf8.encode(&"héllo".to_string(), &mut out).unwrap();
-        assert_eq!(Utf8.decode(Some(&out)).unwrap(), "héllo");
+        Utf8.encode(&"héllo".to_string(), &mut out).expect("ok");
+        assert_eq!(Utf8.decode(Some(&out)).expect("ok"), "héllo");
         assert!(Utf8.decode(Some(&[0xff, 0xfe])).is_err());
         assert!(Utf8.decode(None).is_err());
-        let v: Vec<u8> = Raw.decode(Some(&[1, 2, 3])).unwrap();
+        let v: Vec<u8> = Raw.decode(Some(&[1, 2, 3])).expect("ok");
         assert_eq!(v, vec![1, 2, 3]);
     }
 }

@@ -133,7 +133,7 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = EngineConfig::from_properties("pv", &props()).unwrap();
+        let c = EngineConfig::from_properties("pv", &props()).expect("ok");
         assert_eq!(c.guarantee, Guarantee::AtLeastOnce);
         assert_eq!(c.commit_interval, Duration::from_millis(1000));
         assert_eq!(c.topic_partitions, 8);
@@ -151,7 +151,7 @@ mod tests {
             ("table.standby.replicas", "1"),
             ("commit.interval.ms", "soon"),
         ] {
-            let e = EngineConfig::from_properties("pv", &props().set(k, v)).unwrap_err();
+            let e = EngineConfig::from_properties("pv", &props().set(k, v)).expect_err("an error");
             assert!(
                 matches!(e, Error::Config(_) | Error::Wire(_)),
                 "{k}={v}: {e}"
@@ -163,7 +163,7 @@ mod tests {
             "pv",
             &props().set("processing.guarantee", "exactly_once_v2"),
         )
-        .unwrap();
+        .expect("ok");
         assert_eq!(c.guarantee, Guarantee::ExactlyOnce);
     }
 }

@@ -171,13 +171,16 @@ mod tests {
             .into_iter(),
             7,
         )
-        .unwrap();
+        .expect("ok");
         s.apply(&mut vec![(b"a".to_vec(), None)].into_iter(), 9)
-            .unwrap();
-        assert_eq!(s.get(b"a").unwrap(), None);
-        assert_eq!(s.get(b"b").unwrap(), Some(b"2".to_vec()));
+            .expect("ok");
+        assert_eq!(s.get(b"a").expect("ok"), None);
+        assert_eq!(s.get(b"b").expect("ok"), Some(b"2".to_vec()));
         assert_eq!(s.offset(), Some(9));
-        assert_eq!(s.entries().unwrap(), vec![(b"b".to_vec(), b"2".to_vec())]);
+        assert_eq!(
+            s.entries().expect("ok"),
+            vec![(b"b".to_vec(), b"2".to_vec())]
+        );
     }
 
     #[test]
@@ -190,13 +193,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("faustus-store-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         {
-            let mut s = RocksStore::open(&dir).unwrap();
+            let mut s = RocksStore::open(&dir).expect("ok");
             exercise(&mut s);
         }
-        let s = RocksStore::open(&dir).unwrap();
+        let s = RocksStore::open(&dir).expect("ok");
         assert_eq!(s.offset(), Some(9));
-        assert_eq!(s.get(b"b").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(s.get(b"b").expect("ok"), Some(b"2".to_vec()));
         drop(s);
-        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).expect("ok");
     }
 }

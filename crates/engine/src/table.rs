@@ -83,12 +83,15 @@ impl<K, V> std::fmt::Debug for Table<K, V> {
     }
 }
 
+/// Renders a raw table entry.
+pub(crate) type ShowEntry = Box<dyn Fn(&[u8], &[u8]) -> String>;
+
 /// The engine's untyped view of a table.
 pub(crate) struct TableDef {
     pub(crate) name: String,
     pub(crate) changelog: Arc<str>,
     /// Renders an entry for the `tables` command.
-    pub(crate) show: Box<dyn Fn(&[u8], &[u8]) -> String>,
+    pub(crate) show: ShowEntry,
 }
 
 impl<K: std::fmt::Debug + 'static, V: std::fmt::Debug + 'static> Table<K, V> {

@@ -316,7 +316,7 @@ pub(crate) async fn run(app: &App, shutdown: impl Future<Output = ()>) -> Result
         Guarantee::AtLeastOnce => {
             // Commits on revocation only; the loop commits explicitly.
             props.insert("enable.auto.commit", "true");
-            props.insert("auto.commit.interval.ms", &i32::MAX.to_string());
+            props.insert("auto.commit.interval.ms", i32::MAX.to_string());
             Sink::AtLeast(Producer::connect(ProducerConfig::from_properties(&props)?).await?)
         }
     };
@@ -425,12 +425,12 @@ impl Worker<'_> {
         if changes.iter().any(|c| matches!(c, Change::Durable)) {
             write_overlays(&self.tasks).await?;
         }
-        match Arc::try_unwrap(self.shared) {
-            Ok(Shared {
-                sink: Sink::AtLeast(p),
-                ..
-            }) => p.close().await?,
-            Ok(_) | Err(_) => {}
+        if let Ok(Shared {
+            sink: Sink::AtLeast(p),
+            ..
+        }) = Arc::try_unwrap(self.shared)
+        {
+            p.close().await?;
         }
         tracing::info!(processed = self.processed, "worker stopped");
         Ok(())

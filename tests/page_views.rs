@@ -1,0 +1,391 @@
+//! The page-view counter (`examples/page_views.rs`) end to end, as worker
+//! processes against the harness Kafka: exact counts with two workers and a
+//! third joining and leaving, exactly-once through SIGKILLs, recovery
+//! without local state, and dead-lettering of bad input.
+//!
+//! The strongest check reads the table's changelog: each click of count 1
+//! makes one changelog record for its URL, so in changelog order a URL's
+//! values must be exactly 1, 2, ..., n. A lost update, a duplicate, or two
+//! workers writing one partition at once breaks that sequence.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use faustus_suite::{read_all, read_all_settled, unique_topic, Deadline};
+use faustus_testcontainers::shared;
+use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
+use faustus_wire::{Admin, NewTopic, Properties};
+
+const PARTITIONS: i32 = 6;
+
+fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target profile directory");
+    let bin = dir.join("examples").join("page_views");
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--example", "page_views"])
+            .status()
+            .expect("cargo build --example page_views");
+        assert!(status.success(), "building page_views failed");
+    }
+    bin
+}
+
+struct Run {
+    bootstrap: String,
+    app: String,
+    topic: String,
+    dir: PathBuf,
+    extra: Vec<String>,
+    dead_letters: Option<String>,
+}
+
+impl Run {
+    async fn new(prefix: &str, extra: &[&str]) -> Self {
+        let kafka = shared().expect("kafka");
+        let app = unique_topic(prefix);
+        let dir = std::env::temp_dir().join(format!("faustus-{app}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        let run = Self {
+            bootstrap: kafka.bootstrap().to_owned(),
+            topic: format!("{app}-clicks"),
+            app,
+            dir,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            dead_letters: None,
+        };
+        let admin = Admin::new(run.producer().await.client().clone());
+        admin
+            .create_topic(NewTopic::new(&run.topic, PARTITIONS, 1), false)
+            .await
+            .expect("clicks topic");
+        run
+    }
+
+    async fn producer(&self) -> Producer {
+        let props = Properties::new().set("bootstrap.servers", &self.bootstrap);
+        Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
+            .await
+            .expect("producer")
+    }
+
+    fn changelog(&self) -> String {
+        format!("{}-click_counts-changelog", self.app)
+    }
+
+    /// Starts worker `name` (its own state directory).
+    fn worker(&self, name: &str) -> Child {
+        let state = self.dir.join(name);
+        let log = std::fs::File::create(self.dir.join(format!("{name}.log")))
+            .or_else(|_| {
+                std::fs::create_dir_all(&self.dir)?;
+                std::fs::File::create(self.dir.join(format!("{name}.log")))
+            })
+            .expect("log file");
+        let mut cmd = Command::new(binary());
+        cmd.env("PAGE_VIEWS_APP", &self.app)
+            .env("PAGE_VIEWS_TOPIC", &self.topic)
+            .env("KAFKA_BOOTSTRAP", &self.bootstrap)
+            .args(["-X", &format!("state.dir={}", state.display())])
+            .args([
+                "-X",
+                "session.timeout.ms=6000",
+                "-X",
+                "heartbeat.interval.ms=1000",
+            ])
+            .args(["-X", "commit.interval.ms=200"]);
+        for e in &self.extra {
+            cmd.args(["-X", e]);
+        }
+        if let Some(t) = &self.dead_letters {
+            cmd.env("PAGE_VIEWS_DEAD_LETTERS", t);
+        }
+        cmd.args(["worker", "-l", "info"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("worker starts")
+    }
+
+    /// The log of worker `name`, for failure messages.
+    fn log(&self, name: &str) -> String {
+        let s = std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+        let tail: Vec<&str> = s.lines().rev().take(30).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    async fn clicks(
+        &self,
+        from: usize,
+        n: usize,
+        urls: usize,
+        pause: Duration,
+    ) -> BTreeMap<String, u64> {
+        send_clicks(
+            self.bootstrap.clone(),
+            self.topic.clone(),
+            from,
+            n,
+            urls,
+            pause,
+        )
+        .await
+    }
+
+    /// Sends clicks from a task, while the test goes on.
+    fn clicks_in_background(
+        &self,
+        n: usize,
+        pause: Duration,
+    ) -> tokio::task::JoinHandle<BTreeMap<String, u64>> {
+        tokio::spawn(send_clicks(
+            self.bootstrap.clone(),
+            self.topic.clone(),
+            0,
+            n,
+            1000,
+            pause,
+        ))
+    }
+
+    /// Waits until the changelog's latest values add up to `total`, then
+    /// returns (latest value per URL, every value per URL in order).
+    async fn table(
+        &self,
+        total: u64,
+        workers: &[&str],
+    ) -> (BTreeMap<String, u64>, BTreeMap<String, Vec<u64>>) {
+        let deadline = Deadline::new(
+            format!("the table to count {total} clicks"),
+            Duration::from_secs(180),
+        );
+        loop {
+            let records = read_all_settled(&self.bootstrap, &self.changelog()).await;
+            let mut history: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+            for (_, k, v) in records {
+                history
+                    .entry(k)
+                    .or_default()
+                    .push(v.parse().expect("a count"));
+            }
+            let latest: BTreeMap<String, u64> = history
+                .iter()
+                .map(|(k, v)| (k.clone(), *v.last().expect("one value")))
+                .collect();
+            let sum: u64 = latest.values().sum();
+            if sum >= total {
+                return (latest, history);
+            }
+            if deadline.passed() {
+                let logs: Vec<String> = workers
+                    .iter()
+                    .map(|w| format!("--- {w}\n{}", self.log(w)))
+                    .collect();
+                panic!(
+                    "the table counts {sum} of {total} clicks\n{}",
+                    logs.join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Sends `n` clicks of count 1 over `urls` URLs, `pause` apart in chunks of
+/// 1000; returns the expected count per URL.
+async fn send_clicks(
+    bootstrap: String,
+    topic: String,
+    from: usize,
+    n: usize,
+    urls: usize,
+    pause: Duration,
+) -> BTreeMap<String, u64> {
+    let props = Properties::new().set("bootstrap.servers", &bootstrap);
+    let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
+        .await
+        .expect("producer");
+    let mut expected = BTreeMap::new();
+    let mut pending = Vec::new();
+    for i in from..from + n {
+        let url = format!("/page/{}", i % urls);
+        *expected.entry(url.clone()).or_insert(0) += 1;
+        pending.push(
+            p.send(ProducerRecord::new(&topic).key(url).value("1"))
+                .await
+                .expect("queued"),
+        );
+        if i % 1000 == 999 && !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+    for d in pending {
+        d.await.expect("delivered");
+    }
+    p.close().await.expect("close");
+    expected
+}
+
+/// SIGTERM, and the worker exits 0 after committing.
+fn stop(mut child: Child, name: &str, run: &Run) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Deadline::new(format!("{name} to exit"), Duration::from_secs(60));
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(
+                status.success(),
+                "{name} exited with {status}\n{}",
+                run.log(name)
+            );
+            return;
+        }
+        deadline.check(name);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn kill(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Every URL's changelog values are 1, 2, ..., n and n is the expected count.
+fn assert_exact(
+    expected: &BTreeMap<String, u64>,
+    latest: &BTreeMap<String, u64>,
+    history: &BTreeMap<String, Vec<u64>>,
+) {
+    assert_eq!(latest.len(), expected.len(), "URLs in the table");
+    for (url, &n) in expected {
+        assert_eq!(latest.get(url), Some(&n), "count of {url}");
+        let h = &history[url];
+        let sequence: Vec<u64> = (1..=n).collect();
+        assert_eq!(
+            h, &sequence,
+            "changelog of {url}: one update per click, in order"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_count_exactly_while_a_third_joins_and_leaves() {
+    let run = Run::new("pv-alo", &[]).await;
+    let a = run.worker("a");
+    let b = run.worker("b");
+    let sending = run.clicks_in_background(100_000, Duration::from_millis(150));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let c = run.worker("c");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop(c, "c", &run);
+    let expected = sending.await.expect("sender");
+    let (latest, history) = run.table(100_000, &["a", "b", "c"]).await;
+    assert_exact(&expected, &latest, &history);
+    let log_c = run.log("c");
+    assert!(log_c.contains("task ready"), "c took part:\n{log_c}");
+    stop(a, "a", &run);
+    stop(b, "b", &run);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_once_survives_three_sigkills_and_a_lost_state_directory() {
+    let run = Run::new("pv-eos", &["processing.guarantee=exactly_once"]).await;
+    let a = run.worker("a");
+    let mut b = run.worker("b");
+    let sending = run.clicks_in_background(100_000, Duration::from_millis(150));
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        kill(b);
+        b = run.worker("b");
+    }
+    let expected = sending.await.expect("sender");
+    let (latest, history) = run.table(100_000, &["a", "b"]).await;
+    assert_exact(&expected, &latest, &history);
+    let committed = read_all(&run.bootstrap, &run.changelog(), true).await.len();
+    assert_eq!(
+        committed, 100_000,
+        "one committed changelog update per click"
+    );
+
+    // Recovery without local state: b's directory goes, and b alone must
+    // carry on from the changelog's totals.
+    stop(a, "a", &run);
+    stop(b, "b", &run);
+    std::fs::remove_dir_all(run.dir.join("b")).expect("remove b's state");
+    let b = run.worker("b");
+    let more = run.clicks(100_000, 1000, 1000, Duration::ZERO).await;
+    let (latest, _) = run.table(101_000, &["b"]).await;
+    for (url, n) in &expected {
+        assert_eq!(latest[url], n + more[url], "count of {url} after recovery");
+    }
+    let log_b = run.log("b");
+    assert!(
+        log_b.contains("recovering"),
+        "b recovered from the changelog:\n{log_b}"
+    );
+    stop(b, "b", &run);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_goes_to_the_dead_letter_topic_and_nothing_stalls() {
+    let mut run = Run::new("pv-dlq", &[]).await;
+    let dlq = format!("{}-dead-letters", run.app);
+    run.dead_letters = Some(dlq.clone());
+    let p = run.producer().await;
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    let mut bad = 0;
+    for i in 0..6000usize {
+        let url = format!("/page/{}", i % 60);
+        let value = if i % 10 == 3 {
+            bad += 1;
+            ["{not json", "", "\"one\"", "-"][i % 4].to_owned()
+        } else {
+            *expected.entry(url.clone()).or_insert(0) += 1;
+            "1".to_owned()
+        };
+        let _ = p
+            .send(ProducerRecord::new(&run.topic).key(url).value(value))
+            .await
+            .expect("queued");
+    }
+    p.flush().await.expect("flush");
+    let w = run.worker("w");
+    let (latest, history) = run.table(expected.values().sum(), &["w"]).await;
+    assert_exact(&expected, &latest, &history);
+    // Every bad record, once, with where it came from.
+    let dead = faustus_suite::read_with_headers(&run.bootstrap, &dlq).await;
+    assert_eq!(dead.len(), bad, "dead letters");
+    let mut seen = std::collections::BTreeSet::new();
+    for d in &dead {
+        assert_eq!(d.header("faustus.source.topic"), Some(run.topic.as_str()));
+        let partition: i32 = d
+            .header("faustus.source.partition")
+            .expect("partition")
+            .parse()
+            .expect("number");
+        let offset: i64 = d
+            .header("faustus.source.offset")
+            .expect("offset")
+            .parse()
+            .expect("number");
+        assert!(
+            d.header("faustus.error")
+                .is_some_and(|e| e.contains("decode")),
+            "{:?}",
+            d.headers
+        );
+        assert!(
+            seen.insert((partition, offset)),
+            "dead-lettered twice: {partition}@{offset}"
+        );
+    }
+    stop(w, "w", &run);
+}
