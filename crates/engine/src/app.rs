@@ -174,6 +174,11 @@ pub struct AgentOptions {
     /// How many partitions' batches the agent may process at once (default
     /// 1). Batches of one partition are always processed in order.
     pub concurrency: usize,
+    /// Faust's `take(n, within)`: gather a partition's fetches until at
+    /// least `n` records or `within` has passed since the first, then call
+    /// the agent once with all of them. `None` (the default): one call per
+    /// fetch.
+    pub take: Option<(usize, std::time::Duration)>,
 }
 
 impl Default for AgentOptions {
@@ -181,6 +186,7 @@ impl Default for AgentOptions {
         Self {
             on_error: ErrorPolicy::Stop,
             concurrency: 1,
+            take: None,
         }
     }
 }
@@ -189,6 +195,13 @@ impl AgentOptions {
     /// Sets the error policy.
     pub fn on_error(mut self, p: ErrorPolicy) -> Self {
         self.on_error = p;
+        self
+    }
+    /// Micro-batches of at least `n` records, or whatever arrived `within`
+    /// (checked after each poll, so at the fetch wait's granularity). Input
+    /// offsets are committed only past records an agent has processed.
+    pub fn take(mut self, n: usize, within: std::time::Duration) -> Self {
+        self.take = Some((n.max(1), within));
         self
     }
     /// Sets the concurrency.

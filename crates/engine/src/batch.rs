@@ -24,7 +24,9 @@ pub(crate) struct TaskCtx {
 
 /// What the engine hands an agent, untyped.
 pub(crate) struct BatchInput {
-    pub(crate) fetched: Rc<Fetched>,
+    /// One fetch's records of the partition, or several with
+    /// [`AgentOptions::take`](crate::AgentOptions::take), in offset order.
+    pub(crate) fetched: Vec<Rc<Fetched>>,
     /// Records before this offset were handled already (an earlier call
     /// failed on one and the error policy let the rest go on).
     pub(crate) from: i64,
@@ -58,15 +60,15 @@ impl<K, V> Batch<K, V> {
     }
     /// The partition.
     pub fn partition(&self) -> i32 {
-        self.input.fetched.partition()
+        self.input.fetched.first().map_or(-1, |f| f.partition())
     }
     /// The partition's high watermark when the batch was fetched.
     pub fn high_watermark(&self) -> i64 {
-        self.input.fetched.high_watermark()
+        self.input.fetched.last().map_or(-1, |f| f.high_watermark())
     }
     /// The offset after the batch's last record.
     pub fn next_offset(&self) -> i64 {
-        self.input.fetched.next_offset()
+        self.input.fetched.last().map_or(-1, |f| f.next_offset())
     }
 
     /// The records, as views that decode on demand. A malformed record (a
@@ -75,7 +77,8 @@ impl<K, V> Batch<K, V> {
         let from = self.input.from;
         self.input
             .fetched
-            .records()
+            .iter()
+            .flat_map(|f| f.records())
             .filter(move |r| r.as_ref().map_or(true, |r| r.offset >= from))
             .map(move |r| r.map(|rec| Event { rec, batch: self }).map_err(Error::from))
     }

@@ -340,3 +340,99 @@ impl<K, V> TableView<'_, K, V> {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+    use crate::codec::Utf8;
+    use crate::store::MemoryStore;
+
+    fn setup() -> (Table<String, u64>, RefCell<TablePart>) {
+        let (table, def) = Table::declare(0, "app", "counts", TableSpec::new(Utf8, Json, || 0u64));
+        assert_eq!(&*def.changelog, "app-counts-changelog");
+        let part = TablePart::new(
+            "counts".into(),
+            def.changelog.clone(),
+            3,
+            Box::new(MemoryStore::default()),
+        );
+        (table, RefCell::new(part))
+    }
+
+    fn view<'b>(
+        table: &'b Table<String, u64>,
+        part: &'b RefCell<TablePart>,
+    ) -> TableView<'b, String, u64> {
+        TableView {
+            part: part.borrow_mut(),
+            table,
+            key_buf: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn missing_keys_read_as_the_default_and_each_change_stages_one_changelog_record() {
+        let (table, part) = setup();
+        {
+            let mut v = view(&table, &part);
+            assert_eq!(v.get(&"/a".to_string()).expect("get"), 0);
+            assert!(!v.contains(&"/a".to_string()).expect("contains"));
+            v.update(&"/a".to_string(), |n| *n += 2).expect("update");
+            v.update(&"/a".to_string(), |n| *n += 3).expect("update");
+            v.delete(&"/b".to_string()).expect("delete");
+            assert_eq!(v.get(&"/a".to_string()).expect("get"), 5);
+            assert_eq!(v.entries().expect("entries"), vec![("/a".to_string(), 5)]);
+        }
+        let p = part.borrow();
+        type Staged<'a> = (Option<&'a [u8]>, Option<&'a [u8]>, Option<i32>);
+        let staged: Vec<Staged<'_>> = p
+            .staged
+            .iter()
+            .map(|r| (r.key.as_deref(), r.value.as_deref(), r.partition))
+            .collect();
+        assert_eq!(
+            staged,
+            vec![
+                (Some(&b"/a"[..]), Some(&b"2"[..]), Some(3)),
+                (Some(&b"/a"[..]), Some(&b"5"[..]), Some(3)),
+                (Some(&b"/b"[..]), None, Some(3)),
+            ]
+        );
+        assert!(p.staged.iter().all(|r| r.topic == "app-counts-changelog"));
+    }
+
+    #[test]
+    fn roll_back_returns_to_the_store() {
+        let (table, part) = setup();
+        part.borrow_mut()
+            .store
+            .apply(
+                &mut vec![(b"/a".to_vec(), Some(b"7".to_vec()))].into_iter(),
+                10,
+            )
+            .expect("apply");
+        view(&table, &part).set(&"/a".to_string(), &9).expect("set");
+        assert_eq!(view(&table, &part).get(&"/a".to_string()).expect("get"), 9);
+        part.borrow_mut().roll_back();
+        assert!(part.borrow().staged.is_empty());
+        assert_eq!(view(&table, &part).get(&"/a".to_string()).expect("get"), 7);
+    }
+
+    #[test]
+    fn an_undecodable_stored_value_is_a_table_error() {
+        let (table, part) = setup();
+        part.borrow_mut()
+            .store
+            .apply(
+                &mut vec![(b"/a".to_vec(), Some(b"not json".to_vec()))].into_iter(),
+                1,
+            )
+            .expect("apply");
+        let e = view(&table, &part)
+            .get(&"/a".to_string())
+            .expect_err("undecodable");
+        assert!(matches!(e, Error::Table { .. }), "{e}");
+    }
+}

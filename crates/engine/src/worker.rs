@@ -167,6 +167,20 @@ impl RebalanceListener for Listener {
             .changes
             .push(Change::Revoked(partitions.to_vec()));
     }
+    fn revoked_offsets(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> Option<BTreeMap<TopicPartition, i64>> {
+        // What the agents have processed (a `take` may hold records back),
+        // not everything the consumer handed out.
+        let mut s = self.0.state();
+        Some(
+            partitions
+                .iter()
+                .filter_map(|tp| s.positions.remove(tp).map(|o| (tp.clone(), o)))
+                .collect(),
+        )
+    }
     async fn assigned(&mut self, partitions: &[TopicPartition]) {
         tracing::info!(?partitions, "partitions assigned");
         self.0
@@ -264,6 +278,13 @@ async fn create_topics(app: &App, cfg: &EngineConfig, admin: &Admin) -> Result<i
     Ok(n)
 }
 
+/// What an agent with `take` has gathered of one partition.
+struct Gather {
+    fetched: Vec<Rc<Fetched>>,
+    records: usize,
+    since: Instant,
+}
+
 struct Worker<'a> {
     app: &'a App,
     cfg: EngineConfig,
@@ -275,6 +296,8 @@ struct Worker<'a> {
     /// Agents by topic.
     agents: HashMap<String, Vec<usize>>,
     concurrency: usize,
+    /// Fetches gathered for agents with `take`, by agent and partition.
+    gathered: RefCell<HashMap<(usize, TopicPartition), Gather>>,
     processed: u64,
     lag: BTreeMap<TopicPartition, i64>,
 }
@@ -367,6 +390,7 @@ pub(crate) async fn run(app: &App, shutdown: impl Future<Output = ()>) -> Result
         recovery,
         tasks: BTreeMap::new(),
         agents,
+        gathered: RefCell::new(HashMap::new()),
         processed: 0,
         lag: BTreeMap::new(),
     };
@@ -392,6 +416,7 @@ impl Worker<'_> {
             if !fetched.is_empty() {
                 self.process(fetched).await?;
             }
+            self.flush_gathered(false).await?;
             if last_commit.elapsed() >= self.cfg.commit_interval {
                 self.commit().await?;
                 last_commit = Instant::now();
@@ -407,6 +432,7 @@ impl Worker<'_> {
     /// Commits, leaves the group, closes the producer.
     async fn finish(mut self, result: Result<()>) -> Result<()> {
         if result.is_ok() {
+            self.flush_gathered(true).await?;
             self.commit().await?;
         } else if let Sink::Exactly(p) = &self.shared.sink {
             if self.shared.state().txn_open {
@@ -498,6 +524,9 @@ impl Worker<'_> {
         for tp in gone {
             self.lag.remove(tp);
         }
+        self.gathered
+            .borrow_mut()
+            .retain(|(_, tp), _| !gone.contains(tp));
         let owned: BTreeSet<i32> = self
             .consumer
             .assignment()
@@ -518,6 +547,7 @@ impl Worker<'_> {
     }
 
     fn roll_back(&mut self) {
+        self.gathered.borrow_mut().clear();
         for t in self.tasks.values() {
             t.outbox.borrow_mut().clear();
             for part in &t.tables {
@@ -547,6 +577,7 @@ impl Worker<'_> {
             }
         }
         self.shared.state().positions.clear();
+        self.gathered.borrow_mut().clear();
         Ok(())
     }
 
@@ -638,9 +669,8 @@ impl Worker<'_> {
         ))
     }
 
-    /// Feeds one poll's batches to the agents: partitions in parallel (up to
-    /// the agents' concurrency), each partition's batches in order.
-    async fn process(&mut self, fetched: Vec<Fetched>) -> Result<()> {
+    /// Opens a transaction under exactly-once, unless one is open.
+    async fn begin(&self) -> Result<()> {
         if let Sink::Exactly(p) = &self.shared.sink {
             let open = self.shared.state().txn_open;
             if !open {
@@ -648,6 +678,13 @@ impl Worker<'_> {
                 self.shared.state().txn_open = true;
             }
         }
+        Ok(())
+    }
+
+    /// Feeds one poll's batches to the agents: partitions in parallel (up to
+    /// the agents' concurrency), each partition's batches in order.
+    async fn process(&mut self, fetched: Vec<Fetched>) -> Result<()> {
+        self.begin().await?;
         let mut by_partition: BTreeMap<i32, Vec<Rc<Fetched>>> = BTreeMap::new();
         for f in fetched {
             self.lag.insert(
@@ -668,7 +705,7 @@ impl Worker<'_> {
             let mut done = Vec::new();
             let mut count = 0u64;
             for f in fs {
-                this.run_agents(&f, &task).await?;
+                this.feed(&f, &task).await?;
                 count += f.next_offset().saturating_sub(f.start_offset()) as u64;
                 done.push((f.topic_partition().clone(), f.next_offset()));
             }
@@ -681,55 +718,143 @@ impl Worker<'_> {
         for r in results {
             let (done, count) = r?;
             self.processed += count;
-            let mut s = self.shared.state();
-            for (tp, off) in done {
-                s.positions.insert(tp, off);
+            for (tp, next) in done {
+                let at = self.position(&tp, next);
+                self.shared.state().positions.insert(tp, at);
             }
         }
         Ok(())
     }
 
-    async fn run_agents(&self, f: &Rc<Fetched>, task: &Rc<TaskCtx>) -> Result<()> {
+    /// Where a partition's input is processed up to: `next`, or the first
+    /// record an agent still gathers for a `take`.
+    fn position(&self, tp: &TopicPartition, next: i64) -> i64 {
+        self.gathered
+            .borrow()
+            .iter()
+            .filter(|((_, t), g)| t == tp && !g.fetched.is_empty())
+            .filter_map(|(_, g)| g.fetched.first().map(|f| f.start_offset()))
+            .min()
+            .unwrap_or(next)
+    }
+
+    /// Hands one fetch to each agent of its topic (or to its gathering, for
+    /// agents with `take`), then produces what they staged.
+    async fn feed(&self, f: &Rc<Fetched>, task: &Rc<TaskCtx>) -> Result<()> {
         let Some(agents) = self.agents.get(f.topic()) else {
             return Ok(());
         };
         for &i in agents {
-            let agent = &self.app.agents[i];
-            let mut from = f.start_offset();
-            loop {
-                let input = BatchInput {
-                    fetched: f.clone(),
-                    from,
-                    task: task.clone(),
-                };
-                let Err(e) = agent.run.call(input).await else {
-                    break;
-                };
-                let at = match e.location() {
-                    Some(at)
-                        if at.topic == f.topic()
-                            && at.partition == f.partition()
-                            && at.offset >= from =>
-                    {
-                        at.clone()
+            let ready = match self.app.agents[i].options.take {
+                None => Some(vec![f.clone()]),
+                Some((n, _)) => {
+                    let mut gathered = self.gathered.borrow_mut();
+                    let g = gathered
+                        .entry((i, f.topic_partition().clone()))
+                        .or_insert_with(|| Gather {
+                            fetched: Vec::new(),
+                            records: 0,
+                            since: Instant::now(),
+                        });
+                    if g.fetched.is_empty() {
+                        g.since = Instant::now();
                     }
-                    _ => return Err(e),
-                };
-                match &agent.options.on_error {
-                    ErrorPolicy::Stop => return Err(e),
-                    ErrorPolicy::Skip => {
-                        tracing::warn!(agent = %agent.name, error = %e, "skipping record");
-                    }
-                    ErrorPolicy::DeadLetter(topic) => {
-                        tracing::warn!(agent = %agent.name, error = %e, dead_letters = %topic, "dead-lettering record");
-                        let rec = dead_letter(f, &at, topic, &e.to_string())?;
-                        task.outbox.borrow_mut().push(rec);
+                    g.fetched.push(f.clone());
+                    g.records += f.next_offset().saturating_sub(f.start_offset()) as usize;
+                    if g.records >= n {
+                        g.records = 0;
+                        Some(std::mem::take(&mut g.fetched))
+                    } else {
+                        None
                     }
                 }
-                from = at.offset + 1;
+            };
+            if let Some(fs) = ready {
+                self.call_agent(i, fs, task).await?;
             }
         }
         self.send_staged(task).await
+    }
+
+    /// Calls the agents whose `take` gathering has waited `within` (all
+    /// of them with `all`).
+    async fn flush_gathered(&mut self, all: bool) -> Result<()> {
+        let due: Vec<(usize, TopicPartition)> = self
+            .gathered
+            .borrow()
+            .iter()
+            .filter(|((i, _), g)| {
+                !g.fetched.is_empty()
+                    && self.app.agents[*i]
+                        .options
+                        .take
+                        .is_some_and(|(_, within)| all || g.since.elapsed() >= within)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        if due.is_empty() {
+            return Ok(());
+        }
+        self.begin().await?;
+        for (i, tp) in due {
+            let fs = match self.gathered.borrow_mut().get_mut(&(i, tp.clone())) {
+                Some(g) => {
+                    g.records = 0;
+                    std::mem::take(&mut g.fetched)
+                }
+                None => continue,
+            };
+            let Some(next) = fs.last().map(|f| f.next_offset()) else {
+                continue;
+            };
+            let Some(task) = self.tasks.get(&tp.partition).cloned() else {
+                continue;
+            };
+            self.call_agent(i, fs, &task).await?;
+            self.send_staged(&task).await?;
+            let at = self.position(&tp, next);
+            self.shared.state().positions.insert(tp, at);
+        }
+        Ok(())
+    }
+
+    /// Calls agent `i` with the records of `fs`, applying its error policy:
+    /// after a failed record it is called again with the rest.
+    async fn call_agent(&self, i: usize, fs: Vec<Rc<Fetched>>, task: &Rc<TaskCtx>) -> Result<()> {
+        let agent = &self.app.agents[i];
+        let Some(first) = fs.first() else {
+            return Ok(());
+        };
+        let (topic, partition) = (first.topic().to_owned(), first.partition());
+        let mut from = first.start_offset();
+        loop {
+            let input = BatchInput {
+                fetched: fs.clone(),
+                from,
+                task: task.clone(),
+            };
+            let Err(e) = agent.run.call(input).await else {
+                return Ok(());
+            };
+            let at = match e.location() {
+                Some(at) if at.topic == topic && at.partition == partition && at.offset >= from => {
+                    at.clone()
+                }
+                _ => return Err(e),
+            };
+            match &agent.options.on_error {
+                ErrorPolicy::Stop => return Err(e),
+                ErrorPolicy::Skip => {
+                    tracing::warn!(agent = %agent.name, error = %e, "skipping record");
+                }
+                ErrorPolicy::DeadLetter(dlq) => {
+                    tracing::warn!(agent = %agent.name, error = %e, dead_letters = %dlq, "dead-lettering record");
+                    let rec = dead_letter(&fs, &at, dlq, &e.to_string())?;
+                    task.outbox.borrow_mut().push(rec);
+                }
+            }
+            from = at.offset + 1;
+        }
     }
 
     /// Produces what the agents staged: outputs, then changelog records.
@@ -820,8 +945,13 @@ fn apply_changelog(store: &mut dyn Store, f: &Fetched) -> Result<u64> {
 }
 
 /// The dead-letter copy of the record at `at`.
-fn dead_letter(f: &Fetched, at: &Location, topic: &str, error: &str) -> Result<ProducerRecord> {
-    for rec in f.records() {
+fn dead_letter(
+    fs: &[Rc<Fetched>],
+    at: &Location,
+    topic: &str,
+    error: &str,
+) -> Result<ProducerRecord> {
+    for rec in fs.iter().flat_map(|f| f.records()) {
         let rec = rec?;
         if rec.offset != at.offset {
             continue;

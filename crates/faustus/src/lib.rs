@@ -8,5 +8,8 @@
 pub use faustus_engine as engine;
 pub use faustus_wire as wire;
 
-/// The names most Faustus programs need, for `use faustus::prelude::*`.
-pub mod prelude {}
+/// The names most Faustus programs need, for `use faustus::prelude::*`: the
+/// engine's apps, topics, tables, agents and codecs, and [`Properties`](faustus_wire::Properties).
+pub mod prelude {
+    pub use faustus_engine::prelude::*;
+}

@@ -164,6 +164,18 @@ pub trait RebalanceListener: Send {
         let _ = partitions;
         async {}
     }
+    /// With auto-commit, the offsets to commit for partitions being
+    /// revoked, asked right after [`revoked`](Self::revoked): `None` (the
+    /// default) commits the positions after every record handed out; an
+    /// application that has not processed all of those (it buffers) returns
+    /// its own.
+    fn revoked_offsets(
+        &mut self,
+        partitions: &[TopicPartition],
+    ) -> Option<BTreeMap<TopicPartition, i64>> {
+        let _ = partitions;
+        None
+    }
     /// Partitions newly given to this member (positions are set already).
     fn assigned(&mut self, partitions: &[TopicPartition]) -> impl Future<Output = ()> + Send {
         let _ = partitions;
@@ -796,7 +808,11 @@ impl<L: RebalanceListener> GroupConsumer<L> {
                 let tps = self.tps(&ps);
                 self.listener.revoked(&tps).await;
                 if self.cfg.auto_commit {
-                    self.commit_processed(Some(&tps)).await?;
+                    match self.listener.revoked_offsets(&tps) {
+                        Some(offsets) if offsets.is_empty() => {}
+                        Some(offsets) => self.send_commit(&offsets).await?,
+                        None => self.commit_processed(Some(&tps)).await?,
+                    }
                 }
                 self.forget(&tps);
                 Vec::new()

@@ -1,0 +1,191 @@
+//! The engine in-process against the harness Kafka: micro-batches with
+//! `take`, the skip and stop error policies, sinks and `agent.send`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use faustus_engine::prelude::*;
+use faustus_engine::Error;
+use faustus_suite::{read_all, unique_topic, Deadline};
+use faustus_testcontainers::shared;
+use faustus_wire::producer::{Producer, ProducerConfig};
+use tokio::sync::Notify;
+
+fn app(prefix: &str) -> (App, String) {
+    let kafka = shared().expect("kafka");
+    let id = unique_topic(prefix);
+    let dir = std::env::temp_dir().join(format!("faustus-{id}"));
+    let props = Properties::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .set("state.dir", dir.display().to_string())
+        .set("topic.partitions", "3")
+        .set("commit.interval.ms", "100");
+    (App::new(&id, props), id)
+}
+
+/// Runs a worker until `done` says its work is done, then stops it (as
+/// SIGTERM would) and returns how it ended; or returns early if it fails.
+async fn run_until(app: &App, done: impl AsyncFn() -> bool) -> Result<(), Error> {
+    let stop = Arc::new(Notify::new());
+    let signal = stop.clone();
+    let worker = app.run_worker(async move { signal.notified().await });
+    tokio::pin!(worker);
+    let deadline = Deadline::new("the worker to finish its work", Duration::from_secs(120));
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            r = &mut worker => return r,
+            _ = tokio::time::sleep(Duration::from_millis(200)), if !stopping => {
+                if done().await {
+                    stopping = true;
+                    stop.notify_one();
+                } else {
+                    deadline.check("waiting");
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn take_hands_agents_micro_batches_and_every_record_once() {
+    let (mut app, id) = app("engine-take");
+    let input = app.topic_with(
+        &format!("{id}-in"),
+        TopicSpec::<String, u64>::new(Utf8, Json),
+    );
+    let output = app.topic_with(
+        &format!("{id}-out"),
+        TopicSpec::<String, u64>::new(Utf8, Json),
+    );
+    let sizes: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let seen = sizes.clone();
+    let out = output.clone();
+    let agent = app.agent_with(
+        "batcher",
+        &input,
+        AgentOptions::default().take(500, Duration::from_millis(300)),
+        async move |batch| {
+            let mut n = 0;
+            for (i, item) in batch.items().enumerate() {
+                let (k, v) = item?;
+                batch.send(&out, Some(&k), &(v * 10))?;
+                n = i + 1;
+            }
+            seen.lock().expect("lock").push(n);
+            Ok(())
+        },
+    );
+    let bootstrap = shared().expect("kafka").bootstrap().to_owned();
+    let total = 2000u64;
+    let feeder = async {
+        // The topics exist once the worker has started.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // One through `agent.send`, the rest queued at once.
+        agent
+            .send(Some(&"k0".to_string()), &0)
+            .await
+            .expect("agent.send");
+        let props = Properties::new().set("bootstrap.servers", &bootstrap);
+        let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
+            .await
+            .expect("producer");
+        for i in 1..total {
+            let rec = input
+                .record(Some(&format!("k{}", i % 7)), &i)
+                .expect("encode");
+            let _ = p.send(rec).await.expect("queued");
+        }
+        p.close().await.expect("flushed");
+    };
+    let out_name = output.name().to_owned();
+    let (r, ()) = tokio::join!(
+        run_until(
+            &app,
+            async || read_all(&bootstrap, &out_name, false).await.len() as u64 >= total
+        ),
+        feeder
+    );
+    r.expect("worker");
+    let out = read_all(&bootstrap, output.name(), false).await;
+    let mut values: Vec<u64> = out
+        .iter()
+        .map(|(_, _, v)| v.parse().expect("number"))
+        .collect();
+    values.sort_unstable();
+    assert_eq!(
+        values,
+        (0..total).map(|i| i * 10).collect::<Vec<_>>(),
+        "every record once"
+    );
+    let sizes = sizes.lock().expect("lock").clone();
+    assert_eq!(sizes.iter().sum::<usize>() as u64, total);
+    assert!(
+        sizes.iter().any(|&n| n >= 500),
+        "some calls got at least 500 records: {sizes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skip_goes_on_past_failed_records_and_stop_names_the_record() {
+    for policy in [ErrorPolicy::Skip, ErrorPolicy::Stop] {
+        let (mut app, id) = app("engine-policy");
+        let input = app.topic_with(
+            &format!("{id}-in"),
+            TopicSpec::<String, u64>::new(Utf8, Json),
+        );
+        let table = app.table_with("sums", TableSpec::new(Utf8, Json, || 0u64));
+        let t = table.clone();
+        app.agent_with(
+            "summer",
+            &input,
+            AgentOptions::default().on_error(policy.clone()),
+            async move |batch| {
+                let mut sums = batch.table(&t)?;
+                for ev in batch.events() {
+                    let ev = ev?;
+                    let v = ev.value()?;
+                    if v % 10 == 3 {
+                        return Err(ev.fail(format!("{v} is unlucky")));
+                    }
+                    sums.update(&ev.key()?, |s| *s += v)?;
+                }
+                Ok(())
+            },
+        );
+        let feed = async {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            for i in 0..300u64 {
+                app.send(&input, Some(&"k".to_string()), &i)
+                    .await
+                    .expect("send");
+            }
+        };
+        let expected: u64 = (0..300u64).filter(|v| v % 10 != 3).sum();
+        let (r, ()) = tokio::join!(
+            run_until(&app, async || {
+                let sum: u64 = app
+                    .table_entries(&table)
+                    .await
+                    .map(|e| e.iter().map(|(_, v)| *v).sum())
+                    .unwrap_or(0);
+                sum >= expected
+            }),
+            feed
+        );
+        match policy {
+            ErrorPolicy::Skip => {
+                r.expect("the worker goes on");
+                let entries = app.table_entries(&table).await.expect("entries");
+                assert_eq!(entries, vec![("k".to_string(), expected)]);
+            }
+            _ => {
+                let e = r.expect_err("the worker stops");
+                let at = e.location().expect("a record's error").clone();
+                assert_eq!(at.topic, input.name());
+                assert_eq!(at.offset, 3, "{e}");
+                assert!(e.to_string().contains("3 is unlucky"), "{e}");
+            }
+        }
+    }
+}
