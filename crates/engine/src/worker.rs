@@ -435,7 +435,14 @@ impl Worker<'_> {
             self.flush_gathered(true).await?;
             self.commit().await?;
         } else if let Sink::Exactly(p) = &self.shared.sink {
-            if self.shared.state().txn_open {
+            // Nothing of the failed run may commit: abort, and leave nothing
+            // for the listener to commit while the consumer leaves.
+            let open = {
+                let mut s = self.shared.state();
+                s.positions.clear();
+                std::mem::take(&mut s.txn_open)
+            };
+            if open {
                 let _ = p.abort().await;
             }
         }
