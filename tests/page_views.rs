@@ -389,3 +389,57 @@ async fn bad_input_goes_to_the_dead_letter_topic_and_nothing_stalls() {
     }
     stop(w, "w", &run);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_replica_makes_a_takeover_replay_only_the_tail() {
+    let run = Run::new(
+        "pv-standby",
+        &[
+            "processing.guarantee=exactly_once",
+            "table.standby.replicas=1",
+        ],
+    )
+    .await;
+    let a = run.worker("a");
+    let b = run.worker("b");
+    let expected = run.clicks(0, 30_000, 600, Duration::ZERO).await;
+    let _ = run.table(30_000, &["a", "b"]).await;
+    let before = run_log_lines(&run, "a");
+    kill(b);
+    // a takes b's partitions over once b's session expires.
+    let more = run.clicks(30_000, 600, 600, Duration::ZERO).await;
+    let (latest, history) = run.table(30_600, &["a"]).await;
+    let mut all = expected.clone();
+    for (k, n) in more {
+        *all.entry(k).or_insert(0) += n;
+    }
+    assert_exact(&all, &latest, &history);
+    let log = std::fs::read_to_string(run.dir.join("a.log")).expect("a's log");
+    let replays: Vec<u64> = log
+        .lines()
+        .skip(before)
+        .filter(|l| l.contains(" recovered "))
+        .filter_map(|l| l.split("applied=").nth(1))
+        .filter_map(|r| r.split_whitespace().next())
+        .map(|n| n.parse().expect("a count"))
+        .collect();
+    assert!(
+        !replays.is_empty(),
+        "a took partitions over:\n{}",
+        run.log("a")
+    );
+    // Each of b's partitions had ~5000 updates; the standby had them.
+    assert!(
+        replays.iter().all(|&n| n < 1000),
+        "takeover replays {replays:?}\n{}",
+        run.log("a")
+    );
+    assert!(log.contains("standby replica"), "a kept standbys");
+    stop(a, "a", &run);
+}
+
+fn run_log_lines(run: &Run, name: &str) -> usize {
+    std::fs::read_to_string(run.dir.join(format!("{name}.log")))
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}

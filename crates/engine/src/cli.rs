@@ -1,7 +1,7 @@
 //! `App::main`: the command line of a Faustus program (as Faust's `worker`,
 //! `send`, `agents` and `tables` commands).
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -73,6 +73,7 @@ pub(crate) fn main(mut app: App) -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .try_init();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

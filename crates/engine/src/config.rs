@@ -11,7 +11,7 @@
 //! | `topic.replication.factor` | 1 | their replication factor |
 //! | `state.dir` | `./<app-id>-data` | where tables keep their local stores |
 //! | `store` | `rocksdb` | table store: `rocksdb` or `memory` |
-//! | `table.standby.replicas` | 0 | standby copies of each table partition (not implemented yet: values above 0 are refused) |
+//! | `table.standby.replicas` | 0 | 1 or more: every worker keeps a standby copy of each table partition it does not own, kept current from the changelog, so that taking a partition over replays only the last records (RocksDB stores only) |
 //! | `transaction.timeout.ms` | 10000 | as Kafka Streams under exactly-once: a crashed worker's open transaction is aborted after this |
 //!
 //! The consumer group is the app id (`group.id` may override it), assigned
@@ -97,9 +97,10 @@ impl EngineConfig {
             }
         };
         let standby_replicas: u32 = p.parse_or("table.standby.replicas", 0)?;
-        if standby_replicas > 0 {
+        if standby_replicas > 0 && store == StoreKind::Memory {
             return Err(Error::Config(
-                "table.standby.replicas > 0: standby replicas are not implemented yet".into(),
+                "table.standby.replicas > 0 needs store=rocksdb (a memory store starts empty anyway)"
+                    .into(),
             ));
         }
         let topic_partitions: i32 = p.parse_or("topic.partitions", 8)?;
@@ -148,7 +149,7 @@ mod tests {
             ("processing.guarantee", "twice"),
             ("store", "redis"),
             ("topic.partitions", "0"),
-            ("table.standby.replicas", "1"),
+            ("table.standby.replicas", "x"),
             ("commit.interval.ms", "soon"),
         ] {
             let e = EngineConfig::from_properties("pv", &props().set(k, v)).expect_err("an error");

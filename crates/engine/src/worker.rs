@@ -278,6 +278,19 @@ async fn create_topics(app: &App, cfg: &EngineConfig, admin: &Admin) -> Result<i
     Ok(n)
 }
 
+/// Standby replicas (`table.standby.replicas`): a store per table for each
+/// partition number the worker does not own, kept current by a changelog
+/// consumer polled between the worker's polls. Taking a partition over
+/// closes its standby stores and recovers from where they got to.
+struct Standby {
+    consumer: Consumer,
+    /// By (table, partition).
+    stores: BTreeMap<(usize, i32), Box<dyn Store>>,
+    /// Table index by changelog topic.
+    tables: HashMap<Arc<str>, usize>,
+    partitions: i32,
+}
+
 /// What an agent with `take` has gathered of one partition.
 struct Gather {
     fetched: Vec<Rc<Fetched>>,
@@ -296,6 +309,8 @@ struct Worker<'a> {
     /// Agents by topic.
     agents: HashMap<String, Vec<usize>>,
     concurrency: usize,
+    /// Standby copies of the table partitions this worker does not own.
+    standby: Option<Standby>,
     /// Fetches gathered for agents with `take`, by agent and partition.
     gathered: RefCell<HashMap<(usize, TopicPartition), Gather>>,
     processed: u64,
@@ -307,7 +322,7 @@ pub(crate) async fn run(app: &App, shutdown: impl Future<Output = ()>) -> Result
     let cfg = app.config()?;
     let client = Client::connect(ClientConfig::from_properties(&cfg.properties)?).await?;
     let admin = Admin::new(client.clone());
-    create_topics(app, &cfg, &admin).await?;
+    let partitions = create_topics(app, &cfg, &admin).await?;
     let state_dir = cfg.state_dir.join(&cfg.app_id);
     let id = worker_id(&state_dir)?;
 
@@ -369,7 +384,27 @@ pub(crate) async fn run(app: &App, shutdown: impl Future<Output = ()>) -> Result
         // Recovery ends at a marker it learns of from a fetch: do not let
         // the broker hold that fetch for long.
         .set("fetch.max.wait.ms", "20");
-    let recovery = Consumer::with_client(client, ConsumerConfig::from_properties(&recovery_props)?);
+    let recovery = Consumer::with_client(
+        client.clone(),
+        ConsumerConfig::from_properties(&recovery_props)?,
+    );
+    let standby = if cfg.standby_replicas > 0 && !app.tables.is_empty() {
+        // Polled between the worker's polls: never held by the broker.
+        let props = recovery_props.clone().set("fetch.max.wait.ms", "0");
+        Some(Standby {
+            consumer: Consumer::with_client(client, ConsumerConfig::from_properties(&props)?),
+            stores: BTreeMap::new(),
+            tables: app
+                .tables
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.changelog.clone(), i))
+                .collect(),
+            partitions,
+        })
+    } else {
+        None
+    };
     let mut agents: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, a) in app.agents.iter().enumerate() {
         agents.entry(a.topic.clone()).or_default().push(i);
@@ -391,6 +426,7 @@ pub(crate) async fn run(app: &App, shutdown: impl Future<Output = ()>) -> Result
         tasks: BTreeMap::new(),
         agents,
         gathered: RefCell::new(HashMap::new()),
+        standby,
         processed: 0,
         lag: BTreeMap::new(),
     };
@@ -417,6 +453,7 @@ impl Worker<'_> {
                 self.process(fetched).await?;
             }
             self.flush_gathered(false).await?;
+            self.standby_step().await?;
             if last_commit.elapsed() >= self.cfg.commit_interval {
                 self.commit().await?;
                 last_commit = Instant::now();
@@ -491,6 +528,7 @@ impl Worker<'_> {
                 Change::Assigned(tps) => {
                     for p in tps.iter().map(|tp| tp.partition).collect::<BTreeSet<_>>() {
                         if !self.tasks.contains_key(&p) {
+                            self.release_standby(p);
                             let task = self.open_task(p).await?;
                             self.tasks.insert(p, Rc::new(task));
                         }
@@ -585,6 +623,68 @@ impl Worker<'_> {
         }
         self.shared.state().positions.clear();
         self.gathered.borrow_mut().clear();
+        Ok(())
+    }
+
+    /// Closes the standby stores of partition `p` (about to become a
+    /// task: RocksDB allows one opener of a directory).
+    fn release_standby(&mut self, p: i32) {
+        let Some(sb) = &mut self.standby else { return };
+        let keys: Vec<(usize, i32)> = sb.stores.keys().filter(|k| k.1 == p).copied().collect();
+        let mut tps = Vec::new();
+        for k in keys {
+            sb.stores.remove(&k);
+            tps.push(TopicPartition {
+                topic: self.app.tables[k.0].changelog.clone(),
+                partition: p,
+            });
+        }
+        sb.consumer.unassign(&tps);
+    }
+
+    /// Opens standby stores for partitions without a task, and applies what
+    /// their changelogs gained since the last step.
+    async fn standby_step(&mut self) -> Result<()> {
+        let Some(partitions) = self.standby.as_ref().map(|s| s.partitions) else {
+            return Ok(());
+        };
+        for p in 0..partitions {
+            if self.tasks.contains_key(&p) {
+                continue;
+            }
+            for (i, def) in self.app.tables.iter().enumerate() {
+                let open = self
+                    .standby
+                    .as_ref()
+                    .is_some_and(|s| s.stores.contains_key(&(i, p)));
+                if open {
+                    continue;
+                }
+                let store = self.open_store(def, p)?;
+                let start = store
+                    .offset()
+                    .map_or(Offset::Beginning, |o| Offset::At(o + 1));
+                tracing::info!(table = %def.name, partition = p, from = ?start, "standby replica");
+                if let Some(sb) = &mut self.standby {
+                    sb.consumer.assign(&def.changelog, &[p], start).await?;
+                    sb.stores.insert((i, p), store);
+                }
+            }
+        }
+        let Some(sb) = &mut self.standby else {
+            return Ok(());
+        };
+        if sb.stores.is_empty() {
+            return Ok(());
+        }
+        for f in sb.consumer.poll().await? {
+            let Some(&i) = sb.tables.get(f.topic()) else {
+                continue;
+            };
+            if let Some(store) = sb.stores.get_mut(&(i, f.partition())) {
+                apply_changelog(&mut **store, &f)?;
+            }
+        }
         Ok(())
     }
 
