@@ -24,17 +24,7 @@ fn env_or(key: &str, default: usize) -> usize {
 fn main() {
     let n = env_or("FAUSTUS_EOS_RECORDS", 200_000);
     let rounds = env_or("FAUSTUS_EOS_ROUNDS", 3);
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--example", "eos_copier"])
-        .status()
-        .expect("cargo build");
-    assert!(status.success());
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
-    let copier = target.join("release").join("examples").join("eos_copier");
+    let copier = faustus_suite::build_example("eos_copier", true);
 
     let kafka = shared().expect("kafka");
     let rt = tokio::runtime::Builder::new_multi_thread()

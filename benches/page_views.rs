@@ -37,17 +37,7 @@ fn peak_rss_mb(pid: u32) -> f64 {
 fn main() {
     let n = env_or("FAUSTUS_PV_RECORDS", 500_000);
     let rounds = env_or("FAUSTUS_PV_ROUNDS", 3);
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--example", "page_views"])
-        .status()
-        .expect("cargo build");
-    assert!(status.success());
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| root.join("target"));
-    let bin = target.join("release").join("examples").join("page_views");
+    let bin = faustus_suite::build_example("page_views", true);
 
     let kafka = shared().expect("kafka");
     let bootstrap = kafka.bootstrap().to_owned();

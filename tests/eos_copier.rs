@@ -15,24 +15,8 @@ use faustus_testcontainers::{shared, KafkaCluster};
 use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
 use faustus_wire::{Admin, NewTopic, Properties};
 
-/// The copier binary: built with the tests (`cargo test` builds examples),
-/// or built here when a filtered run skipped it.
 fn copier_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target profile directory");
-    let bin = dir.join("examples").join("eos_copier");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", "eos_copier"])
-            .status()
-            .expect("cargo build --example eos_copier");
-        assert!(status.success(), "building the copier failed");
-    }
-    bin
+    faustus_suite::example_binary("eos_copier")
 }
 
 struct Setup {

@@ -21,21 +21,7 @@ use faustus_wire::{Admin, NewTopic, Properties};
 const PARTITIONS: i32 = 6;
 
 fn binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target profile directory");
-    let bin = dir.join("examples").join("page_views");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "--example", "page_views"])
-            .status()
-            .expect("cargo build --example page_views");
-        assert!(status.success(), "building page_views failed");
-    }
-    bin
+    faustus_suite::example_binary("page_views")
 }
 
 struct Run {

@@ -94,45 +94,50 @@ pub async fn read_all(
     topic: &str,
     read_committed: bool,
 ) -> Vec<(i32, String, String)> {
-    let props = Properties::new().set("bootstrap.servers", bootstrap).set(
-        "isolation.level",
-        if read_committed {
-            "read_committed"
-        } else {
-            "read_uncommitted"
-        },
-    );
-    let mut c = Consumer::connect(ConsumerConfig::from_properties(&props).expect("config"))
+    read_records(bootstrap, topic, read_committed)
         .await
-        .expect("consumer");
-    c.assign(topic, &[], Offset::Beginning)
-        .await
-        .expect("assign");
-    let ends = Admin::new(c.client().clone())
-        .list_offsets(topic, &[], OffsetSpec::Latest, read_committed)
-        .await
-        .expect("end offsets");
-    let mut out = Vec::new();
-    let at_end = |c: &Consumer| {
-        c.assignment()
-            .iter()
-            .all(|tp| c.position(tp).unwrap_or(-1) >= ends[&tp.partition])
-    };
-    let deadline = Deadline::new("the end offsets", Duration::from_secs(120));
-    while !at_end(&c) {
-        deadline.check(out.len());
-        for part in c.poll().await.expect("poll") {
-            for r in part.records() {
-                let r = r.expect("record");
-                out.push((
-                    part.partition(),
-                    String::from_utf8_lossy(r.key().unwrap_or_default()).into_owned(),
-                    String::from_utf8_lossy(r.value().unwrap_or_default()).into_owned(),
-                ));
-            }
-        }
+        .into_iter()
+        .map(|r| (r.partition, r.key, r.value))
+        .collect()
+}
+
+/// The path of example `name`'s binary: built with the tests (`cargo test`
+/// builds examples), or built here (dev profile) when a filtered run
+/// skipped it.
+pub fn example_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target profile directory");
+    let bin = dir.join("examples").join(name);
+    if !bin.exists() {
+        build_example(name, false);
     }
-    out
+    bin
+}
+
+/// Builds example `name` (in release mode with `release`) and returns its
+/// binary's path. For benchmarks.
+pub fn build_example(name: &str, release: bool) -> std::path::PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut args = vec!["build", "--example", name];
+    if release {
+        args.push("--release");
+    }
+    let status = std::process::Command::new(cargo)
+        .args(&args)
+        .status()
+        .expect("cargo build");
+    assert!(status.success(), "building example {name} failed");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    target
+        .join(if release { "release" } else { "debug" })
+        .join("examples")
+        .join(name)
 }
 
 /// Creates a topic named after `prefix` with `partitions` partitions
@@ -233,7 +238,20 @@ impl FullRecord {
 
 /// Every record of `topic` up to its end offsets, with headers.
 pub async fn read_with_headers(bootstrap: &str, topic: &str) -> Vec<FullRecord> {
-    let props = Properties::new().set("bootstrap.servers", bootstrap);
+    read_records(bootstrap, topic, false).await
+}
+
+/// Every record of `topic` up to its end offsets (the last stable offsets
+/// under read_committed).
+async fn read_records(bootstrap: &str, topic: &str, read_committed: bool) -> Vec<FullRecord> {
+    let props = Properties::new().set("bootstrap.servers", bootstrap).set(
+        "isolation.level",
+        if read_committed {
+            "read_committed"
+        } else {
+            "read_uncommitted"
+        },
+    );
     let mut c = Consumer::connect(ConsumerConfig::from_properties(&props).expect("config"))
         .await
         .expect("consumer");
@@ -241,7 +259,7 @@ pub async fn read_with_headers(bootstrap: &str, topic: &str) -> Vec<FullRecord> 
         .await
         .expect("assign");
     let ends = Admin::new(c.client().clone())
-        .list_offsets(topic, &[], OffsetSpec::Latest, false)
+        .list_offsets(topic, &[], OffsetSpec::Latest, read_committed)
         .await
         .expect("end offsets");
     let mut out = Vec::new();
