@@ -75,17 +75,12 @@ fn main() {
             }
             let start = Instant::now();
             let mut child = cmd.spawn().expect("copier");
-            loop {
-                assert!(start.elapsed() < Duration::from_secs(600), "copier stalled");
-                let done: i64 = rt
-                    .block_on(admin.group_offsets(&group))
-                    .map(|o| o.values().filter(|v| **v > 0).sum())
-                    .unwrap_or(0);
-                if done >= n as i64 {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            rt.block_on(faustus_suite::await_group_progress(
+                &admin,
+                &group,
+                n,
+                Duration::from_secs(600),
+            ));
             let secs = start.elapsed().as_secs_f64();
             let _ = child.kill();
             let _ = child.wait();

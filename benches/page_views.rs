@@ -85,17 +85,12 @@ fn main() {
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("worker");
-            loop {
-                assert!(start.elapsed() < Duration::from_secs(900), "worker stalled");
-                let done: i64 = rt
-                    .block_on(admin.group_offsets(&app))
-                    .map(|o| o.values().filter(|v| **v > 0).sum())
-                    .unwrap_or(0);
-                if done >= n as i64 {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            rt.block_on(faustus_suite::await_group_progress(
+                &admin,
+                &app,
+                n,
+                Duration::from_secs(900),
+            ));
             let secs = start.elapsed().as_secs_f64();
             let rss = peak_rss_mb(child.id());
             let _ = child.kill();

@@ -287,3 +287,21 @@ async fn read_records(bootstrap: &str, topic: &str, read_committed: bool) -> Vec
     }
     out
 }
+
+/// Waits until `group` has committed offsets adding up to `records` (inputs
+/// starting at offset 0), for benchmarks that time a consumer process.
+pub async fn await_group_progress(admin: &Admin, group: &str, records: usize, within: Duration) {
+    let deadline = Deadline::new(format!("group {group} to commit {records} records"), within);
+    loop {
+        let done: i64 = admin
+            .group_offsets(group)
+            .await
+            .map(|o| o.values().filter(|v| **v > 0).sum())
+            .unwrap_or(0);
+        if done >= records as i64 {
+            return;
+        }
+        deadline.check(done);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

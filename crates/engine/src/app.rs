@@ -8,9 +8,9 @@ use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord, RecordMet
 use faustus_wire::Properties;
 
 use crate::batch::{Batch, BatchInput};
-use crate::codec::{Codec, Codecs, Json};
+use crate::codec::{encode_into, Codec, Codecs, Json};
 use crate::config::EngineConfig;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::table::{Table, TableDef, TableSpec};
 
 /// How a topic is declared: codecs, and the settings used when the app
@@ -121,30 +121,15 @@ impl<K, V> Topic<K, V> {
     /// Encodes a record for this topic (`key` `None` is a null key; the
     /// partitioner then spreads records).
     pub fn record(&self, key: Option<&K>, value: &V) -> Result<ProducerRecord> {
-        let mut rec = ProducerRecord::new(&self.inner.name);
+        let (codecs, name) = (&self.inner.codecs, self.inner.name.as_str());
+        let mut rec = ProducerRecord::new(name);
         if let Some(k) = key {
             let mut buf = Vec::new();
-            self.inner
-                .codecs
-                .key
-                .encode(k, &mut buf)
-                .map_err(|source| Error::Encode {
-                    target: self.inner.name.clone(),
-                    part: "key",
-                    source,
-                })?;
+            encode_into(&*codecs.key, k, &mut buf, name, "key")?;
             rec.key = Some(buf.into());
         }
         let mut buf = Vec::new();
-        self.inner
-            .codecs
-            .value
-            .encode(value, &mut buf)
-            .map_err(|source| Error::Encode {
-                target: self.inner.name.clone(),
-                part: "value",
-                source,
-            })?;
+        encode_into(&*codecs.value, value, &mut buf, name, "value")?;
         rec.value = Some(buf.into());
         Ok(rec)
     }

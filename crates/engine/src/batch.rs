@@ -10,6 +10,7 @@ use faustus_wire::producer::ProducerRecord;
 use faustus_wire::record::Record;
 
 use crate::app::Topic;
+use crate::codec::Codec;
 use crate::error::{Error, Location, Result};
 use crate::table::{Table, TablePart, TableView};
 
@@ -214,33 +215,29 @@ impl<K, V> Event<'_, K, V> {
             offset: self.rec.offset,
         }
     }
+    fn decode<T>(
+        &self,
+        codec: &dyn Codec<T>,
+        bytes: Option<&[u8]>,
+        part: &'static str,
+    ) -> Result<T> {
+        codec.decode(bytes).map_err(|source| Error::Decode {
+            at: self.location(),
+            part,
+            source,
+        })
+    }
     /// The decoded key.
     pub fn key(&self) -> Result<K> {
-        self.batch
-            .topic
-            .inner
-            .codecs
-            .key
-            .decode(self.rec.key())
-            .map_err(|source| Error::Decode {
-                at: self.location(),
-                part: "key",
-                source,
-            })
+        self.decode(&*self.batch.topic.inner.codecs.key, self.rec.key(), "key")
     }
     /// The decoded value.
     pub fn value(&self) -> Result<V> {
-        self.batch
-            .topic
-            .inner
-            .codecs
-            .value
-            .decode(self.rec.value())
-            .map_err(|source| Error::Decode {
-                at: self.location(),
-                part: "value",
-                source,
-            })
+        self.decode(
+            &*self.batch.topic.inner.codecs.value,
+            self.rec.value(),
+            "value",
+        )
     }
     /// An error that gives up on this record: the agent's
     /// [`ErrorPolicy`](crate::ErrorPolicy) decides what happens to it.

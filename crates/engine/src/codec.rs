@@ -104,6 +104,24 @@ impl Codec<bytes::Bytes> for Raw {
     }
 }
 
+/// Appends `item`'s encoding to `out`; a refusal names the topic or table
+/// and the part (`key` or `value`).
+pub(crate) fn encode_into<T>(
+    codec: &dyn Codec<T>,
+    item: &T,
+    out: &mut Vec<u8>,
+    target: &str,
+    part: &'static str,
+) -> crate::Result<()> {
+    codec
+        .encode(item, out)
+        .map_err(|source| crate::Error::Encode {
+            target: target.to_owned(),
+            part,
+            source,
+        })
+}
+
 /// A key and a value codec, shared by a topic's or a table's handles.
 pub(crate) struct Codecs<K, V> {
     pub(crate) key: Box<dyn Codec<K>>,

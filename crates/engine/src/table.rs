@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use faustus_wire::producer::{DeliveryFuture, ProducerRecord};
 
-use crate::codec::{Codec, Codecs, Json};
+use crate::codec::{encode_into, Codec, Codecs, Json};
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -237,16 +237,8 @@ impl<K, V> std::fmt::Debug for TableView<'_, K, V> {
 impl<K, V> TableView<'_, K, V> {
     fn encode_key(&mut self, key: &K) -> Result<()> {
         self.key_buf.clear();
-        self.table
-            .inner
-            .codecs
-            .key
-            .encode(key, &mut self.key_buf)
-            .map_err(|source| Error::Encode {
-                target: self.table.inner.name.clone(),
-                part: "key",
-                source,
-            })
+        let t = &self.table.inner;
+        encode_into(&*t.codecs.key, key, &mut self.key_buf, &t.name, "key")
     }
 
     fn decode_value(&self, raw: Option<Vec<u8>>) -> Result<V> {
@@ -287,16 +279,8 @@ impl<K, V> TableView<'_, K, V> {
     pub fn set(&mut self, key: &K, value: &V) -> Result<()> {
         self.encode_key(key)?;
         let mut v = Vec::new();
-        self.table
-            .inner
-            .codecs
-            .value
-            .encode(value, &mut v)
-            .map_err(|source| Error::Encode {
-                target: self.table.inner.name.clone(),
-                part: "value",
-                source,
-            })?;
+        let t = &self.table.inner;
+        encode_into(&*t.codecs.value, value, &mut v, &t.name, "value")?;
         let k = self.key_buf.clone();
         self.part.put_raw(k, Some(v));
         Ok(())
