@@ -6,21 +6,21 @@ use std::time::Duration;
 
 use faustus_engine::prelude::*;
 use faustus_engine::Error;
-use faustus_suite::{read_all, unique_topic, Deadline};
+use faustus_suite::{read_all, unique_topic, Deadline, ScratchDir};
 use faustus_testcontainers::shared;
 use faustus_wire::producer::{Producer, ProducerConfig};
 use tokio::sync::Notify;
 
-fn app(prefix: &str) -> (App, String) {
+fn app(prefix: &str) -> (App, String, ScratchDir) {
     let kafka = shared().expect("kafka");
     let id = unique_topic(prefix);
-    let dir = std::env::temp_dir().join(format!("faustus-{id}"));
+    let dir = ScratchDir::new(&id);
     let props = Properties::new()
         .set("bootstrap.servers", kafka.bootstrap())
-        .set("state.dir", dir.display().to_string())
+        .set("state.dir", dir.path().display().to_string())
         .set("topic.partitions", "3")
         .set("commit.interval.ms", "100");
-    (App::new(&id, props), id)
+    (App::new(&id, props), id, dir)
 }
 
 /// Runs a worker until `done` says its work is done, then stops it (as
@@ -49,7 +49,7 @@ async fn run_until(app: &App, done: impl AsyncFn() -> bool) -> Result<(), Error>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn take_hands_agents_micro_batches_and_every_record_once() {
-    let (mut app, id) = app("engine-take");
+    let (mut app, id, _dir) = app("engine-take");
     let input = app.topic_with(
         &format!("{id}-in"),
         TopicSpec::<String, u64>::new(Utf8, Json),
@@ -129,7 +129,7 @@ async fn take_hands_agents_micro_batches_and_every_record_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn skip_goes_on_past_failed_records_and_stop_names_the_record() {
     for policy in [ErrorPolicy::Skip, ErrorPolicy::Stop] {
-        let (mut app, id) = app("engine-policy");
+        let (mut app, id, _dir) = app("engine-policy");
         let input = app.topic_with(
             &format!("{id}-in"),
             TopicSpec::<String, u64>::new(Utf8, Json),

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use faustus_suite::{read_all, read_all_settled, unique_topic, Deadline};
+use faustus_suite::{read_all, read_all_settled, unique_topic, Deadline, ScratchDir};
 use faustus_testcontainers::shared;
 use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
 use faustus_wire::{Admin, NewTopic, Properties};
@@ -28,7 +28,7 @@ struct Run {
     bootstrap: String,
     app: String,
     topic: String,
-    dir: PathBuf,
+    dir: ScratchDir,
     extra: Vec<String>,
     dead_letters: Option<String>,
 }
@@ -37,8 +37,7 @@ impl Run {
     async fn new(prefix: &str, extra: &[&str]) -> Self {
         let kafka = shared().expect("kafka");
         let app = unique_topic(prefix);
-        let dir = std::env::temp_dir().join(format!("faustus-{app}"));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = ScratchDir::new(&app);
         let run = Self {
             bootstrap: kafka.bootstrap().to_owned(),
             topic: format!("{app}-clicks"),
@@ -68,11 +67,11 @@ impl Run {
 
     /// Starts worker `name` (its own state directory).
     fn worker(&self, name: &str) -> Child {
-        let state = self.dir.join(name);
-        let log = std::fs::File::create(self.dir.join(format!("{name}.log")))
+        let state = self.dir.path().join(name);
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log")))
             .or_else(|_| {
-                std::fs::create_dir_all(&self.dir)?;
-                std::fs::File::create(self.dir.join(format!("{name}.log")))
+                std::fs::create_dir_all(self.dir.path())?;
+                std::fs::File::create(self.dir.path().join(format!("{name}.log")))
             })
             .expect("log file");
         let mut cmd = Command::new(binary());
@@ -102,7 +101,8 @@ impl Run {
 
     /// The log of worker `name`, for failure messages.
     fn log(&self, name: &str) -> String {
-        let s = std::fs::read_to_string(self.dir.join(format!("{name}.log"))).unwrap_or_default();
+        let s = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+            .unwrap_or_default();
         let tail: Vec<&str> = s.lines().rev().take(30).collect();
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
     }
@@ -305,7 +305,7 @@ async fn exactly_once_survives_three_sigkills_and_a_lost_state_directory() {
     // carry on from the changelog's totals.
     stop(a, "a", &run);
     stop(b, "b", &run);
-    std::fs::remove_dir_all(run.dir.join("b")).expect("remove b's state");
+    std::fs::remove_dir_all(run.dir.path().join("b")).expect("remove b's state");
     let b = run.worker("b");
     let more = run.clicks(100_000, 1000, 1000, Duration::ZERO).await;
     let (latest, _) = run.table(101_000, &["b"]).await;
@@ -440,5 +440,5 @@ async fn a_standby_replica_makes_a_takeover_replay_only_the_tail() {
 }
 
 fn run_log(run: &Run, name: &str) -> String {
-    std::fs::read_to_string(run.dir.join(format!("{name}.log"))).unwrap_or_default()
+    std::fs::read_to_string(run.dir.path().join(format!("{name}.log"))).unwrap_or_default()
 }

@@ -305,3 +305,33 @@ pub async fn await_group_progress(admin: &Admin, group: &str, records: usize, wi
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A directory under the system temp dir for one test's state (RocksDB
+/// stores, worker logs). Removed when dropped, unless the test is failing:
+/// then it stays for diagnosis and its path is printed.
+#[derive(Debug)]
+pub struct ScratchDir(std::path::PathBuf);
+
+impl ScratchDir {
+    /// A fresh, empty `faustus-<name>` directory (not yet created on disk).
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("faustus-{name}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        Self(dir)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("kept for diagnosis: {}", self.0.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
