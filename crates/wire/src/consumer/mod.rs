@@ -35,7 +35,7 @@
 mod session;
 mod txn;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -258,6 +258,21 @@ struct PartState {
     /// A batch larger than `max.partition.fetch.bytes` needs this many.
     max_bytes: i32,
     retry_at: Option<Instant>,
+    /// The high watermark the last fetch reported (-1 before the first).
+    high_watermark: i64,
+}
+
+/// Whether to hold back a fetch to a broker: it would list only partitions
+/// already at their high watermark (so the broker would hold it for
+/// `fetch.max.wait.ms`) while `buffered_here`, some other partition of that
+/// broker has data waiting to be handed out and will want fetching as soon as
+/// it is.
+fn hold_fetch<'a>(
+    buffered_here: bool,
+    mut candidates: impl Iterator<Item = &'a PartState>,
+) -> bool {
+    buffered_here
+        && candidates.all(|st| st.high_watermark >= 0 && st.fetch_offset >= st.high_watermark)
 }
 
 struct FetchOutcome {
@@ -376,6 +391,7 @@ impl Consumer {
                     in_flight: false,
                     max_bytes: self.cfg.max_partition_fetch_bytes,
                     retry_at: None,
+                    high_watermark: -1,
                 },
             );
         }
@@ -617,6 +633,20 @@ impl Consumer {
                 let _ = client.refresh_metadata(None).await;
             });
         }
+        // A broker holds a fetch whose partitions are all caught up for
+        // `fetch.max.wait.ms`, and we send one fetch per broker at a time: so
+        // while some of its partitions still have data waiting in the buffer,
+        // do not send it a fetch of only caught-up partitions (it would keep
+        // the others from being fetched for that long). The next poll, once
+        // the buffer is handed out, fetches them all.
+        let busy: HashSet<i32> = buffered
+            .keys()
+            .filter_map(|tp| self.client.leader_of(&tp.topic, tp.partition))
+            .collect();
+        by_broker.retain(|broker, parts| {
+            let states = parts.keys().filter_map(|tp| self.parts.get(tp));
+            !hold_fetch(busy.contains(broker), states)
+        });
         for (broker, parts) in by_broker {
             let session = self.sessions.entry(broker).or_default();
             let wanted: BTreeMap<TopicPartition, i64> = parts
@@ -797,6 +827,7 @@ impl Consumer {
                     }
                     continue;
                 }
+                st.high_watermark = p.high_watermark;
                 tracing::trace!(
                     topic,
                     partition = p.partition_index,
@@ -904,5 +935,42 @@ impl Consumer {
                 let _ = client.refresh_metadata(None).await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(fetch_offset: i64, high_watermark: i64) -> PartState {
+        PartState {
+            position: fetch_offset,
+            fetch_offset,
+            epoch: 0,
+            reset: None,
+            failed: false,
+            paused: false,
+            in_flight: false,
+            max_bytes: 1 << 20,
+            retry_at: None,
+            high_watermark,
+        }
+    }
+
+    #[test]
+    fn a_fetch_of_only_caught_up_partitions_waits_while_others_are_buffered() {
+        let done = [part(100, 100), part(7, 7)];
+        assert!(hold_fetch(true, done.iter()));
+        // Nothing else waits to be fetched: the long poll is what we want.
+        assert!(!hold_fetch(false, done.iter()));
+    }
+
+    #[test]
+    fn a_fetch_with_data_to_get_goes_at_once() {
+        let mixed = [part(100, 100), part(5, 7)];
+        assert!(!hold_fetch(true, mixed.iter()));
+        // Before the first response the high watermark is unknown.
+        let unknown = [part(0, -1)];
+        assert!(!hold_fetch(true, unknown.iter()));
     }
 }
