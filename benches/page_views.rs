@@ -2,15 +2,18 @@
 //! counting clicks already in a 6-partition topic, in at-least-once and
 //! exactly-once modes, one worker, RocksDB tables.
 //!
-//! `cargo bench --bench page_views` (`FAUSTUS_PV_RECORDS`, default 500000;
-//! `FAUSTUS_PV_ROUNDS`, default 3) alternates the modes, each with a fresh
-//! app id (so a fresh group, changelog and state directory), timing from the
-//! worker's start until its group has committed every input offset. Peak RSS
-//! is the worker's `VmHWM`.
+//! `cargo bench --bench page_views` (`FAUSTUS_PV_RECORDS` clicks, default
+//! 500000; `FAUSTUS_PV_SAMPLES` criterion samples per mode, default 10, the
+//! least criterion takes): each sample is one worker process counting every
+//! click from a fresh app id (so a fresh group, changelog and state
+//! directory), timed from the worker's start until its group has committed
+//! every input offset; criterion reports records/s. Peak RSS is the worker's
+//! `VmHWM`, printed after the group.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use criterion::{Criterion, SamplingMode, Throughput};
 use faustus_testcontainers::{shared, unique_name};
 use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
 use faustus_wire::{Admin, NewTopic, Properties};
@@ -36,7 +39,7 @@ fn peak_rss_mb(pid: u32) -> f64 {
 
 fn main() {
     let n = env_or("FAUSTUS_PV_RECORDS", 500_000);
-    let rounds = env_or("FAUSTUS_PV_ROUNDS", 3);
+    let samples = env_or("FAUSTUS_PV_SAMPLES", 10);
     let bin = faustus_suite::build_example("page_views", true);
 
     let kafka = shared().expect("kafka");
@@ -69,53 +72,58 @@ fn main() {
     println!("{n} clicks over 1000 URLs in {topic} (6 partitions)");
 
     let state = std::env::temp_dir().join(unique_name("pv-bench-state"));
-    let mut results: Vec<(&str, f64, f64)> = Vec::new();
-    for r in 0..rounds {
-        for mode in ["at_least_once", "exactly_once"] {
-            let app = unique_name(&format!("pv-bench-{r}"));
-            let start = Instant::now();
-            let mut child = Command::new(&bin)
-                .env("PAGE_VIEWS_APP", &app)
-                .env("PAGE_VIEWS_TOPIC", &topic)
-                .env("KAFKA_BOOTSTRAP", &bootstrap)
-                .args(["-X", &format!("state.dir={}", state.display())])
-                .args(["-X", &format!("processing.guarantee={mode}")])
-                .args(["worker", "-l", "warn"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("worker");
-            rt.block_on(faustus_suite::await_group_progress(
-                &admin,
-                &app,
-                n,
-                Duration::from_secs(900),
-            ));
-            let secs = start.elapsed().as_secs_f64();
-            let rss = peak_rss_mb(child.id());
-            let _ = child.kill();
-            let _ = child.wait();
-            println!(
-                "round {r} {mode:<14} {:>10.0} records/s ({secs:.2} s), peak RSS {rss:.0} MB",
-                n as f64 / secs
-            );
-            results.push((mode, n as f64 / secs, rss));
-        }
+    let mut peak: Vec<(&str, f64)> = Vec::new();
+    // One iteration = one worker counting every click from a fresh app id;
+    // flat sampling, so each sample is one such run.
+    let mut c = Criterion::default()
+        .sample_size(samples)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_secs(1))
+        .configure_from_args();
+    let mut g = c.benchmark_group("page_views");
+    g.sampling_mode(SamplingMode::Flat)
+        .throughput(Throughput::Elements(n as u64));
+    for mode in ["at_least_once", "exactly_once"] {
+        g.bench_function(mode, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let app = unique_name("pv-bench");
+                    let start = Instant::now();
+                    let mut child = Command::new(&bin)
+                        .env("PAGE_VIEWS_APP", &app)
+                        .env("PAGE_VIEWS_TOPIC", &topic)
+                        .env("KAFKA_BOOTSTRAP", &bootstrap)
+                        .args(["-X", &format!("state.dir={}", state.display())])
+                        .args(["-X", &format!("processing.guarantee={mode}")])
+                        .args(["worker", "-l", "warn"])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("worker");
+                    rt.block_on(faustus_suite::await_group_progress(
+                        &admin,
+                        &app,
+                        n,
+                        Duration::from_secs(900),
+                    ));
+                    total += start.elapsed();
+                    peak.push((mode, peak_rss_mb(child.id())));
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+                total
+            });
+        });
     }
+    g.finish();
     let _ = std::fs::remove_dir_all(&state);
-    let median = |mode: &str, f: fn(&(&str, f64, f64)) -> f64| {
-        let mut v: Vec<f64> = results.iter().filter(|x| x.0 == mode).map(f).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let (alo, eos) = (
-        median("at_least_once", |x| x.1),
-        median("exactly_once", |x| x.1),
-    );
-    println!(
-        "median: at_least_once {alo:.0} records/s ({:.0} MB peak), exactly_once {eos:.0} records/s ({:.0} MB peak); exactly-once costs {:.1}%",
-        median("at_least_once", |x| x.2),
-        median("exactly_once", |x| x.2),
-        (1.0 - eos / alo) * 100.0
-    );
+    for mode in ["at_least_once", "exactly_once"] {
+        let max = peak
+            .iter()
+            .filter(|p| p.0 == mode)
+            .map(|p| p.1)
+            .fold(0.0, f64::max);
+        println!("page_views/{mode}: peak RSS {max:.0} MB (highest of its runs)");
+    }
 }

@@ -1,0 +1,231 @@
+//! The page-view count three ways over the same kind of input (clicks keyed
+//! by URL, value `1` as JSON, 1000 URLs, 6 partitions): Faustus's
+//! `examples/page_views`, the Kafka Streams app in `benches/compare/streams`
+//! and the faust-streaming app in `benches/compare/faust`.
+//!
+//! Each run is a fresh app id (so a fresh group, state and changelog) started
+//! as one process. The runner watches the group's committed offsets: the
+//! count is done when they cover every input record. It then stops the
+//! process with SIGTERM and collects its CPU time and peak RSS. The rate is
+//! taken from the first commit to the last (every contender commits each
+//! second), which leaves out start-up (JVM, group join, topic creation); the
+//! rate from spawn to done is kept as well.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use faustus_wire::{Admin, NewTopic};
+
+use crate::measure::{self, Cost};
+use crate::{report, RunArgs, Sample};
+
+/// An admin client on `bootstrap`.
+pub async fn admin(bootstrap: &str) -> Result<Admin, String> {
+    let cfg = faustus_wire::ClientConfig::new(bootstrap).map_err(|e| e.to_string())?;
+    let client = faustus_wire::Client::connect(cfg)
+        .await
+        .map_err(|e| format!("cannot reach Kafka at {bootstrap}: {e}"))?;
+    Ok(Admin::new(client))
+}
+
+/// A new topic named `<prefix>-<pid>-<n>`.
+pub async fn fresh_topic(admin: &Admin, prefix: &str, partitions: i32) -> Result<String, String> {
+    let name = unique(prefix);
+    admin
+        .create_topic(NewTopic::new(&name, partitions, 1), false)
+        .await
+        .map_err(|e| format!("create {name}: {e}"))?;
+    Ok(name)
+}
+
+/// Deletes a topic (its disk space comes back once the broker deletes it).
+pub async fn delete_topic(admin: &Admin, name: &str) {
+    let _ = admin.delete_topics(&[name]).await;
+}
+
+fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// `n` clicks over 1000 URLs into a new 6-partition topic.
+async fn clicks(admin: &Admin, bootstrap: &str, n: u64) -> Result<String, String> {
+    use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
+    let topic = fresh_topic(admin, "cmp-clicks", 6).await?;
+    let props = faustus_wire::Properties::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5");
+    let cfg = ProducerConfig::from_properties(&props).map_err(|e| e.to_string())?;
+    let p = Producer::connect(cfg).await.map_err(|e| e.to_string())?;
+    let mut pending = std::collections::VecDeque::new();
+    for i in 0..n {
+        let rec = ProducerRecord::new(&topic)
+            .key(format!("/page/{}", i % 1000))
+            .value(&b"1"[..]);
+        pending.push_back(p.send(rec).await.map_err(|e| e.to_string())?);
+        if pending.len() >= 100_000 {
+            for d in pending.drain(..50_000) {
+                d.await.map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    for d in pending {
+        d.await.map_err(|e| e.to_string())?;
+    }
+    p.close().await.map_err(|e| e.to_string())?;
+    Ok(topic)
+}
+
+/// An engine contender.
+#[derive(Debug, Clone, Copy)]
+enum Engine {
+    Faustus,
+    KafkaStreams,
+    Faust,
+}
+
+impl Engine {
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Faustus => "faustus",
+            Engine::KafkaStreams => "kafka-streams",
+            Engine::Faust => "faust",
+        }
+    }
+
+    fn command(self, args: &RunArgs, app: &str, topic: &str, mode: &str) -> Command {
+        let state = args.out.join("state").join(app);
+        let root = &args.root;
+        let mut cmd = match self {
+            Engine::Faustus => {
+                let mut c = Command::new(root.join("target/release/examples/page_views"));
+                c.env("PAGE_VIEWS_APP", app)
+                    .env("PAGE_VIEWS_TOPIC", topic)
+                    .env("KAFKA_BOOTSTRAP", &args.bootstrap)
+                    .args(["-X", &format!("state.dir={}", state.display())])
+                    .args(["-X", &format!("processing.guarantee={mode}")])
+                    .args(["-X", "topic.partitions=6", "worker", "-l", "warn"]);
+                c
+            }
+            Engine::KafkaStreams => {
+                let dir = root.join("benches/compare/streams/target");
+                let cp = format!("{}:{}/lib/*", dir.join("classes").display(), dir.display());
+                let mut c = Command::new("java");
+                c.args(["-Xms512m", "-Xmx512m", "-cp", &cp, "faustus.compare.PageViews"]);
+                c
+            }
+            Engine::Faust => {
+                let python = args.faust_python.clone().unwrap_or_default();
+                let mut c = Command::new(python);
+                c.arg(root.join("benches/compare/faust/page_views.py"))
+                    .args(["worker", "-l", "warn"]);
+                c
+            }
+        };
+        cmd.env("CMP_BOOTSTRAP", &args.bootstrap)
+            .env("CMP_APP", app)
+            .env("CMP_TOPIC", topic)
+            .env("CMP_GUARANTEE", mode)
+            .env("CMP_STATE_DIR", &state);
+        cmd
+    }
+}
+
+/// Runs every engine contender, alternating them round by round.
+pub fn run_all(
+    args: &RunArgs,
+    rt: &tokio::runtime::Runtime,
+    admin: &Admin,
+    samples: &mut Vec<Sample>,
+    started: Instant,
+) -> Result<(), String> {
+    let n = args.engine_records;
+    let topic = rt.block_on(clicks(admin, &args.bootstrap, n))?;
+    let mut runs: Vec<(Engine, &str)> = vec![
+        (Engine::Faustus, "at_least_once"),
+        (Engine::KafkaStreams, "at_least_once"),
+        (Engine::Faustus, "exactly_once"),
+        (Engine::KafkaStreams, "exactly_once"),
+    ];
+    for round in 0..args.rounds {
+        if round % 2 == 1 {
+            runs.reverse();
+        }
+        for &(engine, mode) in &runs {
+            samples.push(rt.block_on(count(args, admin, engine, &topic, n, mode))?);
+            report::progress(samples.last().expect("pushed"), started);
+        }
+    }
+    rt.block_on(delete_topic(admin, &topic));
+
+    if args.faust_python.is_some() {
+        let m = args.faust_records;
+        let topic = rt.block_on(clicks(admin, &args.bootstrap, m))?;
+        // faust-streaming is orders of magnitude slower: one round at most
+        // per two of ours keeps the run inside its budget.
+        for _ in 0..args.rounds.div_ceil(2) {
+            let s = rt.block_on(count(args, admin, Engine::Faust, &topic, m, "at_least_once"))?;
+            samples.push(s);
+            report::progress(samples.last().expect("pushed"), started);
+        }
+        rt.block_on(delete_topic(admin, &topic));
+    }
+    Ok(())
+}
+
+/// One counting run: spawn, watch the group's commits, stop, measure.
+async fn count(
+    args: &RunArgs,
+    admin: &Admin,
+    engine: Engine,
+    topic: &str,
+    n: u64,
+    mode: &str,
+) -> Result<Sample, String> {
+    let app = unique(&format!("cmp-{}", engine.name()));
+    let what = format!("{} {mode}", engine.name());
+    let child = measure::spawn(engine.command(args, &app, topic, mode), &what)?;
+    let limit = Duration::from_secs(900);
+    let mut first: Option<(Duration, u64)> = None;
+    let done = loop {
+        let committed: u64 = admin
+            .group_offsets(&app)
+            .await
+            .map(|o| o.values().map(|v| *v as u64).sum())
+            .unwrap_or(0);
+        let at = child.elapsed();
+        if committed > 0 && first.is_none() {
+            first = Some((at, committed));
+        }
+        if committed >= n {
+            break at;
+        }
+        if child.has_exited() || at > limit {
+            child.terminate();
+            let err = child.finish().err().unwrap_or_default();
+            return Err(format!("{what}: {committed} of {n} committed after {at:?}; {err}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    child.terminate();
+    let (_, cost): (String, Cost) = child.finish()?;
+    let _ = std::fs::remove_dir_all(args.out.join("state").join(&app));
+    let (t0, c0) = first.unwrap_or((Duration::ZERO, 0));
+    let steady = if c0 < n && done > t0 {
+        (n - c0) as f64 / (done - t0).as_secs_f64()
+    } else {
+        n as f64 / done.as_secs_f64()
+    };
+    Ok(Sample {
+        part: "engine".into(),
+        client: engine.name().into(),
+        setting: mode.into(),
+        size: 1,
+        records: n,
+        rate: steady,
+        mbps: 0.0,
+        e2e_rate: n as f64 / done.as_secs_f64(),
+        cost,
+    })
+}
