@@ -231,7 +231,7 @@ impl Accumulator {
         value: Option<&[u8]>,
         headers: &[(K, Option<V>)],
         memory: Option<OwnedSemaphorePermit>,
-        now: Instant,
+        now: impl FnOnce() -> Instant,
     ) -> Appended {
         let record_size = BatchBuilder::record_size(key, value, headers);
         let cfg = &self.cfg;
@@ -255,7 +255,7 @@ impl Accumulator {
                 ),
                 bytes: None,
                 records: 0,
-                created: now,
+                created: now(),
                 completion: Arc::new(Completion::default()),
                 attempts: 0,
                 base_sequence: -1,
@@ -610,7 +610,7 @@ mod tests {
     fn add(acc: &mut Accumulator, p: i32, n: usize, now: Instant) {
         for i in 0..n {
             let v = format!("value-{i:040}");
-            acc.append::<&str, &[u8]>(&tp(p), 1, None, Some(v.as_bytes()), &[], None, now);
+            acc.append::<&str, &[u8]>(&tp(p), 1, None, Some(v.as_bytes()), &[], None, || now);
         }
     }
 

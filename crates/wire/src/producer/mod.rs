@@ -435,25 +435,37 @@ impl Producer {
             }
             (None, Some(k)) if !inner.cfg.ignore_keys => partition_for_key(k, partitions),
             _ => {
-                let avail: Vec<i32> = info
-                    .partitions
-                    .iter()
-                    .filter(|p| p.leader >= 0)
-                    .map(|p| p.id)
-                    .collect();
-                lock(&inner.sticky).partition(&rec.topic, partitions, &avail)
+                let mut sticky = lock(&inner.sticky);
+                match sticky.current(&rec.topic, partitions) {
+                    Some(p) => p,
+                    None => {
+                        let avail: Vec<i32> = info
+                            .partitions
+                            .iter()
+                            .filter(|p| p.leader >= 0)
+                            .map(|p| p.id)
+                            .collect();
+                        sticky.partition(&rec.topic, partitions, &avail)
+                    }
+                }
             }
         };
-        let permit = tokio::time::timeout(
-            inner.cfg.max_block,
-            inner.memory.clone().acquire_many_owned(size as u32),
-        )
-        .await
-        .map_err(|_| Error::Timeout {
-            what: "waiting for buffer.memory".into(),
-            after: inner.cfg.max_block,
-        })?
-        .map_err(|_| Error::Closed)?;
+        // Room in buffer.memory: taken at once when there is some (no timer
+        // per record), else awaited up to max.block.ms.
+        let permit = match inner.memory.clone().try_acquire_many_owned(size as u32) {
+            Ok(permit) => permit,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => tokio::time::timeout(
+                inner.cfg.max_block,
+                inner.memory.clone().acquire_many_owned(size as u32),
+            )
+            .await
+            .map_err(|_| Error::Timeout {
+                what: "waiting for buffer.memory".into(),
+                after: inner.cfg.max_block,
+            })?
+            .map_err(|_| Error::Closed)?,
+        };
         let topic: Arc<str> = {
             let mut topics = lock(&inner.topics);
             match topics.get(&rec.topic) {
@@ -480,7 +492,7 @@ impl Producer {
                 rec.value.as_deref(),
                 &rec.headers,
                 Some(permit),
-                Instant::now(),
+                Instant::now,
             );
             (a, acc.outstanding() != before)
         };

@@ -52,6 +52,11 @@ pub(crate) struct Sticky {
 }
 
 impl Sticky {
+    /// The partition null-key records of `topic` stick to, if one is chosen.
+    pub(crate) fn current(&self, topic: &str, partitions: i32) -> Option<i32> {
+        self.current.get(topic).copied().filter(|&p| p < partitions)
+    }
+
     /// The partition null-key records of `topic` go to now. `available` are
     /// the partitions that have a leader (all of them if empty).
     pub(crate) fn partition(&mut self, topic: &str, partitions: i32, available: &[i32]) -> i32 {
@@ -132,7 +137,9 @@ mod tests {
     fn sticky_stays_until_sealed() {
         let mut s = Sticky::default();
         let avail = [0, 1, 2, 3];
+        assert_eq!(s.current("t", 4), None);
         let first = s.partition("t", 4, &avail);
+        assert_eq!(s.current("t", 4), Some(first));
         for _ in 0..10 {
             assert_eq!(s.partition("t", 4, &avail), first);
         }
