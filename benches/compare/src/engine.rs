@@ -43,7 +43,8 @@ pub async fn delete_topic(admin: &Admin, name: &str) {
     let _ = admin.delete_topics(&[name]).await;
 }
 
-fn unique(prefix: &str) -> String {
+/// A name no other run of this process used: `<prefix>-<pid>-<n>`.
+pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
     format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))

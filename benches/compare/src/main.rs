@@ -342,7 +342,9 @@ fn consume(
         let (out, cost) = measure::run(cmd, &what)?;
         return Ok((parse_timed(&out, &what)?, cost));
     }
-    let group = format!("cmp-java-{}", std::process::id());
+    // A fresh group each run: a group that has committed would start at its
+    // committed offsets, at the end.
+    let group = engine::unique("cmp-java");
     let mut cmd = java_tool(args, "consumer-perf");
     cmd.args(["--bootstrap-server", &w.bootstrap, "--topic", &w.topic])
         .args(["--messages", &w.records.to_string(), "--group", &group])
