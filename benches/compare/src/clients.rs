@@ -7,9 +7,10 @@
 //! `batch.size=1000000`, the setting's `compression.type`; values of
 //! uppercase letters as ProducerPerformance makes them, no keys. Each prints
 //! one JSON line, [`Timed`]: a producer times from its first send to its
-//! last delivery report, a consumer from its first record to its last.
-//! Connecting is not timed, as the Java tools do not time it either
-//! (ConsumerPerformance's fetch time starts once it has joined its group).
+//! last delivery report, a consumer from its assignment (offset look-up and
+//! first fetch included) to its last record. Connecting is not timed, as the
+//! Java tools do not time it either (ConsumerPerformance's fetch time starts
+//! once it has joined its group).
 
 use std::time::{Duration, Instant};
 
@@ -102,17 +103,13 @@ pub async fn faustus_consume(w: &Work) -> Result<Timed, String> {
     let props = faustus_wire::Properties::new().set("bootstrap.servers", w.bootstrap.as_str());
     let cfg = ConsumerConfig::from_properties(&props).map_err(|e| e.to_string())?;
     let mut c = Consumer::connect(cfg).await.map_err(|e| e.to_string())?;
+    let start = Instant::now();
     c.assign(&w.topic, &[], Offset::Beginning)
         .await
         .map_err(|e| e.to_string())?;
-    let mut start = None;
     let (mut got, mut bytes) = (0u64, 0u64);
     while got < w.records {
-        let fetched = c.poll().await.map_err(|e| e.to_string())?;
-        if !fetched.is_empty() {
-            start.get_or_insert_with(Instant::now);
-        }
-        for part in fetched {
+        for part in c.poll().await.map_err(|e| e.to_string())? {
             for r in part.records() {
                 let r = r.map_err(|e| e.to_string())?;
                 bytes += r.value().map_or(0, <[u8]>::len) as u64;
@@ -123,7 +120,7 @@ pub async fn faustus_consume(w: &Work) -> Result<Timed, String> {
     Ok(Timed {
         records: got,
         bytes,
-        secs: start.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+        secs: start.elapsed().as_secs_f64(),
     })
 }
 
@@ -208,17 +205,19 @@ pub fn rdkafka_consume(w: &Work, partitions: i32) -> Result<Timed, String> {
         tpl.add_partition_offset(&w.topic, p, Offset::Beginning)
             .map_err(|e| e.to_string())?;
     }
+    // Connected before the clock starts, as Faustus's consumer is.
+    c.fetch_metadata(Some(&w.topic), Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
+    let start = Instant::now();
     c.assign(&tpl).map_err(|e| e.to_string())?;
-    let mut start = None;
     let (mut got, mut bytes) = (0u64, 0u64);
-    let give_up = Instant::now() + Duration::from_secs(300);
+    let give_up = start + Duration::from_secs(300);
     while got < w.records {
         if Instant::now() > give_up {
             return Err(format!("consumed {got} of {} in 300 s", w.records));
         }
         match c.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                start.get_or_insert_with(Instant::now);
                 bytes += m.payload().map_or(0, <[u8]>::len) as u64;
                 got += 1;
             }
@@ -229,6 +228,6 @@ pub fn rdkafka_consume(w: &Work, partitions: i32) -> Result<Timed, String> {
     Ok(Timed {
         records: got,
         bytes,
-        secs: start.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+        secs: start.elapsed().as_secs_f64(),
     })
 }
