@@ -74,7 +74,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
     /// Clicks counted by Faustus and Kafka Streams.
-    #[arg(long, default_value_t = 1_000_000)]
+    #[arg(long, default_value_t = 2_000_000)]
     pub engine_records: u64,
     /// Clicks counted by faust-streaming (it is slow: fewer).
     #[arg(long, default_value_t = 100_000)]
