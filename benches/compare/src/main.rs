@@ -73,8 +73,9 @@ pub struct RunArgs {
     /// Rounds per contender (medians are taken over them).
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
-    /// Clicks counted by Faustus and Kafka Streams.
-    #[arg(long, default_value_t = 2_000_000)]
+    /// Clicks counted by Faustus and Kafka Streams: enough that counting,
+    /// not start-up or the 1 s commit interval, sets the rate.
+    #[arg(long, default_value_t = 10_000_000)]
     pub engine_records: u64,
     /// Clicks counted by faust-streaming (it is slow: fewer).
     #[arg(long, default_value_t = 100_000)]
