@@ -133,7 +133,7 @@ fn engine_tables(out: &mut String, samples: &[Sample]) {
     );
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
     for mode in settings(samples, "engine") {
-        for e in ["faustus", "kafka-streams", "faust"] {
+        for e in ["faustus", "kafka-streams", "kafka-streams-nocache", "faust"] {
             if let Some(m) = med(samples, "engine", e, &mode) {
                 let _ = writeln!(
                     out,
@@ -158,7 +158,7 @@ fn engine_tables(out: &mut String, samples: &[Sample]) {
         let Some(f) = med(samples, "engine", "faustus", &mode) else {
             continue;
         };
-        for peer in ["kafka-streams", "faust"] {
+        for peer in ["kafka-streams", "kafka-streams-nocache", "faust"] {
             if let Some(p) = med(samples, "engine", peer, &mode) {
                 let _ = writeln!(
                     out,

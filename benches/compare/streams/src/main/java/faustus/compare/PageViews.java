@@ -17,7 +17,8 @@ import org.apache.kafka.streams.kstream.Materialized;
  * ({@code click_counts}, changelogged). Settings come from the environment
  * the runner sets: CMP_BOOTSTRAP, CMP_APP (application.id), CMP_TOPIC,
  * CMP_GUARANTEE ({@code at_least_once} or {@code exactly_once}, which maps to
- * {@code exactly_once_v2}), CMP_STATE_DIR. Commits every second, as the
+ * {@code exactly_once_v2}), CMP_STATE_DIR, and optionally
+ * CMP_STREAMS_CACHE_BYTES (the record cache size). Commits every second, as the
  * Faustus worker does; two stream threads, one per core. Runs until SIGTERM.
  */
 public final class PageViews {
@@ -41,6 +42,12 @@ public final class PageViews {
                 eos ? StreamsConfig.EXACTLY_ONCE_V2 : StreamsConfig.AT_LEAST_ONCE);
         props.put(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG, 1000);
         props.put(StreamsConfig.NUM_STREAM_THREADS_CONFIG, 2);
+        // CMP_STREAMS_CACHE_BYTES=0 turns the record cache off: one changelog
+        // record per input record, as Faustus and Faust write.
+        String cache = System.getenv("CMP_STREAMS_CACHE_BYTES");
+        if (cache != null && !cache.isEmpty()) {
+            props.put(StreamsConfig.STATESTORE_CACHE_MAX_BYTES_CONFIG, Long.parseLong(cache));
+        }
 
         StreamsBuilder builder = new StreamsBuilder();
         builder.stream(env("CMP_TOPIC"), Consumed.with(Serdes.String(), Serdes.String()))
