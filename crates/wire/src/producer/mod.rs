@@ -328,6 +328,16 @@ impl std::fmt::Debug for Producer {
     }
 }
 
+/// The partitions of `info` that have a leader (where the sticky partitioner
+/// may send null-key records).
+fn with_leader(info: &crate::client::TopicInfo) -> Vec<i32> {
+    info.partitions
+        .iter()
+        .filter(|p| p.leader >= 0)
+        .map(|p| p.id)
+        .collect()
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -438,15 +448,7 @@ impl Producer {
                 let mut sticky = lock(&inner.sticky);
                 match sticky.current(&rec.topic, partitions) {
                     Some(p) => p,
-                    None => {
-                        let avail: Vec<i32> = info
-                            .partitions
-                            .iter()
-                            .filter(|p| p.leader >= 0)
-                            .map(|p| p.id)
-                            .collect();
-                        sticky.partition(&rec.topic, partitions, &avail)
-                    }
+                    None => sticky.partition(&rec.topic, partitions, &with_leader(&info)),
                 }
             }
         };
@@ -501,12 +503,7 @@ impl Producer {
             && rec.partition.is_none()
             && (rec.key.is_none() || inner.cfg.ignore_keys)
         {
-            let avail: Vec<i32> = info
-                .partitions
-                .iter()
-                .filter(|p| p.leader >= 0)
-                .map(|p| p.id)
-                .collect();
+            let avail = with_leader(&info);
             lock(&inner.sticky).next(&rec.topic, partitions, &avail, Some(partition));
         }
         if appended.batch_full || new_batch {
