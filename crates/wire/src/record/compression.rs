@@ -147,7 +147,7 @@ pub(crate) fn decompress(
     match codec {
         Compression::None => out.extend_from_slice(input),
         Compression::Gzip => read_capped(&mut flate2::read::GzDecoder::new(input), &mut out)?,
-        Compression::Lz4 => read_capped(&mut lz4_flex::frame::FrameDecoder::new(input), &mut out)?,
+        Compression::Lz4 => lz4_frames(input, &mut out, limit)?,
         Compression::Zstd => read_capped(
             &mut zstd::stream::read::Decoder::new(input).map_err(|e| e.to_string())?,
             &mut out,
@@ -175,6 +175,112 @@ pub(crate) fn decompress(
         }
     }
     Ok(out)
+}
+
+/// Decodes LZ4 frames (the format Kafka's clients write) straight into
+/// `out`: each block is decompressed in place, a linked block reading the
+/// blocks before it from `out` itself, with no intermediate buffer. Block and
+/// content checksums are skipped, not verified: the batch's CRC-32C already
+/// covers every byte. Dictionary ids are refused.
+fn lz4_frames(input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<(), String> {
+    const MAGIC: u32 = 0x184D_2204;
+    const WINDOW: usize = 64 * 1024;
+    fn take<'a>(rest: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
+        if rest.len() < n {
+            return Err("truncated lz4 frame".into());
+        }
+        let (head, tail) = rest.split_at(n);
+        *rest = tail;
+        Ok(head)
+    }
+    fn u32_le(rest: &mut &[u8]) -> Result<u32, String> {
+        let b = take(rest, 4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    let too_big = || format!("decompressed size exceeds the {limit}-byte limit");
+    let mut rest = input;
+    while !rest.is_empty() {
+        let magic = u32_le(&mut rest)?;
+        if magic & 0xFFFF_FFF0 == 0x184D_2A50 {
+            // A skippable frame: its length, then bytes to ignore.
+            let len = u32_le(&mut rest)? as usize;
+            take(&mut rest, len)?;
+            continue;
+        }
+        if magic != MAGIC {
+            return Err(format!("not an lz4 frame (magic {magic:#x})"));
+        }
+        let d = take(&mut rest, 2)?;
+        let (flg, bd) = (d[0], d[1]);
+        if flg >> 6 != 1 {
+            return Err(format!("unsupported lz4 frame version {}", flg >> 6));
+        }
+        if flg & 0x01 != 0 {
+            return Err("lz4 frames with a dictionary id are not supported".into());
+        }
+        let independent = flg & 0x20 != 0;
+        let block_checksums = flg & 0x10 != 0;
+        let block_max = match (bd >> 4) & 0x07 {
+            4 => 64 << 10,
+            5 => 256 << 10,
+            6 => 1 << 20,
+            7 => 4 << 20,
+            other => return Err(format!("bad lz4 block size id {other}")),
+        };
+        if flg & 0x08 != 0 {
+            let size = take(&mut rest, 8)?;
+            let size = u64::from_le_bytes(size.try_into().map_err(|_| "truncated lz4 frame")?);
+            let size = usize::try_from(size).unwrap_or(usize::MAX);
+            if out.len().saturating_add(size) > limit {
+                return Err(too_big());
+            }
+            out.reserve(size);
+        }
+        take(&mut rest, 1)?; // header checksum
+        let frame_start = out.len();
+        loop {
+            let raw = u32_le(&mut rest)?;
+            if raw == 0 {
+                break; // end mark
+            }
+            let data = take(&mut rest, (raw & 0x7FFF_FFFF) as usize)?;
+            let start = out.len();
+            if raw & 0x8000_0000 != 0 {
+                if start + data.len() > limit {
+                    return Err(too_big());
+                }
+                out.extend_from_slice(data);
+            } else {
+                // Room for a whole block, or one byte past the limit, so a
+                // block that would cross it is caught either way.
+                let room = block_max.min(limit.saturating_sub(start).saturating_add(1));
+                out.resize(start + room, 0);
+                let (before, after) = out.split_at_mut(start);
+                let written = if independent {
+                    lz4_flex::block::decompress_into(data, after)
+                } else {
+                    let dict = &before[start.saturating_sub(WINDOW).max(frame_start)..];
+                    lz4_flex::block::decompress_into_with_dict(data, after, dict)
+                };
+                let written = match written {
+                    Ok(n) => n,
+                    Err(_) if room < block_max => return Err(too_big()),
+                    Err(e) => return Err(format!("corrupt lz4 block: {e}")),
+                };
+                out.truncate(start + written);
+                if out.len() > limit {
+                    return Err(too_big());
+                }
+            }
+            if block_checksums {
+                take(&mut rest, 4)?;
+            }
+        }
+        if flg & 0x04 != 0 {
+            take(&mut rest, 4)?; // content checksum
+        }
+    }
+    Ok(())
 }
 
 fn snappy_raw(
@@ -250,6 +356,31 @@ mod tests {
                 compress(c, &data, &mut out).expect("compress");
                 prop_assert_eq!(&decompress(c, &out, 1 << 24).expect("decompress"), &data);
             }
+        }
+
+        #[test]
+        fn lz4_frames_decode_as_lz4_flex_does(
+            data in proptest::collection::vec(0u8..8, 0..300_000),
+            linked in any::<bool>(),
+            checksums in any::<bool>(),
+            size in 0usize..3,
+        ) {
+            use lz4_flex::frame::{BlockMode, BlockSize, FrameEncoder, FrameInfo};
+            let info = FrameInfo::new()
+                .block_size([BlockSize::Max64KB, BlockSize::Max256KB, BlockSize::Max1MB][size])
+                .block_mode(if linked { BlockMode::Linked } else { BlockMode::Independent })
+                .block_checksums(checksums)
+                .content_checksum(checksums)
+                .content_size(checksums.then_some(data.len() as u64));
+            let mut enc = FrameEncoder::with_frame_info(info, Vec::new());
+            enc.write_all(&data).expect("write");
+            let frame = enc.finish().expect("finish");
+            let mut theirs = Vec::new();
+            lz4_flex::frame::FrameDecoder::new(&frame[..])
+                .read_to_end(&mut theirs)
+                .expect("lz4_flex decodes");
+            prop_assert_eq!(&theirs, &data);
+            prop_assert_eq!(&decompress(Compression::Lz4, &frame, 1 << 24).expect("ours"), &data);
         }
 
         #[test]
