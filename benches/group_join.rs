@@ -21,7 +21,12 @@ use faustus_wire::group::{GroupConfig, GroupConsumer, NoListener};
 use faustus_wire::Properties;
 
 const PARTITIONS: i32 = 12;
-const RECORDS: usize = 1_200_000;
+// Two members read up to ~120k records/s between them (100 per partition
+// per poll, a poll every WORK), and a round lasts ~10-15 s before the third
+// member's first records: the topic must outlast that, or the third member
+// finds its partitions already drained and never sees a record. 1.2M was
+// too close (a fresh-clone run panicked so); 3.6M leaves ~30 s.
+const RECORDS: usize = 3_600_000;
 const WORK: Duration = Duration::from_millis(10);
 
 fn props(bootstrap: &str, group: &str, protocol: &str) -> Properties {
