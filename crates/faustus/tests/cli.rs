@@ -109,7 +109,19 @@ fn groups_consume_describe_reset_and_delete() {
     let lines: String = (0..100).map(|i| format!("k{i}:v{i}\n")).collect();
     run(&["produce", "-t", &topic, "-K", ":"], Some(&lines));
 
-    let first = run(&["consume", "-G", &group, "-t", &topic, "-e"], None);
+    let first = run(
+        &[
+            "consume",
+            "-G",
+            &group,
+            "-t",
+            &topic,
+            "-o",
+            "beginning",
+            "-e",
+        ],
+        None,
+    );
     assert_eq!(first.lines().count(), 100);
     // Committed: a second run of the group has nothing left to read.
     let again = run(&["consume", "-G", &group, "-t", &topic, "-e"], None);
@@ -131,7 +143,19 @@ fn groups_consume_describe_reset_and_delete() {
         ],
         None,
     );
-    let replay = run(&["consume", "-G", &group, "-t", &topic, "-e"], None);
+    let replay = run(
+        &[
+            "consume",
+            "-G",
+            &group,
+            "-t",
+            &topic,
+            "-o",
+            "beginning",
+            "-e",
+        ],
+        None,
+    );
     assert_eq!(replay.lines().count(), 100);
 
     run(&["groups", "delete", &group], None);
@@ -150,6 +174,8 @@ fn bad_flags_fail_with_a_message() {
         .args(["consume", "-b", "127.0.0.1:1", "-t", "x", "-f", "%z"])
         .output()
         .expect("runs");
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown format token %z"));
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown token %z"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
 }

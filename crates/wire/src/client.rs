@@ -135,7 +135,12 @@ impl Client {
                 match attempt {
                     Ok(Ok(())) => return Ok(()),
                     Ok(Err(e)) => last = e.to_string(),
-                    Err(_) => last = format!("timed out connecting to {addr}"),
+                    // Keep what the last finished attempt said (connection
+                    // refused, ...): it says more than the time-out.
+                    Err(_) if last == "no attempt" => {
+                        last = format!("timed out connecting to {addr}")
+                    }
+                    Err(_) => {}
                 }
             }
             if Instant::now() >= deadline {

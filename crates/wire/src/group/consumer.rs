@@ -643,6 +643,23 @@ impl<L: RebalanceListener> GroupConsumer<L> {
         }))
     }
 
+    /// The client underneath (metadata, leaders).
+    pub fn client(&self) -> &Client {
+        self.consumer.client()
+    }
+
+    /// Stops fetching an owned partition until it is resumed or revoked.
+    pub fn pause(&mut self, tp: &TopicPartition) {
+        self.consumer.pause(tp);
+    }
+
+    /// The next offset [`poll`](Self::poll) will return for an owned
+    /// partition; `None` while its start is still being looked up (or for a
+    /// partition this member does not own).
+    pub fn position(&self, tp: &TopicPartition) -> Option<i64> {
+        self.consumer.position(tp)
+    }
+
     /// Moves an owned partition's position: the next poll returns records
     /// from there (after an aborted transaction, back to what was
     /// committed). Records handed out before no longer count as processed.

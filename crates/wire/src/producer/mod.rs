@@ -257,6 +257,13 @@ impl DeliveryFuture {
         self.partition
     }
 
+    /// The outcome if it is known already, without waiting: lets a caller
+    /// with many records in flight collect finished deliveries as it goes
+    /// instead of awaiting each in turn.
+    pub fn try_result(&self) -> Option<Result<RecordMetadata>> {
+        self.completion.result.get().map(|r| self.resolve(r))
+    }
+
     fn resolve(&self, r: &std::result::Result<Ack, Arc<Error>>) -> Result<RecordMetadata> {
         match r {
             Ok(ack) => Ok(RecordMetadata {

@@ -1,24 +1,44 @@
-//! The `faustus` command-line tool: kcat-style produce and consume, topic
-//! administration, and the demo.
+//! The `faustus` command-line tool: kcat's produce, consume, metadata and
+//! query modes with kcat's flags and output, topic and group administration,
+//! and a demo.
+//!
+//! Both spellings work: `faustus consume -t clicks -e` and kcat's own
+//! `faustus -C -t clicks -e` (the mode flags `-C`, `-P`, `-L`, `-Q`, `-G`
+//! pick the subcommand).
 
+mod admin;
+mod consume;
+mod demo;
+mod escape;
 mod format;
+mod metadata;
+mod produce;
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, Write};
-use std::time::Instant;
+use std::ffi::OsString;
+use std::io::IsTerminal;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
-use faustus::wire::consumer::{Consumer, ConsumerConfig, Offset};
-use faustus::wire::group::{GroupConfig, GroupConsumer, NoListener};
-use faustus::wire::producer::{Producer, ProducerConfig, ProducerRecord};
-use faustus::wire::{Admin, Client, ClientConfig, NewTopic, OffsetSpec, Properties};
+use faustus::wire::Properties;
 
-use format::Format;
+use format::Printer;
 
-/// Faustus: Kafka stream processing for Rust.
+/// Faustus: Kafka stream processing for Rust. This tool produces, consumes
+/// and inspects Kafka with kcat's flags; kcat's own command lines
+/// (`faustus -C -b HOST:PORT -t TOPIC -e`) work as they are.
 #[derive(Debug, Parser)]
-#[command(name = "faustus", version, about)]
+#[command(
+    name = "faustus",
+    version,
+    about = "Produce, consume and inspect Kafka with kcat's flags and output; manage topics and groups.",
+    after_help = "Examples:
+  faustus topics create clicks -P 6
+  printf 'user-1:/home\\nuser-2:/cart\\n' | faustus produce -t clicks -K :
+  faustus consume -t clicks -e -f '%p %o %k=%s\\n'
+  faustus -C -t clicks -o -10 -e -J          (kcat's spelling)
+  faustus metadata                           (kcat -L)
+The broker comes from -b HOST:PORT or the KAFKA_BOOTSTRAP environment variable."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,19 +46,46 @@ struct Cli {
 
 #[derive(Debug, Args)]
 struct Conn {
-    /// Bootstrap brokers, host:port[,host:port...].
-    #[arg(short = 'b', long = "brokers", env = "KAFKA_BOOTSTRAP")]
-    brokers: String,
-    /// A client property by its Java name, e.g. -X compression.type=lz4.
+    /// Bootstrap brokers, HOST:PORT[,HOST:PORT...] (default: $KAFKA_BOOTSTRAP).
+    #[arg(
+        short = 'b',
+        long = "brokers",
+        env = "KAFKA_BOOTSTRAP",
+        hide_env_values = true
+    )]
+    brokers: Option<String>,
+    /// A client property by its Java name, repeatable: -X compression.type=lz4.
     #[arg(short = 'X', value_name = "KEY=VALUE")]
     props: Vec<String>,
+    /// A file of KEY=VALUE properties (# comments), read before -X.
+    #[arg(short = 'F', value_name = "FILE")]
+    config_file: Option<std::path::PathBuf>,
+    /// How long to wait for the cluster and each admin call, in seconds
+    /// (default.api.timeout.ms; default 10).
+    #[arg(short = 'm', value_name = "SECONDS")]
+    timeout: Option<f64>,
 }
 
 impl Conn {
     fn properties(&self) -> Result<Properties> {
-        let mut p = Properties::new().set("bootstrap.servers", &self.brokers);
+        let Some(brokers) = &self.brokers else {
+            usage_error("no broker given: pass -b HOST:PORT or set KAFKA_BOOTSTRAP");
+        };
+        let mut p = Properties::new().set("bootstrap.servers", brokers);
+        let ms = (self.timeout.unwrap_or(10.0) * 1000.0) as u64;
+        p.insert("default.api.timeout.ms", ms.to_string());
+        if let Some(path) = &self.config_file {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("-F {}: cannot read it", path.display()))?;
+            for line in text.lines().map(str::trim) {
+                if !line.is_empty() && !line.starts_with('#') {
+                    p.insert_pair(line)
+                        .with_context(|| format!("-F {}: {line:?}", path.display()))?;
+                }
+            }
+        }
         for kv in &self.props {
-            p.insert_pair(kv)?;
+            p.insert_pair(kv).with_context(|| format!("-X {kv}"))?;
         }
         Ok(p)
     }
@@ -46,50 +93,147 @@ impl Conn {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Produce one record per stdin line.
+    /// Produce records from stdin or files (kcat -P).
+    #[command(after_help = "Examples:
+  seq 1 100 | faustus produce -t numbers
+  printf 'k1\\tv1\\nk2\\tv2\\n' | faustus produce -t clicks -K '\\t' -H source=cli
+  faustus produce -t clicks -l records.txt -D ';' -X compression.type=lz4
+  faustus produce -t blobs image.png                 (each file is one record)
+  faustus -P -t clicks -K :                          (kcat's spelling)")]
     Produce {
         #[command(flatten)]
         conn: Conn,
         /// Topic.
         #[arg(short = 't')]
         topic: String,
-        /// Partition (default: the partitioner decides).
-        #[arg(short = 'p')]
+        /// Partition (default or -1: by key hash, sticky for null keys).
+        #[arg(short = 'p', allow_hyphen_values = true)]
         partition: Option<i32>,
-        /// Key delimiter: each line is KEY<SEP>VALUE.
+        /// Message delimiter, with escapes (\n \t \r \xNN).
+        #[arg(short = 'D', default_value = "\\n")]
+        delim: String,
+        /// Key delimiter: each message is KEY<DELIM>VALUE (escapes as -D); a
+        /// message without it has a null key.
         #[arg(short = 'K')]
-        key_sep: Option<String>,
+        key_delim: Option<String>,
+        /// A fixed key for every message (-K keys take precedence).
+        #[arg(short = 'k')]
+        key: Option<String>,
+        /// A header NAME=VALUE on every message, repeatable (NAME alone: null).
+        #[arg(short = 'H', value_name = "NAME=VALUE")]
+        headers: Vec<String>,
+        /// Read delimited messages from this file instead of stdin.
+        #[arg(short = 'l', value_name = "FILE")]
+        file: Option<std::path::PathBuf>,
+        /// Compression: none, gzip, snappy, lz4, zstd (compression.type).
+        #[arg(short = 'z')]
+        compression: Option<String>,
+        /// Stop after this many messages.
+        #[arg(short = 'c')]
+        count: Option<u64>,
+        /// Send empty keys and values as null.
+        #[arg(short = 'Z')]
+        null_empty: bool,
+        /// Quiet: no informational messages.
+        #[arg(short = 'q')]
+        quiet: bool,
+        /// Files sent whole, one record each.
+        files: Vec<std::path::PathBuf>,
     },
-    /// Consume records and print them.
+    /// Consume records and print them (kcat -C; -G for a consumer group).
+    #[command(after_help = "Examples:
+  faustus consume -t clicks -e                       (values, one per line, then exit)
+  faustus consume -t clicks -o -10 -e -K :           (last 10 per partition, KEY:VALUE)
+  faustus consume -t clicks -o s@1700000000000 -o e@1700000060000 -J
+  faustus consume -t clicks -e -f '%t [%p] at %o: %k=%s (%h)\\n'
+  faustus consume -G counters -o beginning clicks views   (a group; commits what it printed)
+  faustus -C -t clicks -e -q                         (kcat's spelling)
+Format tokens (-f): %t topic, %p partition, %o offset, %k key, %s value,
+%T timestamp, %h headers, %K key size, %S value size, %R value size as
+binary int32, %% percent; escapes \\n \\t \\r \\xNN.")]
     Consume {
         #[command(flatten)]
         conn: Conn,
-        /// Topic (repeat -t for several topics with -G).
-        #[arg(short = 't', required = true)]
+        /// Topic (repeat -t, or list topics after the flags, with -G).
+        #[arg(short = 't')]
         topic: Vec<String>,
-        /// Join this consumer group (balanced consumption, commits offsets).
+        /// Join this consumer group: balanced consumption, commits what it
+        /// printed on revocation and on exit (SIGINT/SIGTERM included).
         #[arg(short = 'G')]
         group: Option<String>,
         /// Partition (default: all).
         #[arg(short = 'p')]
         partition: Option<i32>,
-        /// Start: beginning, end, an offset, or -N for N before the end.
-        #[arg(short = 'o', default_value = "beginning", allow_hyphen_values = true)]
-        offset: String,
+        /// Start: beginning | end | stored | OFFSET | -N (N before each
+        /// partition's end) | s@TS (first at or after TS ms); e@TS stops
+        /// before TS. Repeatable (s@A -o e@B).
+        #[arg(short = 'o', allow_hyphen_values = true)]
+        offset: Vec<String>,
         /// Exit after this many records.
         #[arg(short = 'c')]
         count: Option<u64>,
         /// Exit at the end of every partition.
         #[arg(short = 'e')]
         exit_at_end: bool,
-        /// Output format (kcat tokens: %t %p %o %k %s %T %h %K %S).
+        /// Output format (tokens below); takes precedence over -K and -D.
         #[arg(short = 'f')]
         format: Option<String>,
-        /// Key delimiter for the default format: prints KEY<SEP>VALUE.
+        /// Print keys, then this delimiter, then the value (escapes as -D).
         #[arg(short = 'K')]
-        key_sep: Option<String>,
+        key_delim: Option<String>,
+        /// Delimiter after each record (default \n).
+        #[arg(short = 'D', default_value = "\\n")]
+        delim: String,
+        /// Print each record as kcat's JSON envelope.
+        #[arg(short = 'J')]
+        json: bool,
+        /// Print null keys and values as NULL.
+        #[arg(short = 'Z')]
+        null_as_text: bool,
+        /// Quiet: no informational messages on stderr.
+        #[arg(short = 'q')]
+        quiet: bool,
+        /// Unbuffered: write each record as soon as it is printed.
+        #[arg(short = 'u')]
+        unbuffered: bool,
+        /// Topics, after the flags (kcat -G GROUP TOPIC...).
+        topics: Vec<String>,
+    },
+    /// List brokers, topics, partitions, leaders, replicas and ISRs (kcat -L).
+    #[command(after_help = "Examples:
+  faustus metadata
+  faustus metadata -t clicks
+  faustus -L -t clicks                               (kcat's spelling)")]
+    Metadata {
+        #[command(flatten)]
+        conn: Conn,
+        /// Only this topic.
+        #[arg(short = 't')]
+        topic: Option<String>,
+        /// Quiet (accepted for kcat's sake; the listing is all there is).
+        #[arg(short = 'q')]
+        quiet: bool,
+    },
+    /// Offsets for timestamps (kcat -Q): the first offset at or after each.
+    #[command(after_help = "Examples:
+  faustus query -t clicks:0:1700000000000 -t clicks:1:1700000000000
+  faustus -Q -t clicks:0:-1                          (TS -1: the end; -2: the start)")]
+    Query {
+        #[command(flatten)]
+        conn: Conn,
+        /// TOPIC:PARTITION:TIMESTAMP (ms), repeatable.
+        #[arg(short = 't', required = true, allow_hyphen_values = true)]
+        targets: Vec<String>,
+        /// Quiet (accepted for kcat's sake).
+        #[arg(short = 'q')]
+        quiet: bool,
     },
     /// Manage consumer groups.
+    #[command(after_help = "Examples:
+  faustus groups list
+  faustus groups describe counters
+  faustus groups reset-offsets counters -t clicks --to-earliest
+  faustus groups delete counters")]
     Groups {
         #[command(flatten)]
         conn: Conn,
@@ -97,6 +241,11 @@ enum Command {
         action: GroupAction,
     },
     /// Manage topics.
+    #[command(after_help = "Examples:
+  faustus topics create clicks -P 6 -C retention.ms=86400000
+  faustus topics list
+  faustus topics describe clicks
+  faustus topics delete clicks")]
     Topics {
         #[command(flatten)]
         conn: Conn,
@@ -104,6 +253,7 @@ enum Command {
         action: TopicAction,
     },
     /// Round-trip records through Kafka and print what happened.
+    #[command(after_help = "Example:\n  faustus demo -n 100000")]
     Demo {
         #[command(flatten)]
         conn: Conn,
@@ -127,7 +277,7 @@ enum TopicAction {
         /// Replication factor.
         #[arg(short = 'R', long, default_value_t = 1)]
         replication: i16,
-        /// Topic config, e.g. -C cleanup.policy=compact.
+        /// Topic config, repeatable: -C cleanup.policy=compact.
         #[arg(short = 'C', value_name = "KEY=VALUE")]
         config: Vec<String>,
     },
@@ -176,11 +326,84 @@ enum GroupAction {
     },
 }
 
+/// Prints one line and exits 2: the command line is wrong.
+fn usage_error(msg: &str) -> ! {
+    eprintln!("faustus: {msg}");
+    std::process::exit(2);
+}
+
+/// kcat's spelling (`-C`, `-P`, `-L`, `-Q`, `-G` anywhere among the flags)
+/// turned into ours (`consume`, `produce`, `metadata`, `query`).
+fn from_kcat(mut args: Vec<OsString>) -> Vec<OsString> {
+    let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
+    if !first.starts_with('-') || ["-h", "--help", "-V", "--version"].contains(&first) {
+        return args;
+    }
+    let modes = [
+        ("-C", "consume"),
+        ("-P", "produce"),
+        ("-L", "metadata"),
+        ("-Q", "query"),
+    ];
+    let found = args.iter().enumerate().skip(1).find_map(|(i, a)| {
+        let a = a.to_str()?;
+        modes
+            .iter()
+            .find(|(flag, _)| *flag == a)
+            .map(|(_, sub)| (i, *sub))
+    });
+    let sub = match found {
+        Some((i, sub)) => {
+            args.remove(i);
+            sub
+        }
+        None if args.iter().any(|a| a == "-G") => "consume",
+        // kcat: a terminal on stdin means consume, piped input produce.
+        None if std::io::stdin().is_terminal() => "consume",
+        None => "produce",
+    };
+    args.insert(1, sub.into());
+    args
+}
+
 #[tokio::main]
 async fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse_from(from_kcat(std::env::args_os().collect())) {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                std::process::exit(
+                    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                        2
+                    } else {
+                        0
+                    },
+                );
+            }
+            let text = e.render().to_string();
+            let line = text.lines().next().unwrap_or("bad command line");
+            usage_error(&format!(
+                "{}; see 'faustus --help' or 'faustus SUBCOMMAND --help'",
+                line.trim_start_matches("error: ")
+            ));
+        }
+    };
     if let Err(e) = run(cli).await {
-        eprintln!("faustus: {e:#}");
+        let msg = format!("{e:#}").replace('\n', " ");
+        let hint = match e.downcast_ref::<faustus::wire::Error>() {
+            Some(faustus::wire::Error::Bootstrap { .. }) => {
+                " (is Kafka running there? give its address with -b HOST:PORT or KAFKA_BOOTSTRAP)"
+            }
+            _ => "",
+        };
+        eprintln!("faustus: {msg}{hint}");
         std::process::exit(1);
     }
 }
@@ -191,461 +414,93 @@ async fn run(cli: Cli) -> Result<()> {
             conn,
             topic,
             partition,
-            key_sep,
-        } => produce(&conn, &topic, partition, key_sep.as_deref()).await,
+            delim,
+            key_delim,
+            key,
+            headers,
+            file,
+            compression,
+            count,
+            null_empty,
+            quiet: _,
+            files,
+        } => {
+            let mut props = conn.properties()?;
+            if let Some(c) = compression {
+                props.insert("compression.type", &c);
+            }
+            let args = produce::Produce {
+                topic,
+                partition: partition.filter(|p| *p >= 0),
+                delim,
+                key_delim,
+                fixed_key: key,
+                headers,
+                file,
+                files,
+                count,
+                null_empty,
+            };
+            produce::produce(&props, args).await
+        }
         Command::Consume {
             conn,
-            topic,
+            mut topic,
             group,
             partition,
             offset,
             count,
             exit_at_end,
             format,
-            key_sep,
+            key_delim,
+            delim,
+            json,
+            null_as_text,
+            quiet,
+            unbuffered,
+            topics,
         } => {
-            let fmt = match (format, key_sep) {
-                (Some(f), _) => Format::parse(&f).map_err(anyhow::Error::msg)?,
-                (None, Some(sep)) => {
-                    Format::parse(&format!("%k{sep}%s\\n")).map_err(anyhow::Error::msg)?
+            let props = conn.properties()?;
+            topic.extend(topics);
+            if topic.is_empty() {
+                usage_error(
+                    "consume needs a topic: -t TOPIC (or, with -G, topics after the flags)",
+                );
+            }
+            let printer = match (json, format) {
+                (true, _) => Printer::json(),
+                (false, Some(f)) => {
+                    Printer::format(&f, null_as_text).unwrap_or_else(|e| usage_error(&e))
                 }
-                (None, None) => Format::parse("%s\\n").map_err(anyhow::Error::msg)?,
+                (false, None) => Printer::delimited(key_delim.as_deref(), &delim, null_as_text),
+            };
+            let args = consume::Consume {
+                topics: topic,
+                partition,
+                offsets: offset,
+                count,
+                exit_at_end,
+                printer,
+                quiet,
+                unbuffered,
             };
             match group {
-                Some(g) => consume_group(&conn, &g, &topic, count, exit_at_end, &fmt).await,
-                None => {
-                    let [topic] = &topic[..] else {
-                        bail!("several -t topics need -G GROUP");
-                    };
-                    consume(&conn, topic, partition, &offset, count, exit_at_end, &fmt).await
-                }
+                Some(g) => consume::consume_group(&props, &g, args).await,
+                None => consume::consume(&props, args).await,
             }
         }
-        Command::Groups { conn, action } => groups(&conn, action).await,
-        Command::Topics { conn, action } => topics(&conn, action).await,
-        Command::Demo { conn, records } => demo(&conn, records).await,
-    }
-}
-
-async fn produce(
-    conn: &Conn,
-    topic: &str,
-    partition: Option<i32>,
-    sep: Option<&str>,
-) -> Result<()> {
-    let producer = Producer::connect(ProducerConfig::from_properties(&conn.properties()?)?).await?;
-    let stdin = std::io::stdin();
-    let mut pending = Vec::new();
-    let mut sent = 0u64;
-    for line in stdin.lock().lines() {
-        let line = line.context("reading stdin")?;
-        let mut rec = ProducerRecord::new(topic);
-        match sep.and_then(|s| line.split_once(s)) {
-            Some((k, v)) => rec = rec.key(k.to_owned()).value(v.to_owned()),
-            None if sep.is_some() => bail!("line {} has no key delimiter: {line:?}", sent + 1),
-            None => rec = rec.value(line),
-        }
-        if let Some(p) = partition {
-            rec = rec.partition(p);
-        }
-        pending.push(producer.send(rec).await?);
-        sent += 1;
-        if pending.len() >= 10_000 {
-            for d in pending.drain(..) {
-                d.await?;
-            }
-        }
-    }
-    for d in pending {
-        d.await?;
-    }
-    producer.close().await?;
-    eprintln!("faustus: produced {sent} records to {topic}");
-    Ok(())
-}
-
-fn parse_start(s: &str) -> Result<(Option<Offset>, Option<i64>)> {
-    Ok(match s {
-        "beginning" => (Some(Offset::Beginning), None),
-        "end" => (Some(Offset::End), None),
-        n => {
-            let v: i64 = n
-                .parse()
-                .with_context(|| format!("-o {n}: expected beginning, end or a number"))?;
-            if v < 0 {
-                (None, Some(-v))
-            } else {
-                (Some(Offset::At(v)), None)
-            }
-        }
-    })
-}
-
-async fn consume(
-    conn: &Conn,
-    topic: &str,
-    partition: Option<i32>,
-    offset: &str,
-    count: Option<u64>,
-    exit_at_end: bool,
-    fmt: &Format,
-) -> Result<()> {
-    let props = conn.properties()?;
-    let cfg = ConsumerConfig::from_properties(&props)?;
-    let read_committed = cfg.read_committed;
-    let mut consumer = Consumer::connect(cfg).await?;
-    let parts: Vec<i32> = partition.into_iter().collect();
-    let (start, from_end) = parse_start(offset)?;
-    consumer
-        .assign(topic, &parts, start.unwrap_or(Offset::End))
-        .await?;
-    let admin = Admin::new(consumer.client().clone());
-    let ends = admin
-        .list_offsets(topic, &parts, OffsetSpec::Latest, read_committed)
-        .await?;
-    if let Some(back) = from_end {
-        let starts = admin
-            .list_offsets(topic, &parts, OffsetSpec::Earliest, false)
-            .await?;
-        for tp in consumer.assignment() {
-            let end = ends.get(&tp.partition).copied().unwrap_or(0);
-            let begin = starts.get(&tp.partition).copied().unwrap_or(0);
-            consumer.seek(&tp, Offset::At((end - back).max(begin)))?;
-        }
-    }
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    let mut printed = 0u64;
-    let done = |c: &Consumer| {
-        exit_at_end
-            && c.assignment().iter().all(|tp| {
-                c.position(tp).unwrap_or(-1) >= ends.get(&tp.partition).copied().unwrap_or(0)
-            })
-    };
-    loop {
-        if count.is_some_and(|c| printed >= c) || done(&consumer) {
-            break;
-        }
-        'parts: for part in consumer.poll().await? {
-            for rec in part.records() {
-                if count.is_some_and(|c| printed >= c) {
-                    break 'parts;
-                }
-                let rec = rec?;
-                fmt.render(&mut out, part.topic(), part.partition(), &rec)?;
-                printed += 1;
-            }
-        }
-        out.flush()?;
-    }
-    out.flush()?;
-    Ok(())
-}
-
-/// Balanced consumption in a group (kcat's -G): prints records, commits
-/// offsets, and with -e exits once every assigned partition is at its end.
-async fn consume_group(
-    conn: &Conn,
-    group: &str,
-    topics: &[String],
-    count: Option<u64>,
-    exit_at_end: bool,
-    fmt: &Format,
-) -> Result<()> {
-    let mut props = conn.properties()?;
-    props.insert("group.id", group);
-    if props.get("auto.offset.reset").is_none() {
-        props.insert("auto.offset.reset", "earliest");
-    }
-    let cfg = GroupConfig::from_properties(&props)?;
-    let read_committed = cfg.consumer.read_committed;
-    let names: Vec<&str> = topics.iter().map(String::as_str).collect();
-    let mut consumer = GroupConsumer::subscribe(cfg, &names, NoListener).await?;
-    let admin = Admin::new(Client::connect(ClientConfig::from_properties(&props)?).await?);
-    let mut ends: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    for t in topics {
-        for (p, end) in admin
-            .list_offsets(t, &[], OffsetSpec::Latest, read_committed)
-            .await?
-        {
-            ends.insert((t.clone(), p), end);
-        }
-    }
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
-    let mut printed = 0u64;
-    let mut positions: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    let mut known = faustus::wire::group::membership::Partitions::new();
-    loop {
-        if count.is_some_and(|c| printed >= c) {
-            break;
-        }
-        let fetched = consumer.poll().await?;
-        let assignment = consumer.assignment();
-        if exit_at_end && assignment != known {
-            positions.extend(
-                consumer
-                    .fetch_committed(&assignment)
-                    .await?
-                    .into_iter()
-                    .filter(|(_, off)| *off >= 0),
-            );
-            known = assignment.clone();
-        }
-        'parts: for part in fetched {
-            positions.insert(
-                (part.topic().to_owned(), part.partition()),
-                part.next_offset(),
-            );
-            for rec in part.records() {
-                if count.is_some_and(|c| printed >= c) {
-                    break 'parts;
-                }
-                fmt.render(&mut out, part.topic(), part.partition(), &rec?)?;
-                printed += 1;
-            }
-        }
-        out.flush()?;
-        let at_end = !assignment.is_empty()
-            && assignment.iter().all(|(t, ps)| {
-                ps.iter().all(|p| {
-                    let key = (t.clone(), *p);
-                    positions.get(&key).copied().unwrap_or(0)
-                        >= ends.get(&key).copied().unwrap_or(0)
-                })
-            });
-        if exit_at_end && at_end {
-            break;
-        }
-    }
-    out.flush()?;
-    consumer.commit().await?;
-    consumer.close().await?;
-    Ok(())
-}
-
-async fn groups(conn: &Conn, action: GroupAction) -> Result<()> {
-    let admin =
-        Admin::new(Client::connect(ClientConfig::from_properties(&conn.properties()?)?).await?);
-    match action {
-        GroupAction::List => {
-            for g in admin.list_groups().await? {
-                println!("{}\t{}\t{}", g.group_id, g.protocol_type, g.state);
-            }
-        }
-        GroupAction::Describe { group } => {
-            let d = admin.describe_group(&group).await?;
-            println!(
-                "group {}: {} ({} members, assignor {})",
-                d.group_id,
-                d.state,
-                d.members.len(),
-                d.protocol
-            );
-            for m in &d.members {
-                println!(
-                    "  member {}{}\tclient {}\thost {}\tpartitions {:?}",
-                    m.member_id,
-                    m.instance_id
-                        .as_ref()
-                        .map(|i| format!(" (instance {i})"))
-                        .unwrap_or_default(),
-                    m.client_id,
-                    m.host,
-                    m.assignment
-                );
-            }
-            let offsets = admin.group_offsets(&group).await?;
-            let mut ends: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
-            for ((t, p), off) in &offsets {
-                if !ends.contains_key(t) {
-                    ends.insert(
-                        t.clone(),
-                        admin
-                            .list_offsets(t, &[], OffsetSpec::Latest, false)
-                            .await?,
-                    );
-                }
-                let end = ends[t].get(p).copied().unwrap_or(0);
-                println!("  {t}-{p}\tcommitted {off}\tend {end}\tlag {}", end - off);
-            }
-        }
-        GroupAction::Delete { group } => {
-            admin.delete_group(&group).await?;
-            println!("deleted group {group}");
-        }
-        GroupAction::ResetOffsets {
-            group,
+        Command::Metadata {
+            conn,
             topic,
-            to_earliest,
-            to_latest,
-            to_offset,
-        } => {
-            let target: BTreeMap<i32, i64> = if to_earliest {
-                admin
-                    .list_offsets(&topic, &[], OffsetSpec::Earliest, false)
-                    .await?
-            } else if to_latest {
-                admin
-                    .list_offsets(&topic, &[], OffsetSpec::Latest, false)
-                    .await?
-            } else if let Some(o) = to_offset {
-                admin
-                    .describe_topic(&topic)
-                    .await?
-                    .partitions
-                    .iter()
-                    .map(|p| (p.id, o))
-                    .collect()
-            } else {
-                bail!("reset-offsets needs --to-earliest, --to-latest or --to-offset N");
-            };
-            let offsets = target
-                .iter()
-                .map(|(p, o)| ((topic.clone(), *p), *o))
-                .collect();
-            admin.set_group_offsets(&group, &offsets).await?;
-            for (p, o) in target {
-                println!("{group} {topic}-{p} -> {o}");
-            }
-        }
+            quiet: _,
+        } => metadata::list(&conn.properties()?, topic.as_deref()).await,
+        Command::Query {
+            conn,
+            targets,
+            quiet: _,
+        } => metadata::query(&conn.properties()?, &targets).await,
+        Command::Groups { conn, action } => admin::groups(&conn.properties()?, action).await,
+        Command::Topics { conn, action } => admin::topics(&conn.properties()?, action).await,
+        Command::Demo { conn, records } => demo::demo(&conn.properties()?, records).await,
     }
-    Ok(())
-}
-
-async fn topics(conn: &Conn, action: TopicAction) -> Result<()> {
-    let client = Client::connect(ClientConfig::from_properties(&conn.properties()?)?).await?;
-    let admin = Admin::new(client);
-    match action {
-        TopicAction::List => {
-            for t in admin.list_topics().await? {
-                println!(
-                    "{}\t{} partitions{}",
-                    t.name,
-                    t.partitions.len(),
-                    if t.internal { "\tinternal" } else { "" }
-                );
-            }
-        }
-        TopicAction::Create {
-            name,
-            partitions,
-            replication,
-            config,
-        } => {
-            let mut t = NewTopic::new(&name, partitions, replication);
-            for kv in &config {
-                let (k, v) = kv
-                    .split_once('=')
-                    .with_context(|| format!("-C {kv}: expected key=value"))?;
-                t = t.config(k, v);
-            }
-            admin.create_topic(t, false).await?;
-            println!("created {name} ({partitions} partitions, replication {replication})");
-        }
-        TopicAction::Delete { name } => {
-            if let Some(Err(e)) = admin.delete_topics(&[&name]).await?.pop() {
-                return Err(e.into());
-            }
-            println!("deleted {name}");
-        }
-        TopicAction::Describe { name } => {
-            let t = admin.describe_topic(&name).await?;
-            let starts = admin
-                .list_offsets(&name, &[], OffsetSpec::Earliest, false)
-                .await?;
-            let ends = admin
-                .list_offsets(&name, &[], OffsetSpec::Latest, false)
-                .await?;
-            println!("topic {name}: {} partitions", t.partitions.len());
-            for p in &t.partitions {
-                println!(
-                    "  partition {}\tleader {}\treplicas {:?}\tisr {:?}\toffsets {}..{}",
-                    p.id,
-                    p.leader,
-                    p.replicas,
-                    p.isr,
-                    starts.get(&p.id).copied().unwrap_or(-1),
-                    ends.get(&p.id).copied().unwrap_or(-1)
-                );
-            }
-            for (k, v) in admin.describe_topic_config(&name).await? {
-                println!("  {k}={}", v.unwrap_or_default());
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The demo: produce records keyed by user, read them back, and report.
-async fn demo(conn: &Conn, n: usize) -> Result<()> {
-    let props = conn.properties()?;
-    let topic = format!("faustus-demo-{}", std::process::id());
-    let client = Client::connect(ClientConfig::from_properties(&props)?).await?;
-    let admin = Admin::new(client.clone());
-    admin
-        .create_topic(NewTopic::new(&topic, 6, 1), true)
-        .await?;
-    println!("demo: created topic {topic} with 6 partitions");
-
-    let producer = Producer::with_client(client.clone(), ProducerConfig::from_properties(&props)?);
-    let started = Instant::now();
-    let mut pending = Vec::with_capacity(n);
-    for i in 0..n {
-        let rec = ProducerRecord::new(&topic)
-            .key(format!("user-{}", i % 1000))
-            .value(format!("{{\"click\":{i},\"url\":\"/page/{}\"}}", i % 50));
-        pending.push(producer.send(rec).await?);
-    }
-    let mut per_partition: BTreeMap<i32, u64> = BTreeMap::new();
-    for d in pending {
-        *per_partition.entry(d.await?.partition).or_default() += 1;
-    }
-    let took = started.elapsed();
-    producer.close().await?;
-    println!(
-        "demo: produced {n} records in {:.2}s ({:.0} records/s), idempotent, acks=all",
-        took.as_secs_f64(),
-        n as f64 / took.as_secs_f64()
-    );
-    println!("demo: per partition: {per_partition:?}");
-
-    let mut consumer = Consumer::with_client(client, ConsumerConfig::from_properties(&props)?);
-    consumer.assign(&topic, &[], Offset::Beginning).await?;
-    let started = Instant::now();
-    let mut got = 0usize;
-    let mut first = None;
-    while got < n {
-        for part in consumer.poll().await? {
-            for rec in part.records() {
-                let rec = rec?;
-                if first.is_none() {
-                    first = Some(format!(
-                        "{}-{}@{} key={} value={}",
-                        part.topic(),
-                        part.partition(),
-                        rec.offset,
-                        String::from_utf8_lossy(rec.key().unwrap_or_default()),
-                        String::from_utf8_lossy(rec.value().unwrap_or_default())
-                    ));
-                }
-                got += 1;
-            }
-        }
-    }
-    let took = started.elapsed();
-    println!(
-        "demo: consumed {got} records in {:.2}s ({:.0} records/s)",
-        took.as_secs_f64(),
-        got as f64 / took.as_secs_f64()
-    );
-    if let Some(f) = first {
-        println!("demo: first record: {f}");
-    }
-    admin.delete_topics(&[&topic]).await?;
-    println!("demo: round trip of {got} / {n} records through {topic}: ok");
-    if got != n {
-        bail!("expected {n} records, got {got}");
-    }
-    Ok(())
 }
