@@ -8,7 +8,7 @@
 //! awaited one by one.
 
 use std::collections::VecDeque;
-use std::io::Read;
+use std::io::{BufRead as _, Read};
 
 use anyhow::{bail, Context as _, Result};
 use bytes::{Bytes, BytesMut};
@@ -84,7 +84,7 @@ pub(crate) async fn produce(props: &Properties, args: Produce) -> Result<()> {
             ),
             None => Box::new(std::io::stdin()),
         };
-        let mut chunks = read_chunks(input, delim.clone());
+        let (mut chunks, recycle) = read_chunks(input, delim.clone());
         let split = Finder::new(&delim).into_owned();
         let key_split = key_delim.as_deref().map(|k| Finder::new(k).into_owned());
         'input: while let Some(chunk) = chunks.recv().await {
@@ -112,6 +112,9 @@ pub(crate) async fn produce(props: &Properties, args: Produce) -> Result<()> {
                 };
                 out.sent(producer.send(template.record(key, value)).await?);
             }
+            // Every record of the chunk is in a batch now: its buffer is
+            // free again.
+            let _ = recycle.send(chunk);
         }
     }
     producer.flush().await?;
@@ -196,71 +199,110 @@ impl Outcome {
 }
 
 /// Reads `input` on a thread of its own into chunks that end just after a
-/// delimiter (the last chunk may not), so no message spans two chunks.
+/// delimiter (the last chunk may not), so no message spans two chunks. Each
+/// read is handed on at once (a slow pipe's lines are not held back); the
+/// chunk buffers come back through `recycle` once their records are sent, so
+/// the steady state allocates and zeroes no memory.
 fn read_chunks(
-    mut input: Box<dyn Read + Send>,
+    input: Box<dyn Read + Send>,
     delim: Vec<u8>,
-) -> tokio::sync::mpsc::Receiver<std::io::Result<Bytes>> {
+) -> (
+    tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    std::sync::mpsc::Sender<Bytes>,
+) {
     let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let (recycle, recycled) = std::sync::mpsc::channel::<Bytes>();
     std::thread::spawn(move || {
-        let mut buf = BytesMut::with_capacity(CHUNK);
-        let mut scanned: usize = 0;
+        let mut input = std::io::BufReader::with_capacity(CHUNK, input);
+        // The tail of the last read after its last delimiter.
+        let mut carry: Vec<u8> = Vec::new();
         loop {
-            let len = buf.len();
-            buf.resize(len + CHUNK, 0);
-            let n = match input.read(&mut buf[len..]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
-                    buf.truncate(len);
-                    continue;
-                }
+            let data = match input.fill_buf() {
+                Ok(d) => d,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     let _ = tx.blocking_send(Err(e));
                     return;
                 }
             };
-            buf.truncate(len + n);
-            if n == 0 {
-                if !buf.is_empty() {
-                    let _ = tx.blocking_send(Ok(buf.freeze()));
+            if data.is_empty() {
+                if !carry.is_empty() {
+                    let _ = tx.blocking_send(Ok(Bytes::from(carry)));
                 }
                 return;
             }
-            // The last delimiter in what is new (a delimiter may straddle
-            // the previous read's end).
-            let from = scanned.saturating_sub(delim.len() - 1);
-            match memchr::memmem::rfind(&buf[from..], &delim) {
+            let mut buf = recycled
+                .try_recv()
+                .ok()
+                .and_then(|b| b.try_into_mut().ok())
+                .unwrap_or_else(|| BytesMut::with_capacity(2 * CHUNK));
+            buf.clear();
+            buf.extend_from_slice(&carry);
+            carry.clear();
+            buf.extend_from_slice(data);
+            let n = data.len();
+            input.consume(n);
+            // The end of the last delimiter as a left-to-right split finds
+            // it (the buffer starts on a message boundary): a delimiter that
+            // overlaps itself (";\n;") must split here as it will later.
+            let last = if delim.len() == 1 {
+                memchr::memrchr(delim[0], &buf)
+            } else {
+                memchr::memmem::find_iter(&buf, &delim).last()
+            };
+            match last {
                 Some(i) => {
-                    let cut = from + i + delim.len();
-                    let whole = buf.split_to(cut).freeze();
-                    scanned = buf.len();
-                    if tx.blocking_send(Ok(whole)).is_err() {
+                    let cut = i + delim.len();
+                    carry.extend_from_slice(&buf[cut..]);
+                    buf.truncate(cut);
+                    if tx.blocking_send(Ok(buf.freeze())).is_err() {
                         return;
                     }
                 }
-                None => scanned = buf.len(),
-            }
-            if buf.capacity() - buf.len() < CHUNK / 4 {
-                buf.reserve(CHUNK);
+                None => carry.extend_from_slice(&buf),
             }
         }
     });
-    rx
+    (rx, recycle)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
-    fn chunks_of(input: &'static [u8], delim: &[u8]) -> Vec<Vec<u8>> {
+    /// A reader that hands out at most `step` bytes per read, as a pipe does.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        step: usize,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.step.min(out.len()).min(self.data.len() - self.pos);
+            out[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    fn chunks_of(data: &[u8], delim: &[u8], step: usize) -> Vec<Vec<u8>> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
+        let input = Trickle {
+            data: data.to_vec(),
+            pos: 0,
+            step,
+        };
         rt.block_on(async {
-            let mut rx = read_chunks(Box::new(input), delim.to_vec());
+            let (mut rx, recycle) = read_chunks(Box::new(input), delim.to_vec());
             let mut out = Vec::new();
             while let Some(c) = rx.recv().await {
-                out.push(c.expect("read").to_vec());
+                let c = c.expect("read");
+                out.push(c.to_vec());
+                let _ = recycle.send(c);
             }
             out
         })
@@ -268,10 +310,41 @@ mod tests {
 
     #[test]
     fn chunks_end_after_a_delimiter_and_keep_every_byte() {
-        let got = chunks_of(b"a\nbb\ncc", b"\n");
+        let got = chunks_of(b"a\nbb\ncc", b"\n", 3);
         assert_eq!(got.concat(), b"a\nbb\ncc");
         assert!(got[..got.len() - 1].iter().all(|c| c.ends_with(b"\n")));
-        assert_eq!(chunks_of(b"x;;y;;", b";;").concat(), b"x;;y;;");
-        assert!(chunks_of(b"", b"\n").is_empty());
+        assert_eq!(chunks_of(b"x;;y;;", b";;", 1).concat(), b"x;;y;;");
+        assert!(chunks_of(b"", b"\n", 4).is_empty());
+    }
+
+    proptest! {
+        #[test]
+        fn no_message_spans_two_chunks(
+            data in proptest::collection::vec(prop_oneof![Just(b'a'), Just(b';'), Just(b'\n')], 0..400),
+            delim in prop_oneof![Just(b"\n".to_vec()), Just(b";;".to_vec()), Just(b";\n;".to_vec())],
+            step in 1usize..50,
+        ) {
+            let got = chunks_of(&data, &delim, step);
+            prop_assert_eq!(got.concat(), data.clone());
+            for c in &got[..got.len().saturating_sub(1)] {
+                prop_assert!(c.ends_with(&delim));
+            }
+            // Splitting chunk by chunk gives the messages of the whole input.
+            let split = |b: &[u8]| -> Vec<Vec<u8>> {
+                let mut out = Vec::new();
+                let mut start = 0;
+                for i in memchr::memmem::find_iter(b, &delim) {
+                    if i >= start {
+                        out.push(b[start..i].to_vec());
+                        start = i + delim.len();
+                    }
+                }
+                out.push(b[start..].to_vec());
+                out.retain(|m| !m.is_empty());
+                out
+            };
+            let by_chunk: Vec<Vec<u8>> = got.iter().flat_map(|c| split(c)).collect();
+            prop_assert_eq!(by_chunk, split(&data));
+        }
     }
 }
