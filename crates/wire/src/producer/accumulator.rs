@@ -9,7 +9,7 @@
 //! in sequence order and are resent one request at a time until the queue is
 //! past them, as the Java client does.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -136,7 +136,8 @@ pub(crate) struct Appended {
 /// All batches of the producer, by partition.
 pub(crate) struct Accumulator {
     cfg: AccConfig,
-    parts: HashMap<TopicPartition, PartQueue>,
+    /// Keyed with a fast non-keyed hash: looked up once per record.
+    parts: rustc_hash::FxHashMap<TopicPartition, PartQueue>,
     producer_id: i64,
     producer_epoch: i16,
     /// KIP-360: the epoch must be bumped before more batches go out.
@@ -150,19 +151,26 @@ pub(crate) struct Accumulator {
     flushing: usize,
     outstanding: usize,
     in_flight_total: usize,
+    /// Buffers of acknowledged batches, for the next batches.
+    spare: Vec<Vec<u8>>,
 }
+
+/// How much of sent batches' buffers is kept for reuse (as much as the
+/// default `buffer.memory` lets be in flight).
+const SPARE_BYTES: usize = 32 << 20;
 
 impl Accumulator {
     pub(crate) fn new(cfg: AccConfig) -> Self {
         Self {
             cfg,
-            parts: HashMap::new(),
+            parts: rustc_hash::FxHashMap::default(),
             producer_id: -1,
             producer_epoch: -1,
             need_bump: false,
             sequence_gap: false,
             failure: None,
             flushing: 0,
+            spare: Vec::new(),
             outstanding: 0,
             in_flight_total: 0,
         }
@@ -250,8 +258,12 @@ impl Accumulator {
             Batch {
                 tp: tp.clone(),
                 builder: Some(
-                    BatchBuilder::with_capacity(cfg.compression, cfg.batch_size.max(record_size))
-                        .transactional(cfg.transactional),
+                    BatchBuilder::with_buffer(
+                        cfg.compression,
+                        self.spare.pop().unwrap_or_default(),
+                        cfg.batch_size.max(record_size),
+                    )
+                    .transactional(cfg.transactional),
                 ),
                 bytes: None,
                 records: 0,
@@ -481,6 +493,21 @@ impl Accumulator {
         }
         self.outstanding -= 1;
         b.completion.finish(Ok(ack));
+        self.recycle(b);
+    }
+
+    /// Keeps a sent batch's buffer for a next batch (when nothing else holds
+    /// it): fresh multi-MB buffers cost a page fault per 4 KiB, which with
+    /// 1 MB batches of small records was a fifth of the producer's CPU.
+    fn recycle(&mut self, mut b: Batch) {
+        if (self.spare.len() + 1) * self.cfg.batch_size > SPARE_BYTES {
+            return;
+        }
+        if let Some(Ok(buf)) = b.bytes.take().map(Bytes::try_into_mut) {
+            if buf.capacity() >= self.cfg.batch_size {
+                self.spare.push(Vec::from(buf));
+            }
+        }
     }
 
     fn finish_in_flight(&mut self, tp: &TopicPartition) {

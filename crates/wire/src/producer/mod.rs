@@ -257,6 +257,12 @@ impl DeliveryFuture {
         self.partition
     }
 
+    /// Whether `other` is for a record of the same batch: records of a batch
+    /// are delivered, or fail, together.
+    pub fn same_batch(&self, other: &DeliveryFuture) -> bool {
+        Arc::ptr_eq(&self.completion, &other.completion)
+    }
+
     /// The outcome if it is known already, without waiting: lets a caller
     /// with many records in flight collect finished deliveries as it goes
     /// instead of awaiting each in turn.
@@ -309,7 +315,8 @@ struct Inner {
     cfg: ProducerConfig,
     acc: Mutex<Accumulator>,
     sticky: Mutex<Sticky>,
-    topics: Mutex<HashMap<String, Arc<str>>>,
+    /// Interned topic names (a fast hash: looked up once per record).
+    topics: Mutex<rustc_hash::FxHashMap<String, Arc<str>>>,
     wake: Notify,
     idle: Notify,
     memory: Arc<Semaphore>,
@@ -389,7 +396,7 @@ impl Producer {
             cfg,
             acc: Mutex::new(acc),
             sticky: Mutex::new(Sticky::default()),
-            topics: Mutex::new(HashMap::new()),
+            topics: Mutex::new(rustc_hash::FxHashMap::default()),
             wake: Notify::new(),
             idle: Notify::new(),
             closing: AtomicBool::new(false),

@@ -48,7 +48,7 @@ pub fn partition_for_key(key: &[u8], partitions: i32) -> i32 {
 /// Sticky choice for null-key records, per topic.
 #[derive(Debug, Default)]
 pub(crate) struct Sticky {
-    current: std::collections::HashMap<String, i32>,
+    current: rustc_hash::FxHashMap<String, i32>,
 }
 
 impl Sticky {

@@ -85,7 +85,15 @@ impl BatchBuilder {
 
     /// Like [`new`](Self::new), with room for `capacity` bytes of records.
     pub fn with_capacity(compression: Compression, capacity: usize) -> Self {
-        let mut buf = Vec::with_capacity(capacity + HEADER_LEN);
+        Self::with_buffer(compression, Vec::new(), capacity)
+    }
+
+    /// Like [`with_capacity`](Self::with_capacity), writing into `buf`
+    /// (emptied first): a producer hands back the buffer of a batch it has
+    /// sent, so the next batch fills memory that is already mapped.
+    pub fn with_buffer(compression: Compression, mut buf: Vec<u8>, capacity: usize) -> Self {
+        buf.clear();
+        buf.reserve(capacity + HEADER_LEN);
         if compression == Compression::None {
             buf.resize(HEADER_LEN, 0);
         }

@@ -146,9 +146,10 @@ impl Template {
     }
 }
 
-/// Deliveries in flight, collected as they finish.
+/// Deliveries in flight, collected as they finish: one entry per batch
+/// (records of a batch share their outcome), with how many records it holds.
 struct Outcome {
-    pending: VecDeque<DeliveryFuture>,
+    pending: VecDeque<(DeliveryFuture, u64)>,
     total: u64,
     failed: u64,
 }
@@ -164,28 +165,32 @@ impl Outcome {
 
     fn sent(&mut self, d: DeliveryFuture) {
         self.total += 1;
-        self.pending.push_back(d);
-        // Records complete in batches, mostly in order: collect from the
-        // front while it is done.
-        while let Some(r) = self.pending.front().and_then(DeliveryFuture::try_result) {
-            self.pending.pop_front();
-            self.check(r);
+        match self.pending.back_mut() {
+            Some((last, n)) if last.same_batch(&d) => *n += 1,
+            _ => self.pending.push_back((d, 1)),
         }
-    }
-
-    fn check(&mut self, r: faustus::wire::Result<faustus::wire::producer::RecordMetadata>) {
-        if let Err(e) = r {
-            self.failed += 1;
-            if self.failed <= SHOWN_FAILURES {
-                eprintln!("% Delivery failed for message: {e}");
+        // Batches complete mostly in order: collect from the front while
+        // it is done.
+        while let Some(r) = self.pending.front().and_then(|(d, _)| d.try_result()) {
+            if let Some((_, n)) = self.pending.pop_front() {
+                self.check(r, n);
             }
         }
     }
 
+    fn check(&mut self, r: faustus::wire::Result<faustus::wire::producer::RecordMetadata>, n: u64) {
+        if let Err(e) = r {
+            if self.failed < SHOWN_FAILURES {
+                eprintln!("% Delivery failed for {n} message(s): {e}");
+            }
+            self.failed += n;
+        }
+    }
+
     async fn finish(mut self) -> Result<()> {
-        while let Some(d) = self.pending.pop_front() {
+        while let Some((d, n)) = self.pending.pop_front() {
             let r = d.await;
-            self.check(r);
+            self.check(r, n);
         }
         if self.failed > 0 {
             bail!(
