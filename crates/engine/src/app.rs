@@ -136,7 +136,7 @@ impl<K, V> Topic<K, V> {
 }
 
 /// What an agent does with a record it cannot decode or process (an
-/// [`Error`] with a [`Location`](crate::Location)).
+/// [`Error`](crate::Error) with a [`Location`](crate::Location)).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum ErrorPolicy {
     /// Stop the worker with the error (the default: nothing is skipped
