@@ -179,3 +179,80 @@ fn bad_flags_fail_with_a_message() {
     assert!(err.contains("unknown token %z"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn usage_and_connection_errors_are_one_line() {
+    let fail = |args: &[&str], env: Option<&str>| {
+        let mut cmd = faustus();
+        cmd.args(args).env_remove("KAFKA_BOOTSTRAP");
+        if let Some(b) = env {
+            cmd.env("KAFKA_BOOTSTRAP", b);
+        }
+        let out = cmd.stdin(Stdio::null()).output().expect("runs");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+            "{err}"
+        );
+        (out.status.code(), err)
+    };
+    let (code, err) = fail(
+        &["consume", "-t", "x", "--no-such-flag"],
+        Some("127.0.0.1:1"),
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("--no-such-flag") && err.contains("--help"),
+        "{err}"
+    );
+    let (code, err) = fail(&["consume", "-t", "x", "-e"], None);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("-b HOST:PORT") && err.contains("KAFKA_BOOTSTRAP"),
+        "{err}"
+    );
+    // Nothing listens on port 1: refused at once, reported within -m.
+    let (code, err) = fail(&["-C", "-t", "x", "-e", "-m", "2"], Some("127.0.0.1:1"));
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("127.0.0.1:1") && err.contains("-b HOST:PORT"),
+        "{err}"
+    );
+}
+
+#[test]
+fn compression_and_a_properties_file() {
+    let kafka = shared().expect("kafka");
+    let topic = unique_topic("cli-z");
+    let dir = std::env::temp_dir().join(unique_topic("cli-props"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let props = dir.join("client.properties");
+    std::fs::write(
+        &props,
+        format!(
+            "# as kcat -F\nbootstrap.servers={}\nclient.id=from-file\n",
+            kafka.bootstrap()
+        ),
+    )
+    .expect("write");
+    let lines: String = (0..1000).map(|i| format!("record-{i}\n")).collect();
+    for codec in ["gzip", "snappy", "lz4", "zstd"] {
+        run(
+            &[
+                "produce",
+                "-t",
+                &topic,
+                "-z",
+                codec,
+                "-F",
+                &props.display().to_string(),
+            ],
+            Some(&lines),
+        );
+    }
+    let out = run(&["consume", "-t", &topic, "-e", "-q"], None);
+    assert_eq!(out.lines().count(), 4000);
+    assert!(out.lines().take(1000).eq(lines.lines()));
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+}
