@@ -197,6 +197,47 @@ impl RebalanceListener for Listener {
     }
 }
 
+/// Takes the state directory for this worker alone: an exclusive lock on
+/// `worker.lock` (holding this process's pid), kept while the returned file
+/// is open. Two workers on one directory would share a worker id and so a
+/// `transactional.id`, and fence each other forever; the second one stops at
+/// once instead, naming the directory and the holder.
+pub(crate) fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+    use std::io::{Read as _, Seek as _, Write as _};
+    let path = dir.join("worker.lock");
+    let err = |e: std::io::Error| Error::Store {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(Error::Store {
+                path: dir.display().to_string(),
+                message: format!(
+                    "in use by another worker (pid {}); give each worker its own state.dir",
+                    holder.trim()
+                ),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+    }
+    file.set_len(0).map_err(err)?;
+    file.rewind().map_err(err)?;
+    write!(file, "{}", std::process::id()).map_err(err)?;
+    Ok(file)
+}
+
 /// Reads (or makes) this worker's id, kept in the state directory so that a
 /// restarted worker reuses its transactional id and so fences and aborts
 /// what its previous run left open at once.
@@ -320,10 +361,12 @@ struct Worker<'a> {
 /// Runs a worker (see the module doc).
 pub(crate) async fn run(app: &App, shutdown: impl Future<Output = ()>) -> Result<()> {
     let cfg = app.config()?;
+    let state_dir = cfg.state_dir.join(&cfg.app_id);
+    // Held until this function returns: the directory is ours meanwhile.
+    let _lock = lock_state_dir(&state_dir)?;
     let client = Client::connect(ClientConfig::from_properties(&cfg.properties)?).await?;
     let admin = Admin::new(client.clone());
     let partitions = create_topics(app, &cfg, &admin).await?;
-    let state_dir = cfg.state_dir.join(&cfg.app_id);
     let id = worker_id(&state_dir)?;
 
     let mut props = cfg.properties.clone();
@@ -1123,4 +1166,26 @@ pub(crate) async fn read_changelog(app: &App, def: &TableDef) -> Result<Vec<(Vec
         }
     }
     store.entries()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lock_state_dir;
+
+    #[test]
+    fn a_state_directory_has_one_worker_at_a_time() {
+        let dir = std::env::temp_dir().join(format!("faustus-lock-{}", std::process::id()));
+        let first = lock_state_dir(&dir).expect("first lock");
+        let second = lock_state_dir(&dir).expect_err("a second worker is refused");
+        let msg = second.to_string();
+        assert!(msg.contains(&dir.display().to_string()), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
+        drop(first);
+        let again = lock_state_dir(&dir).expect("free again once the first is gone");
+        drop(again);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
 }
