@@ -189,3 +189,74 @@ async fn skip_goes_on_past_failed_records_and_stop_names_the_record() {
         }
     }
 }
+
+/// At-least-once never commits input offsets past an output that was not
+/// written: a sink topic whose `max.message.bytes` is smaller than the
+/// outputs makes every send fail; the worker must stop with that error and
+/// the input offsets must stay uncommitted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_output_stops_the_commit() {
+    let (mut app, id, _dir) = app("engine-failed-sink");
+    let kafka = shared().expect("kafka");
+    let admin = faustus_wire::Admin::new(
+        faustus_wire::Client::connect(
+            faustus_wire::ClientConfig::from_properties(
+                &Properties::new().set("bootstrap.servers", kafka.bootstrap()),
+            )
+            .expect("config"),
+        )
+        .await
+        .expect("client"),
+    );
+    let (in_name, out_name) = (format!("{id}-in"), format!("{id}-out"));
+    admin
+        .create_topic(faustus_wire::NewTopic::new(&in_name, 3, 1), false)
+        .await
+        .expect("input topic");
+    admin
+        .create_topic(
+            faustus_wire::NewTopic::new(&out_name, 3, 1).config("max.message.bytes", "1000"),
+            false,
+        )
+        .await
+        .expect("output topic");
+    let input = app.topic_with(&in_name, TopicSpec::<String, String>::new(Utf8, Utf8));
+    let output = app.topic_with(&out_name, TopicSpec::<String, String>::new(Utf8, Utf8));
+    app.agent("too_big", &input, async move |batch| {
+        for item in batch.items() {
+            let (k, v) = item?;
+            batch.send(&output, Some(&k), &v.repeat(5000))?;
+        }
+        Ok(())
+    });
+    let props = Properties::new().set("bootstrap.servers", kafka.bootstrap());
+    let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
+        .await
+        .expect("producer");
+    for i in 0..30 {
+        let rec = input
+            .record(Some(&format!("k{i}")), &"x".to_string())
+            .expect("encode");
+        let _ = p.send(rec).await.expect("queued");
+    }
+    p.close().await.expect("input written");
+
+    // Before the fix the worker committed and went on: stop it then, so the
+    // test fails on the assertions below instead of hanging.
+    let group = id.clone();
+    let committed = async || {
+        admin
+            .group_offsets(&group)
+            .await
+            .is_ok_and(|o| o.keys().any(|(t, _)| *t == in_name))
+    };
+    let r = run_until(&app, committed).await;
+    let err = r.expect_err("the worker must stop on the failed output");
+    let msg = err.to_string();
+    assert!(msg.contains(&out_name), "the error names the topic: {msg}");
+    let offsets = admin.group_offsets(&id).await.unwrap_or_default();
+    assert!(
+        !offsets.keys().any(|(t, _)| *t == in_name),
+        "input offsets were committed past failed outputs: {offsets:?}"
+    );
+}

@@ -140,3 +140,39 @@ async fn a_record_over_the_broker_limit_is_rejected_with_a_typed_error() {
         .await
         .expect("delivered");
 }
+
+/// `flush` reports a failed record (here one larger than the topic's
+/// `max.message.bytes`) once, naming its topic; the next flush is clean.
+#[tokio::test]
+async fn flush_reports_a_failed_record() {
+    let p = producer(&[]).await;
+    let topic = unique_topic("produce-too-large");
+    Admin::new(p.client().clone())
+        .create_topic(
+            NewTopic::new(&topic, 1, 1).config("max.message.bytes", "1000"),
+            false,
+        )
+        .await
+        .expect("topic");
+    let small = p
+        .send(ProducerRecord::new(&topic).value("fits"))
+        .await
+        .expect("queued");
+    p.flush().await.expect("a clean flush");
+    small.await.expect("delivered");
+    let big = p
+        .send(ProducerRecord::new(&topic).value(vec![b'x'; 5000]))
+        .await
+        .expect("queued");
+    let err = p
+        .flush()
+        .await
+        .expect_err("the flush sees the failed record");
+    assert!(err.to_string().contains(&topic), "{err}");
+    assert!(big.await.is_err(), "the record's own future failed too");
+    p.send(ProducerRecord::new(&topic).value("fits again"))
+        .await
+        .expect("queued");
+    p.flush().await.expect("reported once");
+    p.close().await.expect("close");
+}

@@ -78,6 +78,11 @@ struct State {
     positions: BTreeMap<TopicPartition, i64>,
     changes: Vec<Change>,
     fatal: Option<Error>,
+    /// At-least-once: an output (sink, dead letter or changelog record) was
+    /// not written. From then on no input offset is committed, on revocation
+    /// and on leaving included: the records after the last commit are read
+    /// again by whoever owns their partitions next.
+    outputs_failed: bool,
 }
 
 struct Shared {
@@ -144,9 +149,12 @@ impl Listener {
                 }
             },
             Sink::AtLeast(p) => match p.flush().await {
-                Ok(()) => Change::Durable,
+                Ok(()) if !shared.state().outputs_failed => Change::Durable,
+                Ok(()) => return,
                 Err(e) => {
-                    shared.state().fatal = Some(e.into());
+                    let mut s = shared.state();
+                    s.outputs_failed = true;
+                    s.fatal = Some(e.into());
                     return;
                 }
             },
@@ -172,8 +180,12 @@ impl RebalanceListener for Listener {
         partitions: &[TopicPartition],
     ) -> Option<BTreeMap<TopicPartition, i64>> {
         // What the agents have processed (a `take` may hold records back),
-        // not everything the consumer handed out.
+        // not everything the consumer handed out; nothing once an output
+        // failed.
         let mut s = self.0.state();
+        if s.outputs_failed {
+            return Some(BTreeMap::new());
+        }
         Some(
             partitions
                 .iter()
@@ -1042,7 +1054,11 @@ impl Worker<'_> {
                 }
             }
             Sink::AtLeast(p) => {
-                p.flush().await?;
+                if let Err(e) = p.flush().await {
+                    // Offsets stay uncommitted, now and when leaving.
+                    self.shared.state().outputs_failed = true;
+                    return Err(e.into());
+                }
                 self.write_overlays().await?;
                 let positions = std::mem::take(&mut self.shared.state().positions);
                 if !positions.is_empty() {

@@ -148,6 +148,10 @@ pub(crate) struct Accumulator {
     /// Transactional: the first batch that failed since the last
     /// [`take_failure`](Self::take_failure).
     failure: Option<Arc<Error>>,
+    /// Not transactional: the first batch failure since the last
+    /// [`take_flush_failure`](Self::take_flush_failure), which
+    /// [`Producer::flush`](super::Producer::flush) reports.
+    flush_failure: Option<Arc<Error>>,
     flushing: usize,
     outstanding: usize,
     in_flight_total: usize,
@@ -169,6 +173,7 @@ impl Accumulator {
             need_bump: false,
             sequence_gap: false,
             failure: None,
+            flush_failure: None,
             flushing: 0,
             spare: Vec::new(),
             outstanding: 0,
@@ -350,9 +355,7 @@ impl Accumulator {
                 after: timeout,
             };
             let e = Arc::new(e);
-            if self.cfg.transactional && self.failure.is_none() {
-                self.failure = Some(e.clone());
-            }
+            self.note_failure(&e);
             b.completion.finish(Err(e));
         }
         expired
@@ -361,6 +364,24 @@ impl Accumulator {
     /// Transactional: the first batch failure since the last call.
     pub(crate) fn take_failure(&mut self) -> Option<Arc<Error>> {
         self.failure.take()
+    }
+
+    /// Not transactional: the first batch failure since the last call.
+    pub(crate) fn take_flush_failure(&mut self) -> Option<Arc<Error>> {
+        self.flush_failure.take()
+    }
+
+    /// Keeps the first failure of a batch for whoever asks next: the
+    /// transaction (which must abort) or, without one, the next flush.
+    fn note_failure(&mut self, e: &Arc<Error>) {
+        let slot = if self.cfg.transactional {
+            &mut self.failure
+        } else {
+            &mut self.flush_failure
+        };
+        if slot.is_none() {
+            *slot = Some(e.clone());
+        }
     }
 
     /// Fails every batch not in flight with `err` (a transaction is being
@@ -472,7 +493,9 @@ impl Accumulator {
                 "could not encode a batch for {}-{}: {reason}",
                 b.tp.topic, b.tp.partition
             ));
-            b.completion.finish(Err(Arc::new(e)));
+            let e = Arc::new(e);
+            self.note_failure(&e);
+            b.completion.finish(Err(e));
         }
         let sent: usize = out.values().map(|(_, v)| v.len()).sum();
         self.in_flight_total += sent;
@@ -574,9 +597,7 @@ impl Accumulator {
                 }
                 self.outstanding -= 1;
                 let err = Arc::new(err);
-                if self.cfg.transactional && self.failure.is_none() {
-                    self.failure = Some(err.clone());
-                }
+                self.note_failure(&err);
                 b.completion.finish(Err(err));
                 Followup::default()
             }

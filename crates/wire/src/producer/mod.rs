@@ -535,6 +535,13 @@ impl Producer {
     /// Sends everything queued now, without waiting for `linger.ms`, and
     /// waits until every queued record is acknowledged or failed.
     ///
+    /// Not transactional: fails with the first record failure since the
+    /// previous flush (each delivery future has its own outcome too), or
+    /// with [`Error::Closed`] if the sender task is gone, so that a caller
+    /// that commits input offsets after a flush never commits past an output
+    /// that was not written. A transactional producer reports failures
+    /// through its commit instead.
+    ///
     /// With `acks=0` no record is ever acknowledged; flush then sends each
     /// broker written to a request that does get an answer, on the same
     /// connection, and waits for it. A broker handles one request per
@@ -552,11 +559,16 @@ impl Producer {
                 break;
             }
             if self.sender.is_finished() {
-                break;
+                lock(&inner.acc).end_flush();
+                return Err(Error::Closed);
             }
             idle.await;
         }
-        lock(&inner.acc).end_flush();
+        let failure = {
+            let mut acc = lock(&inner.acc);
+            acc.end_flush();
+            acc.take_flush_failure()
+        };
         let brokers = std::mem::take(&mut *lock(&inner.unacked_brokers));
         for broker in brokers {
             if let Some(conn) = inner.client.connected(broker).await {
@@ -566,7 +578,10 @@ impl Producer {
                 }
             }
         }
-        Ok(())
+        match failure {
+            Some(e) => Err(e.duplicate()),
+            None => Ok(()),
+        }
     }
 
     /// Flushes, then stops the sender task.

@@ -117,8 +117,11 @@ pub(crate) async fn produce(props: &Properties, args: Produce) -> Result<()> {
             let _ = recycle.send(chunk);
         }
     }
-    producer.flush().await?;
+    // Every failure also shows in its delivery: `finish` counts and reports
+    // them; the flush's own error matters only if none did.
+    let flushed = producer.flush().await;
     out.finish().await?;
+    flushed?;
     producer.close().await?;
     Ok(())
 }
