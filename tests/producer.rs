@@ -101,9 +101,8 @@ async fn kafkas_console_consumer_reads_what_we_produce() {
     }
 }
 
-#[tokio::test]
-async fn a_record_over_the_broker_limit_is_rejected_with_a_typed_error() {
-    let p = producer(&[]).await;
+/// A topic that takes records of at most 1000 bytes.
+async fn small_message_topic(p: &Producer) -> String {
     let topic = unique_topic("produce-too-large");
     Admin::new(p.client().clone())
         .create_topic(
@@ -112,6 +111,13 @@ async fn a_record_over_the_broker_limit_is_rejected_with_a_typed_error() {
         )
         .await
         .expect("topic");
+    topic
+}
+
+#[tokio::test]
+async fn a_record_over_the_broker_limit_is_rejected_with_a_typed_error() {
+    let p = producer(&[]).await;
+    let topic = small_message_topic(&p).await;
     let err = p
         .send(ProducerRecord::new(&topic).value(vec![7u8; 5000]))
         .await
@@ -146,14 +152,7 @@ async fn a_record_over_the_broker_limit_is_rejected_with_a_typed_error() {
 #[tokio::test]
 async fn flush_reports_a_failed_record() {
     let p = producer(&[]).await;
-    let topic = unique_topic("produce-too-large");
-    Admin::new(p.client().clone())
-        .create_topic(
-            NewTopic::new(&topic, 1, 1).config("max.message.bytes", "1000"),
-            false,
-        )
-        .await
-        .expect("topic");
+    let topic = small_message_topic(&p).await;
     let small = p
         .send(ProducerRecord::new(&topic).value("fits"))
         .await

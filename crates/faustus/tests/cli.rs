@@ -109,19 +109,23 @@ fn groups_consume_describe_reset_and_delete() {
     let lines: String = (0..100).map(|i| format!("k{i}:v{i}\n")).collect();
     run(&["produce", "-t", &topic, "-K", ":"], Some(&lines));
 
-    let first = run(
-        &[
-            "consume",
-            "-G",
-            &group,
-            "-t",
-            &topic,
-            "-o",
-            "beginning",
-            "-e",
-        ],
-        None,
-    );
+    // From the start where the group has no committed offset (kcat: -o).
+    let from_start = || {
+        run(
+            &[
+                "consume",
+                "-G",
+                &group,
+                "-t",
+                &topic,
+                "-o",
+                "beginning",
+                "-e",
+            ],
+            None,
+        )
+    };
+    let first = from_start();
     assert_eq!(first.lines().count(), 100);
     // Committed: a second run of the group has nothing left to read.
     let again = run(&["consume", "-G", &group, "-t", &topic, "-e"], None);
@@ -143,19 +147,7 @@ fn groups_consume_describe_reset_and_delete() {
         ],
         None,
     );
-    let replay = run(
-        &[
-            "consume",
-            "-G",
-            &group,
-            "-t",
-            &topic,
-            "-o",
-            "beginning",
-            "-e",
-        ],
-        None,
-    );
+    let replay = from_start();
     assert_eq!(replay.lines().count(), 100);
 
     run(&["groups", "delete", &group], None);
