@@ -260,3 +260,30 @@ async fn a_failed_output_stops_the_commit() {
         "input offsets were committed past failed outputs: {offsets:?}"
     );
 }
+
+/// A `take` agent beside another agent of the same topic is refused at
+/// start (a shared position would commit past what `take` still holds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn take_beside_another_agent_of_its_topic_is_refused() {
+    let (mut app, id, _dir) = app("engine-take-mixed");
+    let input = app.topic_with(
+        &format!("{id}-in"),
+        TopicSpec::<String, u64>::new(Utf8, Json),
+    );
+    app.agent_with(
+        "gatherer",
+        &input,
+        AgentOptions::default().take(100, Duration::from_millis(100)),
+        async move |_batch| Ok(()),
+    );
+    app.agent("per_batch", &input, async move |_batch| Ok(()));
+    let err = app
+        .run_worker(std::future::pending())
+        .await
+        .expect_err("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("gatherer") && msg.contains("per_batch"),
+        "{msg}"
+    );
+}

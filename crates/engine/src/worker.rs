@@ -209,6 +209,33 @@ impl RebalanceListener for Listener {
     }
 }
 
+/// A `take` agent holds records back across fetches, while the input
+/// position is one per partition: another agent on the same topic would let
+/// a commit pass records the `take` agent still holds. Refused at start.
+fn check_take_alone<'a>(agents: impl IntoIterator<Item = (&'a str, &'a str, bool)>) -> Result<()> {
+    let mut by_topic: BTreeMap<&str, Vec<(&str, bool)>> = BTreeMap::new();
+    for (name, topic, take) in agents {
+        by_topic.entry(topic).or_default().push((name, take));
+    }
+    for (topic, agents) in by_topic {
+        if agents.len() > 1 {
+            if let Some((taker, _)) = agents.iter().find(|(_, take)| *take) {
+                let others: Vec<&str> = agents
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .filter(|n| n != taker)
+                    .collect();
+                return Err(Error::Config(format!(
+                    "agent {taker} uses take() on topic {topic}, which agents {} also read: \
+                     a take() agent must be the only agent of its topic",
+                    others.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Takes the state directory for this worker alone: an exclusive lock on
 /// `worker.lock` (holding this process's pid), kept while the returned file
 /// is open. Two workers on one directory would share a worker id and so a
@@ -373,6 +400,11 @@ struct Worker<'a> {
 /// Runs a worker (see the module doc).
 pub(crate) async fn run(app: &App, shutdown: impl Future<Output = ()>) -> Result<()> {
     let cfg = app.config()?;
+    check_take_alone(
+        app.agents
+            .iter()
+            .map(|a| (a.name.as_str(), a.topic.as_str(), a.options.take.is_some())),
+    )?;
     let state_dir = cfg.state_dir.join(&cfg.app_id);
     // Held until this function returns: the directory is ours meanwhile.
     let _lock = lock_state_dir(&state_dir)?;
@@ -1186,7 +1218,19 @@ pub(crate) async fn read_changelog(app: &App, def: &TableDef) -> Result<Vec<(Vec
 
 #[cfg(test)]
 mod tests {
-    use super::lock_state_dir;
+    use super::{check_take_alone, lock_state_dir};
+
+    #[test]
+    fn a_take_agent_must_be_alone_on_its_topic() {
+        assert!(check_take_alone([("a", "t", true), ("b", "u", false), ("c", "u", false)]).is_ok());
+        let err = check_take_alone([("a", "t", false), ("b", "t", true)])
+            .expect_err("take beside another agent")
+            .to_string();
+        assert!(
+            err.contains("agent b") && err.contains("topic t") && err.contains("agents a"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_state_directory_has_one_worker_at_a_time() {
