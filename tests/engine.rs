@@ -287,3 +287,114 @@ async fn take_beside_another_agent_of_its_topic_is_refused() {
         "{msg}"
     );
 }
+
+/// A table partition whose store stopped at an offset the changelog no
+/// longer has (records after it deleted, their tombstones with them) is
+/// wiped and rebuilt, not replayed over: a key deleted in the lost records
+/// must not survive in the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_behind_its_changelogs_start_is_rebuilt() {
+    let (mut app, id, _dir) = app("engine-rebuild");
+    let kafka = shared().expect("kafka");
+    let props = Properties::new().set("bootstrap.servers", kafka.bootstrap());
+    let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
+        .await
+        .expect("producer");
+    let admin = faustus_wire::Admin::new(p.client().clone());
+    // The changelog made deletable, so records can be deleted under it.
+    let changelog = format!("{id}-counts-changelog");
+    admin
+        .create_topic(
+            faustus_wire::NewTopic::new(&changelog, 3, 1)
+                .config("cleanup.policy", "compact,delete")
+                .config("retention.ms", "-1"),
+            false,
+        )
+        .await
+        .expect("changelog");
+    admin
+        .create_topic(faustus_wire::NewTopic::new(format!("{id}-in"), 3, 1), false)
+        .await
+        .expect("input");
+    let input = app.topic_with(
+        &format!("{id}-in"),
+        TopicSpec::<String, String>::new(Utf8, Utf8),
+    );
+    let output = app.topic_with(
+        &format!("{id}-out"),
+        TopicSpec::<String, u64>::new(Utf8, Json),
+    );
+    let counts = app.table_with("counts", TableSpec::new(Utf8, Json, || 0u64));
+    let out = output.clone();
+    app.agent("count", &input, async move |batch| {
+        let mut table = batch.table(&counts)?;
+        for item in batch.items() {
+            let (key, what) = item?;
+            if what == "probe" {
+                batch.send(&out, Some(&key), &table.get(&key)?)?;
+            } else {
+                table.update(&key, |n| *n += 1)?;
+            }
+        }
+        Ok(())
+    });
+    let send = async |what: &str| {
+        let rec = input
+            .record(Some(&"a".to_string()), &what.to_string())
+            .expect("encode");
+        let _ = p.send(rec).await.expect("queued");
+        p.flush().await.expect("written");
+    };
+
+    // 1. Count "a" once; stop when the input offset is committed (the
+    //    store was written before it).
+    send("count").await;
+    let committed = async || {
+        admin.group_offsets(&id).await.is_ok_and(|o| {
+            o.iter()
+                .any(|((t, _), off)| *t == input.name() && *off >= 1)
+        })
+    };
+    run_until(&app, committed).await.expect("first run");
+
+    // 2. Meanwhile "a" is deleted (a tombstone), and the changelog records
+    //    up to its end are deleted with it.
+    let part = faustus_wire::producer::partition_for_key(b"a", 3);
+    let _ = p
+        .send(
+            faustus_wire::producer::ProducerRecord::new(&changelog)
+                .key("a")
+                .partition(part),
+        )
+        .await
+        .expect("tombstone");
+    p.flush().await.expect("tombstone written");
+    let end = admin
+        .list_offsets(&changelog, &[part], faustus_wire::OffsetSpec::Latest, false)
+        .await
+        .expect("end")[&part];
+    admin
+        .delete_records(&changelog, &[(part, end)].into_iter().collect())
+        .await
+        .expect("delete records");
+
+    // 3. Restarted on the same state directory, the worker answers a probe
+    //    with what the changelog says: no "a" (0), not the stale 1.
+    send("probe").await;
+    let bootstrap = kafka.bootstrap().to_owned();
+    let out_name = output.name().to_owned();
+    run_until(&app, async || {
+        !read_all(&bootstrap, &out_name, false).await.is_empty()
+    })
+    .await
+    .expect("second run");
+    let probed = read_all(&bootstrap, output.name(), false).await;
+    assert_eq!(
+        probed
+            .iter()
+            .map(|(_, k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("a", "0")],
+        "the deleted key survived in the store"
+    );
+}

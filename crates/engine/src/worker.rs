@@ -209,6 +209,26 @@ impl RebalanceListener for Listener {
     }
 }
 
+/// Whether a table partition's local store must be wiped and rebuilt from
+/// its changelog rather than caught up, and why: a store whose last applied
+/// changelog offset is `stored`, a changelog from `log_start` to `end`.
+///
+/// - At or past the end: the store is ahead of its changelog (a recreated
+///   topic?) and cannot be trusted.
+/// - Records after the store's offset are gone (`log_start` beyond it:
+///   retention or deleted records): replaying from the log start over the
+///   old store would keep keys whose tombstones were among the lost records.
+fn must_rebuild(stored: Option<i64>, log_start: i64, end: i64) -> Option<&'static str> {
+    let stored = stored?;
+    if stored >= end {
+        Some("store ahead of its changelog")
+    } else if stored + 1 < log_start {
+        Some("changelog records after the store's offset are gone")
+    } else {
+        None
+    }
+}
+
 /// A `take` agent holds records back across fetches, while the input
 /// position is one per partition: another agent on the same topic would let
 /// a commit pass records the `take` agent still holds. Refused at start.
@@ -816,10 +836,15 @@ impl Worker<'_> {
             .get(&p)
             .copied()
             .unwrap_or(0);
-        if store.offset().is_some_and(|o| o >= end) {
-            // The store is ahead of its changelog (recreated topic?): it
-            // cannot be trusted; rebuild it.
-            tracing::warn!(table = %def.name, partition = p, stored = ?store.offset(), end, "store ahead of its changelog: rebuilding");
+        let log_start = self
+            .admin
+            .list_offsets(&def.changelog, &[p], OffsetSpec::Earliest, false)
+            .await?
+            .get(&p)
+            .copied()
+            .unwrap_or(0);
+        if let Some(why) = must_rebuild(store.offset(), log_start, end) {
+            tracing::warn!(table = %def.name, partition = p, stored = ?store.offset(), log_start, end, "{why}: rebuilding the store from the changelog");
             drop(store);
             let path = self.store_path(def, p);
             if self.cfg.store == StoreKind::RocksDb {
@@ -1218,7 +1243,19 @@ pub(crate) async fn read_changelog(app: &App, def: &TableDef) -> Result<Vec<(Vec
 
 #[cfg(test)]
 mod tests {
-    use super::{check_take_alone, lock_state_dir};
+    use super::{check_take_alone, lock_state_dir, must_rebuild};
+
+    #[test]
+    fn a_store_is_rebuilt_when_its_changelog_cannot_continue_it() {
+        // No store yet, or one the changelog continues: catch up.
+        assert_eq!(must_rebuild(None, 50, 100), None);
+        assert_eq!(must_rebuild(Some(49), 50, 100), None);
+        assert_eq!(must_rebuild(Some(99), 0, 100), None);
+        // Ahead of the changelog, or records after it deleted: rebuild.
+        assert!(must_rebuild(Some(100), 0, 100).is_some());
+        assert!(must_rebuild(Some(48), 50, 100).is_some());
+        assert!(must_rebuild(Some(10), 100, 100).is_some());
+    }
 
     #[test]
     fn a_take_agent_must_be_alone_on_its_topic() {
