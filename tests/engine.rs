@@ -23,6 +23,17 @@ fn app(prefix: &str) -> (App, String, ScratchDir) {
     (App::new(&id, props), id, dir)
 }
 
+/// A producer on the shared cluster, and an admin client over its connection.
+async fn producer_and_admin() -> (Producer, faustus_wire::Admin) {
+    let kafka = shared().expect("kafka");
+    let props = Properties::new().set("bootstrap.servers", kafka.bootstrap());
+    let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
+        .await
+        .expect("producer");
+    let admin = faustus_wire::Admin::new(p.client().clone());
+    (p, admin)
+}
+
 /// Runs a worker until `done` says its work is done, then stops it (as
 /// SIGTERM would) and returns how it ended; or returns early if it fails.
 async fn run_until(app: &App, done: impl AsyncFn() -> bool) -> Result<(), Error> {
@@ -197,17 +208,7 @@ async fn skip_goes_on_past_failed_records_and_stop_names_the_record() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_output_stops_the_commit() {
     let (mut app, id, _dir) = app("engine-failed-sink");
-    let kafka = shared().expect("kafka");
-    let admin = faustus_wire::Admin::new(
-        faustus_wire::Client::connect(
-            faustus_wire::ClientConfig::from_properties(
-                &Properties::new().set("bootstrap.servers", kafka.bootstrap()),
-            )
-            .expect("config"),
-        )
-        .await
-        .expect("client"),
-    );
+    let (p, admin) = producer_and_admin().await;
     let (in_name, out_name) = (format!("{id}-in"), format!("{id}-out"));
     admin
         .create_topic(faustus_wire::NewTopic::new(&in_name, 3, 1), false)
@@ -229,10 +230,6 @@ async fn a_failed_output_stops_the_commit() {
         }
         Ok(())
     });
-    let props = Properties::new().set("bootstrap.servers", kafka.bootstrap());
-    let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
-        .await
-        .expect("producer");
     for i in 0..30 {
         let rec = input
             .record(Some(&format!("k{i}")), &"x".to_string())
@@ -296,11 +293,7 @@ async fn take_beside_another_agent_of_its_topic_is_refused() {
 async fn a_store_behind_its_changelogs_start_is_rebuilt() {
     let (mut app, id, _dir) = app("engine-rebuild");
     let kafka = shared().expect("kafka");
-    let props = Properties::new().set("bootstrap.servers", kafka.bootstrap());
-    let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
-        .await
-        .expect("producer");
-    let admin = faustus_wire::Admin::new(p.client().clone());
+    let (p, admin) = producer_and_admin().await;
     // The changelog made deletable, so records can be deleted under it.
     let changelog = format!("{id}-counts-changelog");
     admin

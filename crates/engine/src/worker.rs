@@ -261,7 +261,7 @@ fn check_take_alone<'a>(agents: impl IntoIterator<Item = (&'a str, &'a str, bool
 /// is open. Two workers on one directory would share a worker id and so a
 /// `transactional.id`, and fence each other forever; the second one stops at
 /// once instead, naming the directory and the holder.
-pub(crate) fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File> {
+fn lock_state_dir(dir: &std::path::Path) -> Result<std::fs::File> {
     use std::io::{Read as _, Seek as _, Write as _};
     let path = dir.join("worker.lock");
     let err = |e: std::io::Error| Error::Store {
@@ -825,24 +825,24 @@ impl Worker<'_> {
         })
     }
 
+    /// One offset of partition `p` of a table's changelog (the end as
+    /// read_committed sees it: the last stable offset).
+    async fn changelog_offset(&self, def: &TableDef, p: i32, spec: OffsetSpec) -> Result<i64> {
+        Ok(self
+            .admin
+            .list_offsets(&def.changelog, &[p], spec, true)
+            .await?
+            .get(&p)
+            .copied()
+            .unwrap_or(0))
+    }
+
     /// Brings partition `p` of a table up to its changelog's end (the last
     /// stable offset: what read_committed can see).
     async fn recover(&mut self, def: &TableDef, p: i32) -> Result<TablePart> {
         let mut store = self.open_store(def, p)?;
-        let end = self
-            .admin
-            .list_offsets(&def.changelog, &[p], OffsetSpec::Latest, true)
-            .await?
-            .get(&p)
-            .copied()
-            .unwrap_or(0);
-        let log_start = self
-            .admin
-            .list_offsets(&def.changelog, &[p], OffsetSpec::Earliest, false)
-            .await?
-            .get(&p)
-            .copied()
-            .unwrap_or(0);
+        let end = self.changelog_offset(def, p, OffsetSpec::Latest).await?;
+        let log_start = self.changelog_offset(def, p, OffsetSpec::Earliest).await?;
         if let Some(why) = must_rebuild(store.offset(), log_start, end) {
             tracing::warn!(table = %def.name, partition = p, stored = ?store.offset(), log_start, end, "{why}: rebuilding the store from the changelog");
             drop(store);

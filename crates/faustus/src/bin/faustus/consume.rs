@@ -290,6 +290,14 @@ struct Printed {
     quiet: bool,
 }
 
+impl Printed {
+    fn positions(&self) -> std::sync::MutexGuard<'_, BTreeMap<TopicPartition, i64>> {
+        self.next
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 fn list(ps: &[TopicPartition]) -> String {
     ps.iter()
         .map(|tp| format!("{} [{}]", tp.topic, tp.partition))
@@ -312,10 +320,7 @@ impl RebalanceListener for Printed {
         &mut self,
         partitions: &[TopicPartition],
     ) -> Option<BTreeMap<TopicPartition, i64>> {
-        let mut next = self
-            .next
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut next = self.positions();
         Some(
             partitions
                 .iter()
@@ -335,10 +340,7 @@ impl RebalanceListener for Printed {
     }
 
     async fn lost(&mut self, partitions: &[TopicPartition]) {
-        let mut next = self
-            .next
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut next = self.positions();
         for tp in partitions {
             next.remove(tp);
         }
@@ -408,11 +410,7 @@ pub(crate) async fn consume_group(props: &Properties, group: &str, args: Consume
                 consumer.pause(&tp);
                 stopped.insert(tp.clone());
             }
-            printed
-                .next
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(tp, next);
+            printed.positions().insert(tp, next);
         }
         out.flush()?;
         if args.exit_at_end || stop.is_some() {

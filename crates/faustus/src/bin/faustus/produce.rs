@@ -87,14 +87,11 @@ pub(crate) async fn produce(props: &Properties, args: Produce) -> Result<()> {
         let (mut chunks, recycle) = read_chunks(input, delim.clone());
         let split = Finder::new(&delim).into_owned();
         let key_split = key_delim.as_deref().map(|k| Finder::new(k).into_owned());
+        let key_len = key_delim.as_ref().map_or(0, Vec::len);
         'input: while let Some(chunk) = chunks.recv().await {
             let chunk = chunk.context("reading the input")?;
             let mut start = 0;
-            let ends = split
-                .find_iter(&chunk)
-                .chain(std::iter::once(chunk.len()))
-                .collect::<Vec<_>>();
-            for end in ends {
+            for end in split.find_iter(&chunk).chain(std::iter::once(chunk.len())) {
                 let msg = chunk.slice(start..end);
                 start = (end + delim.len()).min(chunk.len());
                 if msg.is_empty() {
@@ -104,10 +101,7 @@ pub(crate) async fn produce(props: &Properties, args: Produce) -> Result<()> {
                     break 'input;
                 }
                 let (key, value) = match key_split.as_ref().and_then(|f| f.find(&msg)) {
-                    Some(i) => (
-                        Some(msg.slice(..i)),
-                        msg.slice(i + key_split.as_ref().map_or(0, |f| f.needle().len())..),
-                    ),
+                    Some(i) => (Some(msg.slice(..i)), msg.slice(i + key_len..)),
                     None => (template.fixed_key.clone(), msg),
                 };
                 out.sent(producer.send(template.record(key, value)).await?);
