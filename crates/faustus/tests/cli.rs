@@ -229,18 +229,27 @@ fn compression_and_a_properties_file() {
     )
     .expect("write");
     let lines: String = (0..1000).map(|i| format!("record-{i}\n")).collect();
+    // No -b and no KAFKA_BOOTSTRAP: the file names the broker.
     for codec in ["gzip", "snappy", "lz4", "zstd"] {
-        run(
-            &[
-                "produce",
-                "-t",
-                &topic,
-                "-z",
-                codec,
-                "-F",
-                &props.display().to_string(),
-            ],
-            Some(&lines),
+        let mut child = faustus()
+            .args(["produce", "-t", &topic, "-z", codec, "-F"])
+            .arg(&props)
+            .env_remove("KAFKA_BOOTSTRAP")
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("faustus runs");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(lines.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("exits");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
     let out = run(&["consume", "-t", &topic, "-e", "-q"], None);

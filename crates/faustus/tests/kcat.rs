@@ -176,6 +176,13 @@ fn offsets_relative_and_by_timestamp_as_kcat() {
 fn metadata_listing_as_kcat() {
     let t = topic("kcat-meta", "4");
     let listing = String::from_utf8(same(&["-L", "-t", &t])).expect("utf-8");
+    // An unknown topic: kcat's one-line error, at once.
+    let missing = unique_name("kcat-missing");
+    let none = String::from_utf8(same(&["-L", "-t", &missing])).expect("utf-8");
+    assert!(
+        none.contains("with 0 partitions: Broker: Unknown topic or partition"),
+        "{none}"
+    );
     assert!(
         listing.contains(&format!("topic \"{t}\" with 4 partitions:")),
         "{listing}"

@@ -389,64 +389,66 @@ pub(crate) async fn consume_group(props: &Properties, group: &str, args: Consume
     let mut out = Out::new(args.unbuffered);
     let mut left = args.count;
     let mut stopped: BTreeSet<TopicPartition> = BTreeSet::new();
-    let result = loop {
-        if left == Some(0) || out.closed || stopping.load(Ordering::SeqCst) {
-            break Ok(());
-        }
-        let fetched = match consumer.poll().await {
-            Ok(f) => f,
-            Err(e) => break Err(e.into()),
-        };
-        for part in &fetched {
-            let broker = consumer
-                .client()
-                .leader_of(part.topic(), part.partition())
-                .unwrap_or(-1);
-            let (next, hit_stop) = print_part(part, broker, &args, stop, &mut left, &mut out)?;
-            let tp = part.topic_partition().clone();
-            if hit_stop {
-                // Nothing past the stop is counted as read.
-                consumer.seek(&tp, Offset::At(next))?;
-                consumer.pause(&tp);
-                stopped.insert(tp.clone());
+    // Every way out of the loop, errors included, goes through `close`:
+    // what was printed is committed even when the run fails.
+    let result: Result<()> = async {
+        loop {
+            if left == Some(0) || out.closed || stopping.load(Ordering::SeqCst) {
+                return Ok(());
             }
-            printed.positions().insert(tp, next);
-        }
-        out.flush()?;
-        if args.exit_at_end || stop.is_some() {
-            let assignment = consumer.assignment();
-            let owned: Vec<TopicPartition> = assignment
-                .iter()
-                .flat_map(|(t, ps)| {
-                    ps.iter().map(|&p| TopicPartition {
-                        topic: t.as_str().into(),
-                        partition: p,
-                    })
-                })
-                .collect();
-            let finished = |tp: &TopicPartition| {
-                stopped.contains(tp)
-                    || (args.exit_at_end
-                        && consumer.position(tp).is_some_and(|p| {
-                            p >= ends
-                                .get(&(tp.topic.to_string(), tp.partition))
-                                .copied()
-                                .unwrap_or(0)
-                        }))
-            };
-            if !owned.is_empty() && owned.iter().all(finished) {
-                if let Some(tp) = owned.last() {
-                    let at = consumer.position(tp).unwrap_or(-1);
-                    reached_end(&args, tp, at, true);
+            let fetched = consumer.poll().await?;
+            for part in &fetched {
+                let broker = consumer
+                    .client()
+                    .leader_of(part.topic(), part.partition())
+                    .unwrap_or(-1);
+                let (next, hit_stop) = print_part(part, broker, &args, stop, &mut left, &mut out)?;
+                let tp = part.topic_partition().clone();
+                if hit_stop {
+                    // Nothing past the stop is counted as read.
+                    consumer.seek(&tp, Offset::At(next))?;
+                    consumer.pause(&tp);
+                    stopped.insert(tp.clone());
                 }
-                break Ok(());
+                printed.positions().insert(tp, next);
+            }
+            out.flush()?;
+            if args.exit_at_end || stop.is_some() {
+                let assignment = consumer.assignment();
+                let owned: Vec<TopicPartition> = assignment
+                    .iter()
+                    .flat_map(|(t, ps)| {
+                        ps.iter().map(|&p| TopicPartition {
+                            topic: t.as_str().into(),
+                            partition: p,
+                        })
+                    })
+                    .collect();
+                let finished = |tp: &TopicPartition| {
+                    stopped.contains(tp)
+                        || (args.exit_at_end
+                            && consumer.position(tp).is_some_and(|p| {
+                                p >= ends
+                                    .get(&(tp.topic.to_string(), tp.partition))
+                                    .copied()
+                                    .unwrap_or(0)
+                            }))
+                };
+                if !owned.is_empty() && owned.iter().all(finished) {
+                    if let Some(tp) = owned.last() {
+                        let at = consumer.position(tp).unwrap_or(-1);
+                        reached_end(&args, tp, at, true);
+                    }
+                    return Ok(());
+                }
             }
         }
-    };
-    out.flush()?;
+    }
+    .await;
+    let flushed = out.flush();
     // Leaving revokes every partition: what was printed is committed then.
     let closed = consumer.close().await;
-    result.and(closed.map_err(Into::into))
+    result.and(flushed).and(closed.map_err(Into::into))
 }
 
 #[cfg(test)]

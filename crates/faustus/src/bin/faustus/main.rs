@@ -47,13 +47,7 @@ struct Cli {
 #[derive(Debug, Args)]
 struct Conn {
     /// Bootstrap brokers, HOST:PORT[,HOST:PORT...] (default: $KAFKA_BOOTSTRAP).
-    #[arg(
-        short = 'b',
-        long = "brokers",
-        env = "KAFKA_BOOTSTRAP",
-        hide_env_values = true,
-        global = true
-    )]
+    #[arg(short = 'b', long = "brokers", global = true)]
     brokers: Option<String>,
     /// A client property by its Java name, repeatable: -X compression.type=lz4.
     #[arg(short = 'X', value_name = "KEY=VALUE", global = true)]
@@ -69,10 +63,15 @@ struct Conn {
 
 impl Conn {
     fn properties(&self) -> Result<Properties> {
-        let Some(brokers) = self.brokers.clone().filter(|b| !b.is_empty()) else {
-            usage_error("no broker given: pass -b HOST:PORT or set KAFKA_BOOTSTRAP");
-        };
-        let mut p = Properties::new().set("bootstrap.servers", &brokers);
+        // Where the brokers come from, weakest first: KAFKA_BOOTSTRAP, a
+        // bootstrap.servers line in -F's file, -b, -X bootstrap.servers.
+        let mut p = Properties::new();
+        if let Some(env) = std::env::var("KAFKA_BOOTSTRAP")
+            .ok()
+            .filter(|b| !b.is_empty())
+        {
+            p.insert("bootstrap.servers", env);
+        }
         let ms = (self.timeout.unwrap_or(10.0) * 1000.0) as u64;
         p.insert("default.api.timeout.ms", ms.to_string());
         if let Some(path) = &self.config_file {
@@ -85,8 +84,14 @@ impl Conn {
                 }
             }
         }
+        if let Some(b) = self.brokers.as_ref().filter(|b| !b.is_empty()) {
+            p.insert("bootstrap.servers", b);
+        }
         for kv in &self.props {
             p.insert_pair(kv).with_context(|| format!("-X {kv}"))?;
+        }
+        if p.get("bootstrap.servers").is_none() {
+            usage_error("no broker given: pass -b HOST:PORT or set KAFKA_BOOTSTRAP");
         }
         Ok(p)
     }

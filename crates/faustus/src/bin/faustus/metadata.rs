@@ -14,7 +14,14 @@ pub(crate) async fn list(props: &Properties, topic: Option<&str>) -> Result<()> 
     let admin = Admin::new(client.clone());
     let mut topics: Vec<Result<std::sync::Arc<TopicInfo>, String>> = Vec::new();
     match topic {
-        Some(t) => topics.push(admin.describe_topic(t).await.map_err(|e| kcat_error(&e))),
+        // One Metadata request, as kcat sends: an unknown topic is reported
+        // at once, not retried until it may appear.
+        Some(t) => topics.push(
+            client
+                .topic(t, true, false)
+                .await
+                .map_err(|e| kcat_error(&e)),
+        ),
         None => {
             let mut all = admin.list_topics().await?;
             all.sort_by(|a, b| a.name.cmp(&b.name));
@@ -37,13 +44,15 @@ pub(crate) async fn list(props: &Properties, topic: Option<&str>) -> Result<()> 
 
 /// The error text librdkafka gives a broker error code in a listing.
 fn kcat_error(e: &faustus::wire::Error) -> String {
-    let s = e.to_string();
-    if s.contains("UNKNOWN_TOPIC_OR_PARTITION") || s.contains("nknown topic") {
-        "Broker: Unknown topic or partition".to_owned()
-    } else {
-        s
+    use faustus::wire::protocol::ErrorCode;
+    match e {
+        faustus::wire::Error::UnknownPartition { .. } => UNKNOWN_TOPIC.to_owned(),
+        e if e.code() == Some(ErrorCode::UNKNOWN_TOPIC_OR_PARTITION) => UNKNOWN_TOPIC.to_owned(),
+        e => e.to_string(),
     }
 }
+
+const UNKNOWN_TOPIC: &str = "Broker: Unknown topic or partition";
 
 fn ids(v: &[i32]) -> String {
     v.iter().map(i32::to_string).collect::<Vec<_>>().join(",")

@@ -69,52 +69,60 @@ pub(crate) async fn produce(props: &Properties, args: Produce) -> Result<()> {
         null_empty: args.null_empty,
     };
 
-    if !args.files.is_empty() {
-        // kcat: each file is one message.
-        for path in &args.files {
-            let data =
-                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let rec = template.record(template.fixed_key.clone(), Bytes::from(data));
-            out.sent(producer.send(rec).await?);
-        }
-    } else {
-        let input: Box<dyn Read + Send> = match &args.file {
-            Some(path) => Box::new(
-                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
-            ),
-            None => Box::new(std::io::stdin()),
-        };
-        let (mut chunks, recycle) = read_chunks(input, delim.clone());
-        let split = Finder::new(&delim).into_owned();
-        let key_split = key_delim.as_deref().map(|k| Finder::new(k).into_owned());
-        let key_len = key_delim.as_ref().map_or(0, Vec::len);
-        'input: while let Some(chunk) = chunks.recv().await {
-            let chunk = chunk.context("reading the input")?;
-            let mut start = 0;
-            for end in split.find_iter(&chunk).chain(std::iter::once(chunk.len())) {
-                let msg = chunk.slice(start..end);
-                start = (end + delim.len()).min(chunk.len());
-                if msg.is_empty() {
-                    continue; // kcat skips empty messages
-                }
-                if args.count.is_some_and(|c| out.total >= c) {
-                    break 'input;
-                }
-                let (key, value) = match key_split.as_ref().and_then(|f| f.find(&msg)) {
-                    Some(i) => (Some(msg.slice(..i)), msg.slice(i + key_len..)),
-                    None => (template.fixed_key.clone(), msg),
-                };
-                out.sent(producer.send(template.record(key, value)).await?);
+    // A failure to queue (or to read) stops the input, but what was queued
+    // before it is still flushed and every delivery checked.
+    let sending: Result<()> = async {
+        if !args.files.is_empty() {
+            // kcat: each file is one message.
+            for path in &args.files {
+                let data =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                let rec = template.record(template.fixed_key.clone(), Bytes::from(data));
+                out.sent(producer.send(rec).await?);
             }
-            // Every record of the chunk is in a batch now: its buffer is
-            // free again.
-            let _ = recycle.send(chunk);
+        } else {
+            let input: Box<dyn Read + Send> = match &args.file {
+                Some(path) => Box::new(
+                    std::fs::File::open(path)
+                        .with_context(|| format!("opening {}", path.display()))?,
+                ),
+                None => Box::new(std::io::stdin()),
+            };
+            let (mut chunks, recycle) = read_chunks(input, delim.clone());
+            let split = Finder::new(&delim).into_owned();
+            let key_split = key_delim.as_deref().map(|k| Finder::new(k).into_owned());
+            let key_len = key_delim.as_ref().map_or(0, Vec::len);
+            'input: while let Some(chunk) = chunks.recv().await {
+                let chunk = chunk.context("reading the input")?;
+                let mut start = 0;
+                for end in split.find_iter(&chunk).chain(std::iter::once(chunk.len())) {
+                    let msg = chunk.slice(start..end);
+                    start = (end + delim.len()).min(chunk.len());
+                    if msg.is_empty() {
+                        continue; // kcat skips empty messages
+                    }
+                    if args.count.is_some_and(|c| out.total >= c) {
+                        break 'input;
+                    }
+                    let (key, value) = match key_split.as_ref().and_then(|f| f.find(&msg)) {
+                        Some(i) => (Some(msg.slice(..i)), msg.slice(i + key_len..)),
+                        None => (template.fixed_key.clone(), msg),
+                    };
+                    out.sent(producer.send(template.record(key, value)).await?);
+                }
+                // Every record of the chunk is in a batch now: its buffer is
+                // free again.
+                let _ = recycle.send(chunk);
+            }
         }
+        Ok(())
     }
+    .await;
     // Every failure also shows in its delivery: `finish` counts and reports
     // them; the flush's own error matters only if none did.
     let flushed = producer.flush().await;
     out.finish().await?;
+    sending?;
     flushed?;
     producer.close().await?;
     Ok(())
