@@ -2,6 +2,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord, RecordMetadata};
@@ -12,6 +13,7 @@ use crate::codec::{encode_into, Codec, Codecs, Json};
 use crate::config::EngineConfig;
 use crate::error::Result;
 use crate::table::{Table, TableDef, TableSpec};
+use crate::topology::Topology;
 
 /// How a topic is declared: codecs, and the settings used when the app
 /// creates it.
@@ -218,11 +220,12 @@ where
     }
 }
 
+#[derive(Clone)]
 pub(crate) struct AgentDef {
     pub(crate) name: String,
     pub(crate) topic: String,
     pub(crate) options: AgentOptions,
-    pub(crate) run: Box<dyn ErasedAgent>,
+    pub(crate) run: Rc<dyn ErasedAgent>,
 }
 
 /// A lazily connected producer for sends from outside agents.
@@ -424,7 +427,7 @@ impl App {
             name: name.to_owned(),
             topic: topic.name().to_owned(),
             options,
-            run: Box::new(TypedAgent {
+            run: Rc::new(TypedAgent {
                 topic: topic.clone(),
                 f,
             }),
@@ -448,10 +451,21 @@ impl App {
         Ok(p.send(rec).await?.await?)
     }
 
+    /// What the app declared, checked and frozen: what a worker or a
+    /// [`TestDriver`](crate::testing::TestDriver) runs.
+    pub fn topology(&self) -> Result<Topology> {
+        Topology::new(
+            self.config()?,
+            self.topics.clone(),
+            self.tables.clone(),
+            self.agents.clone(),
+        )
+    }
+
     /// Runs a worker until `shutdown` resolves (or an error stops it), then
     /// commits, leaves the group and returns.
     pub async fn run_worker(&self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        crate::worker::run(self, shutdown).await
+        crate::runtime::run(&self.topology()?, shutdown).await
     }
 
     /// A table's committed contents, read from its changelog with
@@ -462,7 +476,9 @@ impl App {
         K: 'static,
         V: 'static,
     {
-        let raw = crate::worker::read_changelog(self, &self.tables[table.id()]).await?;
+        let raw =
+            crate::runtime::restore::read_changelog(&self.config()?, &self.tables[table.id()])
+                .await?;
         raw.into_iter()
             .map(|(k, v)| table.decode_entry(&k, &v))
             .collect()

@@ -2,7 +2,6 @@
 //! one fetch, borrowed from the fetched buffer; keys and values are decoded
 //! only when asked for.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 
 use faustus_wire::consumer::Fetched;
@@ -12,16 +11,8 @@ use faustus_wire::record::Record;
 use crate::app::Topic;
 use crate::codec::Codec;
 use crate::error::{Error, Location, Result};
-use crate::table::{Table, TablePart, TableView};
-
-/// A worker's state for one partition number (a task).
-#[derive(Debug)]
-pub(crate) struct TaskCtx {
-    /// This partition of each table, by table id.
-    pub(crate) tables: Vec<RefCell<TablePart>>,
-    /// Records agents sent; the engine produces them after each agent call.
-    pub(crate) outbox: RefCell<Vec<ProducerRecord>>,
-}
+use crate::runtime::task::TaskCtx;
+use crate::table::{Table, TableView};
 
 /// What the engine hands an agent, untyped.
 pub(crate) struct BatchInput {

@@ -117,13 +117,14 @@ async fn command(app: &App, command: Command) -> Result<()> {
             Ok(())
         }
         Command::Agents => {
-            for a in &app.agents {
+            let topology = app.topology()?;
+            for a in &topology.agents {
                 let policy = match &a.options.on_error {
                     ErrorPolicy::Stop => "stop".to_owned(),
                     ErrorPolicy::Skip => "skip".to_owned(),
                     ErrorPolicy::DeadLetter(t) => format!("dead-letter:{t}"),
                 };
-                let codecs = app
+                let codecs = topology
                     .topics
                     .iter()
                     .find(|t| t.name == a.topic)
@@ -136,13 +137,15 @@ async fn command(app: &App, command: Command) -> Result<()> {
             Ok(())
         }
         Command::Tables { name } => {
+            let topology = app.topology()?;
             let mut found = false;
-            for def in &app.tables {
+            for def in &topology.tables {
                 if name.as_deref().is_some_and(|n| n != def.name) {
                     continue;
                 }
                 found = true;
-                let entries = crate::worker::read_changelog(app, def).await?;
+                let entries =
+                    crate::runtime::restore::read_changelog(topology.config(), def).await?;
                 let mut out = std::io::stdout().lock();
                 // A closed pipe (`| head`) ends the listing quietly.
                 let _ = writeln!(out, "# {} ({})", def.name, def.changelog);

@@ -40,9 +40,11 @@ mod cli;
 pub mod codec;
 pub mod config;
 mod error;
+mod runtime;
 mod store;
 mod table;
-mod worker;
+pub mod testing;
+mod topology;
 
 pub use app::{Agent, AgentOptions, App, ErrorPolicy, Topic, TopicSpec};
 pub use batch::{Batch, Event};
@@ -51,6 +53,7 @@ pub use config::{EngineConfig, Guarantee, StoreKind};
 pub use error::{Error, Location, Result};
 pub use faustus_wire as wire;
 pub use table::{Table, TableSpec, TableView};
+pub use topology::Topology;
 
 /// The names most Faustus programs need.
 pub mod prelude {

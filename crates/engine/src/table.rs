@@ -12,10 +12,11 @@ use std::cell::RefMut;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use faustus_wire::producer::{DeliveryFuture, ProducerRecord};
+use faustus_wire::producer::ProducerRecord;
 
 use crate::codec::{encode_into, Codec, Codecs, Json};
 use crate::error::{Error, Result};
+use crate::runtime::task::Delivery;
 use crate::store::Store;
 
 /// How a table is declared: codecs and the value missing keys read as.
@@ -84,9 +85,10 @@ impl<K, V> std::fmt::Debug for Table<K, V> {
 }
 
 /// Renders a raw table entry.
-pub(crate) type ShowEntry = Box<dyn Fn(&[u8], &[u8]) -> String>;
+pub(crate) type ShowEntry = std::rc::Rc<dyn Fn(&[u8], &[u8]) -> String>;
 
 /// The engine's untyped view of a table.
+#[derive(Clone)]
 pub(crate) struct TableDef {
     pub(crate) name: String,
     pub(crate) changelog: Arc<str>,
@@ -113,7 +115,7 @@ impl<K: std::fmt::Debug + 'static, V: std::fmt::Debug + 'static> Table<K, V> {
         let def = TableDef {
             name: name.to_owned(),
             changelog,
-            show: Box::new(move |k, v| {
+            show: std::rc::Rc::new(move |k, v| {
                 let k = shown.codecs.key.decode(Some(k));
                 let v = shown.codecs.value.decode(Some(v));
                 match (k, v) {
@@ -138,6 +140,12 @@ impl<K, V> Table<K, V> {
     pub fn changelog_topic(&self) -> &str {
         &self.inner.changelog
     }
+    /// Encodes a key as the table stores it.
+    pub(crate) fn encode_key(&self, key: &K, buf: &mut Vec<u8>) -> Result<()> {
+        let t = &self.inner;
+        encode_into(&*t.codecs.key, key, buf, &t.name, "key")
+    }
+
     pub(crate) fn decode_entry(&self, k: &[u8], v: &[u8]) -> Result<(K, V)> {
         let bad = |e: crate::CodecError| Error::Table {
             table: self.inner.name.clone(),
@@ -163,7 +171,7 @@ pub(crate) struct TablePart {
     pub(crate) staged: Vec<ProducerRecord>,
     /// The last changelog record sent since the store was written: its
     /// offset is what the store records.
-    pub(crate) last_sent: Option<DeliveryFuture>,
+    pub(crate) last_sent: Option<Delivery>,
 }
 
 impl std::fmt::Debug for TablePart {

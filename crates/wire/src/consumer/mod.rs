@@ -187,6 +187,45 @@ impl Fetched {
     pub fn last_stable_offset(&self) -> i64 {
         self.last_stable_offset
     }
+    /// A fetch that did not come from a broker, for in-process test
+    /// drivers: one RecordBatch v2 (as [`BatchBuilder`](crate::record::BatchBuilder)
+    /// writes it) placed at `base_offset`, as if fetched from there with
+    /// the partition's high watermark at `high_watermark`. The batch is
+    /// checked (length, magic, CRC-32C) like a fetched one.
+    pub fn from_batch(
+        tp: TopicPartition,
+        base_offset: i64,
+        batch: &[u8],
+        high_watermark: i64,
+    ) -> Result<Self> {
+        // The base offset is outside the CRC: set it as a broker does.
+        let mut buf = batch.to_vec();
+        crate::record::set_base_offset(&mut buf, base_offset);
+        let b = match RecordBatch::parse(buf.into()) {
+            Ok(crate::record::Parsed::Batch(b, _)) => b,
+            Ok(crate::record::Parsed::Partial { needed, .. }) => {
+                return Err(record_error(
+                    &tp,
+                    crate::record::RecordError::Truncated {
+                        base_offset,
+                        needed,
+                        available: batch.len(),
+                    },
+                ))
+            }
+            Err(e) => return Err(record_error(&tp, e)),
+        };
+        let next_offset = b.last_offset() + 1;
+        Ok(Self {
+            tp,
+            batches: vec![b],
+            from: base_offset,
+            next_offset,
+            high_watermark,
+            last_stable_offset: high_watermark,
+        })
+    }
+
     /// Records from the fetch position on, borrowed from the fetched buffer.
     /// A malformed record yields an [`Error::Record`] naming its offset.
     pub fn records(&self) -> FetchedRecords<'_> {

@@ -159,16 +159,20 @@ impl GroupConfig {
 /// before the consumer goes on.
 pub trait RebalanceListener: Send {
     /// Partitions about to be taken away; their offsets are committed after
-    /// this returns (with auto-commit). Flush state here.
+    /// this returns (see [`revoked_offsets`](Self::revoked_offsets)). Flush
+    /// state here.
     fn revoked(&mut self, partitions: &[TopicPartition]) -> impl Future<Output = ()> + Send {
         let _ = partitions;
         async {}
     }
-    /// With auto-commit, the offsets to commit for partitions being
-    /// revoked, asked right after [`revoked`](Self::revoked): `None` (the
-    /// default) commits the positions after every record handed out; an
-    /// application that has not processed all of those (it buffers) returns
-    /// its own.
+    /// The offsets to commit for partitions being revoked, asked right
+    /// after [`revoked`](Self::revoked), while the member still belongs to
+    /// the generation that owns them (what Java's `onPartitionsRevoked`
+    /// does with `commitSync`). `Some` offsets are committed, with or
+    /// without auto-commit (an empty map commits nothing); `None` (the
+    /// default) commits, with auto-commit only, the positions after every
+    /// record handed out. An application that commits itself or has not
+    /// processed all it was handed (it buffers) returns its own.
     fn revoked_offsets(
         &mut self,
         partitions: &[TopicPartition],
@@ -824,12 +828,11 @@ impl<L: RebalanceListener> GroupConsumer<L> {
             Action::Revoke(ps) => {
                 let tps = self.tps(&ps);
                 self.listener.revoked(&tps).await;
-                if self.cfg.auto_commit {
-                    match self.listener.revoked_offsets(&tps) {
-                        Some(offsets) if offsets.is_empty() => {}
-                        Some(offsets) => self.send_commit(&offsets).await?,
-                        None => self.commit_processed(Some(&tps)).await?,
-                    }
+                match self.listener.revoked_offsets(&tps) {
+                    Some(offsets) if offsets.is_empty() => {}
+                    Some(offsets) => self.send_commit(&offsets).await?,
+                    None if self.cfg.auto_commit => self.commit_processed(Some(&tps)).await?,
+                    None => {}
                 }
                 self.forget(&tps);
                 Vec::new()

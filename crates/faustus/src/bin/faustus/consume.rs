@@ -288,6 +288,9 @@ struct Printed {
     next: Arc<Mutex<BTreeMap<TopicPartition, i64>>>,
     group: String,
     quiet: bool,
+    /// `enable.auto.commit`: off, nothing is committed on revocation (as
+    /// librdkafka).
+    auto_commit: bool,
 }
 
 impl Printed {
@@ -321,6 +324,9 @@ impl RebalanceListener for Printed {
         partitions: &[TopicPartition],
     ) -> Option<BTreeMap<TopicPartition, i64>> {
         let mut next = self.positions();
+        if !self.auto_commit {
+            return Some(BTreeMap::new());
+        }
         Some(
             partitions
                 .iter()
@@ -369,6 +375,7 @@ pub(crate) async fn consume_group(props: &Properties, group: &str, args: Consume
     let printed = Printed {
         group: group.to_owned(),
         quiet: args.quiet,
+        auto_commit: cfg.auto_commit,
         ..Printed::default()
     };
     let names: Vec<&str> = args.topics.iter().map(String::as_str).collect();

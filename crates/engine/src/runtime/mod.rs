@@ -1,0 +1,337 @@
+//! The runtime: runs a [`Topology`] as one member of the app's consumer
+//! group.
+//!
+//! ```text
+//! fetch ─▶ dispatch ─▶ agent ─▶ table overlay ─▶ changelog + outputs ─▶ commit ─▶ store
+//!  (poll)   (dispatch)           (table)          (task: send_staged)   (commit)   (task)
+//! ```
+//!
+//! - [`setup`]: the state directory, the worker id, topics and
+//!   co-partitioning, the clients' settings;
+//! - [`task`]: one partition number's state (its table partitions and
+//!   staged outputs) and where outputs go;
+//! - [`dispatch`]: batches to agents, `take`, the error policy, dead letters;
+//! - [`commit`]: the pure commit machine (at-least-once, exactly-once);
+//! - [`rebalance`]: the listener, the driver of the commit machine's
+//!   producer actions, task ownership through rebalances;
+//! - [`restore`]: recovery, standbys and changelog reads.
+//!
+//! The loop: poll; apply what the rebalance listener queued, in order
+//! (write stores, roll back, rewind, open and close tasks); dispatch the
+//! fetched batches; commit every `commit.interval.ms`; on shutdown commit,
+//! leave the group and close.
+
+pub(crate) mod commit;
+pub(crate) mod dispatch;
+pub(crate) mod rebalance;
+pub(crate) mod restore;
+pub(crate) mod setup;
+pub(crate) mod task;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use faustus_wire::consumer::{Fetched, Offset, TopicPartition};
+use faustus_wire::group::{GroupConfig, GroupConsumer};
+use faustus_wire::producer::{Producer, ProducerConfig, TransactionalProducer};
+use faustus_wire::{Admin, Client, ClientConfig};
+
+use self::commit::{CommitAction, CommitEvent};
+use self::dispatch::{Dispatcher, Progress};
+use self::rebalance::{Change, Listener, Outputs, Ownership, Shared, TaskChanges};
+use self::restore::Restorer;
+use self::task::{write_overlays, Tasks};
+use crate::config::Guarantee;
+use crate::error::{Error, Result};
+use crate::topology::Topology;
+
+struct Worker<'t> {
+    shared: Arc<Shared>,
+    consumer: GroupConsumer<Listener>,
+    restorer: Restorer<'t>,
+    dispatcher: Dispatcher,
+    tasks: Tasks,
+    ownership: Ownership,
+    commit_interval: Duration,
+    processed: u64,
+    lag: BTreeMap<TopicPartition, i64>,
+}
+
+/// Runs a worker until `shutdown` resolves (or an error stops it), then
+/// commits, leaves the group and returns.
+pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let cfg = &topology.config;
+    let topics = topology.source_topics();
+    if topics.is_empty() {
+        return Err(Error::Config("the app has no agents".into()));
+    }
+    let state_dir = cfg.state_dir.join(&cfg.app_id);
+    // Held until this function returns: the directory is ours meanwhile.
+    let _lock = setup::lock_state_dir(&state_dir)?;
+    let client = Client::connect(ClientConfig::from_properties(&cfg.properties)?).await?;
+    let admin = Admin::new(client.clone());
+    let partitions = setup::create_topics(topology, &admin).await?;
+    let id = setup::worker_id(&state_dir)?;
+    let props = setup::client_props(cfg, &id);
+    let outputs = match cfg.guarantee {
+        Guarantee::ExactlyOnce => {
+            let p =
+                TransactionalProducer::connect(ProducerConfig::from_properties(&props)?).await?;
+            p.init_transactions().await?;
+            Outputs::Exactly(p)
+        }
+        Guarantee::AtLeastOnce => {
+            Outputs::AtLeast(Producer::connect(ProducerConfig::from_properties(&props)?).await?)
+        }
+    };
+    let shared = Arc::new(Shared::new(outputs));
+    let consumer = GroupConsumer::subscribe(
+        GroupConfig::from_properties(&props)?,
+        &topics,
+        Listener(shared.clone()),
+    )
+    .await?;
+    shared.set_group_metadata(consumer.metadata_handle());
+    tracing::info!(app = %cfg.app_id, worker = %id, guarantee = ?cfg.guarantee, ?topics, "worker starting");
+    let mut w = Worker {
+        restorer: Restorer::new(&topology.tables, cfg, client, partitions)?,
+        dispatcher: Dispatcher::new(topology.agents.clone()),
+        shared,
+        consumer,
+        tasks: Tasks::new(),
+        ownership: Ownership::default(),
+        commit_interval: cfg.commit_interval,
+        processed: 0,
+        lag: BTreeMap::new(),
+    };
+    let result = w.run_loop(shutdown).await;
+    w.finish(result).await
+}
+
+impl Worker<'_> {
+    async fn run_loop(&mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        tokio::pin!(shutdown);
+        let mut last_commit = Instant::now();
+        let mut last_report = Instant::now();
+        loop {
+            if futures::FutureExt::now_or_never(&mut shutdown).is_some() {
+                tracing::info!("shutting down: committing and leaving the group");
+                return Ok(());
+            }
+            let fetched = self.consumer.poll().await?;
+            if !self.apply_changes().await? {
+                // Rewound: what this poll returned is read again.
+                continue;
+            }
+            if !fetched.is_empty() {
+                self.process(fetched).await?;
+            }
+            self.flush_gathered(false).await?;
+            let tasks = &self.tasks;
+            self.restorer
+                .standby_step(|p| tasks.contains_key(&p))
+                .await?;
+            if last_commit.elapsed() >= self.commit_interval {
+                self.commit().await?;
+                last_commit = Instant::now();
+            }
+            if last_report.elapsed() >= Duration::from_secs(10) {
+                let lag: i64 = self.lag.values().sum();
+                tracing::info!(processed = self.processed, lag, tasks = ?self.tasks.keys().collect::<Vec<_>>(), "progress");
+                last_report = Instant::now();
+            }
+        }
+    }
+
+    /// Commits, leaves the group, closes the producer.
+    async fn finish(mut self, result: Result<()>) -> Result<()> {
+        if result.is_ok() {
+            self.flush_gathered(true).await?;
+            self.commit().await?;
+        } else {
+            // Exactly-once: nothing of the failed run may commit, now or
+            // while the consumer leaves. The run's error is what matters.
+            match self.shared.drive(CommitEvent::Failed).await {
+                Ok(rest) => {
+                    if let Err(e) = self.act(rest).await {
+                        tracing::warn!(error = %e, "rolling back failed");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "aborting the transaction failed"),
+            }
+        }
+        let closed = self.consumer.close().await;
+        result?;
+        closed?;
+        // The listener may have made state durable while leaving.
+        for change in self.shared.take_changes()? {
+            if let Change::Act(CommitAction::WriteStores) = change {
+                write_overlays(&self.tasks).await?;
+            }
+        }
+        self.tasks.clear();
+        if let Ok(shared) = Arc::try_unwrap(self.shared) {
+            shared.close().await?;
+        }
+        tracing::info!(processed = self.processed, "worker stopped");
+        Ok(())
+    }
+
+    /// Carries out what the commit machine left for the loop. Returns false
+    /// when the consumer was rewound (the records of the current poll are
+    /// stale).
+    async fn act(&mut self, actions: Vec<CommitAction>) -> Result<bool> {
+        let mut fresh = true;
+        for action in actions {
+            match action {
+                CommitAction::WriteStores => write_overlays(&self.tasks).await?,
+                CommitAction::CommitOffsets(offsets) => {
+                    let ok = match self.consumer.commit_offsets(&offsets).await {
+                        Ok(()) => true,
+                        Err(e) => {
+                            // A rebalance under way: the revocation commits,
+                            // or the next interval.
+                            tracing::warn!(error = %e, "offset commit failed");
+                            false
+                        }
+                    };
+                    self.shared
+                        .note(CommitEvent::OffsetsCommitted { offsets, ok });
+                }
+                CommitAction::RollBack => {
+                    self.dispatcher.clear();
+                    for t in self.tasks.values() {
+                        t.roll_back();
+                    }
+                }
+                CommitAction::Rewind => {
+                    self.rewind().await?;
+                    fresh = false;
+                }
+                other => {
+                    return Err(Error::Config(format!(
+                        "internal: commit action {other:?} reached the loop"
+                    )))
+                }
+            }
+        }
+        Ok(fresh)
+    }
+
+    /// Acts on what the listener queued, in order. Returns false when the
+    /// consumer was rewound.
+    async fn apply_changes(&mut self) -> Result<bool> {
+        let mut fresh = true;
+        for change in self.shared.take_changes()? {
+            let tasks = match change {
+                Change::Act(action) => {
+                    fresh &= self.act(vec![action]).await?;
+                    continue;
+                }
+                Change::Assigned(tps) => self.ownership.assign(&tps),
+                Change::Revoked(tps) | Change::Lost(tps) => {
+                    for tp in &tps {
+                        self.lag.remove(tp);
+                    }
+                    self.dispatcher.forget(&tps);
+                    self.ownership.remove(&tps)
+                }
+            };
+            self.change_tasks(tasks).await?;
+        }
+        Ok(fresh)
+    }
+
+    async fn change_tasks(&mut self, changes: TaskChanges) -> Result<()> {
+        for p in changes.close {
+            if self.tasks.remove(&p).is_some() {
+                tracing::info!(partition = p, "task closed");
+            }
+        }
+        for p in changes.open {
+            let task = self.restorer.open_task(p).await?;
+            self.tasks.insert(p, Rc::new(task));
+        }
+        Ok(())
+    }
+
+    /// Seeks every assigned partition back to the group's committed offset.
+    async fn rewind(&mut self) -> Result<()> {
+        let owned = self.consumer.assignment();
+        let committed = self.consumer.fetch_committed(&owned).await?;
+        for (topic, parts) in &owned {
+            for &p in parts {
+                let tp = TopicPartition {
+                    topic: topic.as_str().into(),
+                    partition: p,
+                };
+                let to = match committed.get(&(topic.clone(), p)) {
+                    Some(&off) if off >= 0 => Offset::At(off),
+                    _ => Offset::Beginning,
+                };
+                self.consumer.seek(&tp, to)?;
+            }
+        }
+        self.dispatcher.clear();
+        Ok(())
+    }
+
+    /// Records how far each partition got.
+    fn progressed(&mut self, progress: Vec<Progress>) {
+        for p in progress {
+            self.processed += p.records;
+            self.shared.note(CommitEvent::Processed {
+                tp: p.tp,
+                next: p.at,
+            });
+        }
+    }
+
+    async fn begin(&mut self) -> Result<()> {
+        let rest = self.shared.drive(CommitEvent::Processing).await?;
+        self.act(rest).await?;
+        Ok(())
+    }
+
+    /// Feeds one poll's batches to the agents.
+    async fn process(&mut self, fetched: Vec<Fetched>) -> Result<()> {
+        self.begin().await?;
+        for f in &fetched {
+            self.lag.insert(
+                f.topic_partition().clone(),
+                f.high_watermark() - f.next_offset(),
+            );
+        }
+        let progress = self
+            .dispatcher
+            .process(&self.tasks, fetched, &*self.shared, Instant::now())
+            .await?;
+        self.progressed(progress);
+        Ok(())
+    }
+
+    /// Calls the `take` agents whose gathering is due (all with `all`).
+    async fn flush_gathered(&mut self, all: bool) -> Result<()> {
+        let now = Instant::now();
+        if !self.dispatcher.gathering_due(all, now) {
+            return Ok(());
+        }
+        self.begin().await?;
+        let progress = self
+            .dispatcher
+            .flush_gathered(&self.tasks, &*self.shared, all, now)
+            .await?;
+        self.progressed(progress);
+        Ok(())
+    }
+
+    /// Commits (see [`commit`]).
+    async fn commit(&mut self) -> Result<()> {
+        let rest = self.shared.drive(CommitEvent::Commit).await?;
+        self.act(rest).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,108 @@
+//! A task: the worker's state for one partition number (partition *n* of
+//! every source topic and every table), and where its outputs go.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::rc::Rc;
+
+use faustus_wire::producer::{DeliveryFuture, ProducerRecord};
+
+use crate::error::Result;
+use crate::table::TablePart;
+
+/// One partition number's state.
+#[derive(Debug)]
+pub(crate) struct TaskCtx {
+    /// This partition of each table, by table id.
+    pub(crate) tables: Vec<RefCell<TablePart>>,
+    /// Records agents sent; the engine produces them after each agent call.
+    pub(crate) outbox: RefCell<Vec<ProducerRecord>>,
+}
+
+impl TaskCtx {
+    /// A task over these table partitions.
+    pub(crate) fn new(tables: Vec<TablePart>) -> Self {
+        Self {
+            tables: tables.into_iter().map(RefCell::new).collect(),
+            outbox: RefCell::new(Vec::new()),
+        }
+    }
+
+    /// Back to the last commit: staged outputs and table changes dropped.
+    pub(crate) fn roll_back(&self) {
+        self.outbox.borrow_mut().clear();
+        for part in &self.tables {
+            part.borrow_mut().roll_back();
+        }
+    }
+}
+
+/// The tasks of a worker, by partition number.
+pub(crate) type Tasks = BTreeMap<i32, Rc<TaskCtx>>;
+
+/// Where a record sent to Kafka ended up, or will.
+#[derive(Debug)]
+pub(crate) enum Delivery {
+    /// Sent through a producer; the broker has yet to answer.
+    Pending(DeliveryFuture),
+    /// Written at this offset.
+    At(i64),
+}
+
+impl Delivery {
+    /// The record's offset, once written.
+    pub(crate) async fn offset(self) -> Result<i64> {
+        match self {
+            Self::Pending(d) => Ok(d.await?.offset),
+            Self::At(o) => Ok(o),
+        }
+    }
+}
+
+/// Where a task's outputs and changelog records go: the worker's producer,
+/// or the test driver's in-memory topics.
+pub(crate) trait Sink {
+    /// Sends one record.
+    fn send(&self, rec: ProducerRecord) -> impl Future<Output = Result<Delivery>>;
+}
+
+/// Produces what the agents of a task staged: outputs (sinks and dead
+/// letters), then changelog records. The last changelog record of each
+/// table partition is kept: its offset is what the store records.
+pub(crate) async fn send_staged<S: Sink>(task: &TaskCtx, sink: &S) -> Result<()> {
+    let out = std::mem::take(&mut *task.outbox.borrow_mut());
+    for rec in out {
+        sink.send(rec).await?;
+    }
+    for part in &task.tables {
+        let staged = std::mem::take(&mut part.borrow_mut().staged);
+        let mut last = None;
+        for rec in staged {
+            last = Some(sink.send(rec).await?);
+        }
+        if let Some(d) = last {
+            part.borrow_mut().last_sent = Some(d);
+        }
+    }
+    Ok(())
+}
+
+/// Writes every table overlay to its store with the offset of the last
+/// changelog record sent for it (all of which are durable now).
+pub(crate) async fn write_overlays(tasks: &Tasks) -> Result<()> {
+    for t in tasks.values() {
+        for cell in &t.tables {
+            let (last, overlay) = {
+                let mut part = cell.borrow_mut();
+                (part.last_sent.take(), std::mem::take(&mut part.overlay))
+            };
+            let Some(last) = last else { continue };
+            let offset = last.offset().await?;
+            cell.borrow_mut()
+                .store
+                .apply(&mut overlay.into_iter(), offset)?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,1022 @@
+//! Testing an app without a broker: [`TestDriver`] runs a topology in
+//! process (Kafka Streams' `TopologyTestDriver`, Faust's
+//! `agent.test_context()`).
+//!
+//! The driver holds every topic in memory and owns every partition, as one
+//! worker alone in its group would. Piping a record in appends it to its
+//! topic (partitioned by key as the Java client does) and then runs the app
+//! until nothing is left to read: the agents of its topic are called with
+//! it, their outputs and changelog records are written to the in-memory
+//! topics, agents reading those topics run in turn, and the driver commits
+//! after each round with the same commit machine, dispatch and error policy
+//! as a worker. Under exactly-once, outputs become visible at the commit and
+//! vanish if the transaction aborts. Tables live in memory stores.
+//!
+//! Time is virtual: records carry the timestamps given (or the driver's
+//! clock, which starts at 0 ms), and [`TestDriver::advance_wall_clock`]
+//! moves the clock that `take(n, within)` measures (and, later, timers and
+//! wall-clock window closing). The same input always gives the same output.
+//!
+//! ```
+//! use faustus_engine::prelude::*;
+//! use faustus_engine::testing::TestDriver;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> faustus_engine::Result<()> {
+//! let mut app = App::new("counter", Properties::new().set("bootstrap.servers", "unused:9092"));
+//! let words = app.topic::<String, String>("words");
+//! let counts = app.table::<String, u64>("counts");
+//! let table = counts.clone();
+//! app.agent("count", &words, async move |batch: Batch<String, String>| {
+//!     let mut t = batch.table(&table)?;
+//!     for word in batch.values() {
+//!         t.update(&word?, |n| *n += 1)?;
+//!     }
+//!     Ok(())
+//! });
+//! let mut driver = TestDriver::new(&app)?;
+//! for w in ["a", "b", "a"] {
+//!     driver.pipe(&words, Some(&w.to_string()), &w.to_string()).await?;
+//! }
+//! assert_eq!(driver.table(&counts)?, vec![("a".to_string(), 2), ("b".to_string(), 1)]);
+//! # Ok(())
+//! # }
+//! ```
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use faustus_wire::consumer::{Fetched, TopicPartition};
+use faustus_wire::producer::partition_for_key;
+use faustus_wire::producer::ProducerRecord;
+use faustus_wire::record::{BatchBuilder, Compression};
+
+use crate::app::{App, Topic};
+use crate::config::Guarantee;
+use crate::error::{Error, Result};
+use crate::runtime::commit::{CommitAction, CommitEvent, CommitMachine, TxnEnd};
+use crate::runtime::dispatch::Dispatcher;
+use crate::runtime::setup::task_partitions;
+use crate::runtime::task::{write_overlays, Delivery, Sink, TaskCtx, Tasks};
+use crate::store::{MemoryStore, Store};
+use crate::table::{Table, TablePart};
+use crate::topology::Topology;
+
+/// How many rounds (process, commit) one call may take before the driver
+/// calls it a loop: an agent that feeds its own topic forever.
+const MAX_ROUNDS: usize = 100_000;
+
+/// A record as written to a topic of the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutputRecord {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The offset.
+    pub offset: i64,
+    /// The key's bytes (`None`: null).
+    pub key: Option<Bytes>,
+    /// The value's bytes (`None`: null, a tombstone).
+    pub value: Option<Bytes>,
+    /// The headers.
+    pub headers: Vec<(String, Option<Bytes>)>,
+    /// The timestamp (ms).
+    pub timestamp: i64,
+}
+
+impl OutputRecord {
+    /// A header's value (the first with this name).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+}
+
+/// A record to pipe in, with headers and a timestamp.
+#[derive(Debug, Clone)]
+pub struct TestRecord<K, V> {
+    key: Option<K>,
+    value: V,
+    headers: Vec<(String, Option<Bytes>)>,
+    timestamp: Option<i64>,
+}
+
+impl<K, V> TestRecord<K, V> {
+    /// A record with this key and value.
+    pub fn new(key: K, value: V) -> Self {
+        Self {
+            key: Some(key),
+            value,
+            headers: Vec::new(),
+            timestamp: None,
+        }
+    }
+    /// A record with a null key.
+    pub fn keyless(value: V) -> Self {
+        Self {
+            key: None,
+            value,
+            headers: Vec::new(),
+            timestamp: None,
+        }
+    }
+    /// Adds a header.
+    pub fn header(mut self, name: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.push((name.into(), Some(value.into())));
+        self
+    }
+    /// Sets the timestamp (ms); by default the driver's clock.
+    pub fn timestamp(mut self, ms: i64) -> Self {
+        self.timestamp = Some(ms);
+        self
+    }
+}
+
+/// Whether a record written inside a transaction counts yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Visibility {
+    Visible,
+    Pending,
+    Aborted,
+}
+
+#[derive(Debug)]
+struct Stored {
+    rec: OutputRecord,
+    visibility: Visibility,
+}
+
+#[derive(Debug, Default)]
+struct MemTopic {
+    /// Every record, in the order written (all partitions).
+    log: Vec<Stored>,
+    /// Records per partition (the next offset of each).
+    ends: Vec<i64>,
+    /// Indexes into `log` by partition, in offset order.
+    by_partition: Vec<Vec<usize>>,
+    /// The next key-less record's partition.
+    round_robin: i32,
+    /// How far `read_output` has read `log`.
+    cursor: usize,
+}
+
+impl MemTopic {
+    fn new(partitions: i32) -> Self {
+        let n = partitions.max(1) as usize;
+        Self {
+            ends: vec![0; n],
+            by_partition: vec![Vec::new(); n],
+            ..Self::default()
+        }
+    }
+
+    /// The end a read_committed reader sees: up to the first record still
+    /// in an open transaction.
+    fn stable_end(&self, p: usize) -> i64 {
+        self.by_partition[p]
+            .iter()
+            .find(|&&i| self.log[i].visibility == Visibility::Pending)
+            .map_or(self.ends[p], |&i| self.log[i].rec.offset)
+    }
+}
+
+/// The driver's in-memory broker.
+struct Broker {
+    topics: RefCell<BTreeMap<String, MemTopic>>,
+    /// Partition counts of declared topics.
+    declared: HashMap<String, i32>,
+    default_partitions: i32,
+    /// Exactly-once: records written now are pending until the commit.
+    in_txn: RefCell<bool>,
+    clock_ms: RefCell<i64>,
+}
+
+impl Broker {
+    fn append(&self, rec: ProducerRecord) -> Result<i64> {
+        let mut topics = self.topics.borrow_mut();
+        let count = self
+            .declared
+            .get(&rec.topic)
+            .copied()
+            .unwrap_or(self.default_partitions);
+        let t = topics
+            .entry(rec.topic.clone())
+            .or_insert_with(|| MemTopic::new(count));
+        let n = t.ends.len() as i32;
+        let partition = match (rec.partition, &rec.key) {
+            (Some(p), _) => p,
+            (None, Some(k)) => partition_for_key(k, n),
+            (None, None) => {
+                t.round_robin = (t.round_robin + 1) % n;
+                t.round_robin
+            }
+        };
+        if !(0..n).contains(&partition) {
+            return Err(faustus_wire::Error::UnknownPartition {
+                topic: rec.topic,
+                partition,
+            }
+            .into());
+        }
+        let offset = t.ends[partition as usize];
+        t.ends[partition as usize] += 1;
+        t.by_partition[partition as usize].push(t.log.len());
+        let visibility = if *self.in_txn.borrow() {
+            Visibility::Pending
+        } else {
+            Visibility::Visible
+        };
+        t.log.push(Stored {
+            rec: OutputRecord {
+                topic: rec.topic,
+                partition,
+                offset,
+                key: rec.key,
+                value: rec.value,
+                headers: rec.headers,
+                timestamp: rec.timestamp.unwrap_or(*self.clock_ms.borrow()),
+            },
+            visibility,
+        });
+        Ok(offset)
+    }
+
+    /// Ends the open transaction: its records become visible, or aborted.
+    fn end_txn(&self, commit: bool) {
+        *self.in_txn.borrow_mut() = false;
+        for t in self.topics.borrow_mut().values_mut() {
+            for s in &mut t.log {
+                if s.visibility == Visibility::Pending {
+                    s.visibility = if commit {
+                        Visibility::Visible
+                    } else {
+                        Visibility::Aborted
+                    };
+                }
+            }
+        }
+    }
+
+    /// The partition's records from `from` to its stable end as one fetch,
+    /// or `None` when there is nothing new.
+    fn fetch(&self, tp: &TopicPartition, from: i64) -> Result<Option<Fetched>> {
+        let topics = self.topics.borrow();
+        let Some(t) = topics.get(&*tp.topic) else {
+            return Ok(None);
+        };
+        let p = tp.partition as usize;
+        let end = t.stable_end(p);
+        if from >= end {
+            return Ok(None);
+        }
+        let mut b = BatchBuilder::new(Compression::None);
+        let mut base = None;
+        for &i in &t.by_partition[p] {
+            let s = &t.log[i];
+            if s.rec.offset < from || s.rec.offset >= end {
+                continue;
+            }
+            // Aborted records keep their offsets but are never delivered:
+            // a fetch holds a run of visible ones.
+            if s.visibility != Visibility::Visible {
+                if base.is_some() {
+                    break;
+                }
+                continue;
+            }
+            base.get_or_insert(s.rec.offset);
+            b.append(
+                s.rec.timestamp,
+                s.rec.key.as_deref(),
+                s.rec.value.as_deref(),
+                &s.rec.headers,
+            );
+        }
+        let Some(base) = base else {
+            return Ok(None);
+        };
+        let bytes = b
+            .finish()
+            .map_err(|e| Error::Config(format!("test batch: {e}")))?;
+        Ok(Some(Fetched::from_batch(
+            tp.clone(),
+            base,
+            &bytes,
+            t.ends[p],
+        )?))
+    }
+
+    /// The next offset after the aborted records at `from`, if any (a
+    /// reader skips them).
+    fn skip_aborted(&self, tp: &TopicPartition, mut from: i64) -> i64 {
+        let topics = self.topics.borrow();
+        if let Some(t) = topics.get(&*tp.topic) {
+            for &i in &t.by_partition[tp.partition as usize] {
+                let s = &t.log[i];
+                if s.rec.offset == from && s.visibility == Visibility::Aborted {
+                    from += 1;
+                }
+            }
+        }
+        from
+    }
+}
+
+impl Sink for Broker {
+    async fn send(&self, rec: ProducerRecord) -> Result<Delivery> {
+        self.append(rec).map(Delivery::At)
+    }
+}
+
+/// Runs an app's topology in process, with no broker (see the module doc).
+pub struct TestDriver {
+    topology: Topology,
+    dispatcher: Dispatcher,
+    machine: CommitMachine,
+    broker: Broker,
+    tasks: Tasks,
+    /// The source partitions and where the driver's consumer reads next.
+    read: BTreeMap<TopicPartition, i64>,
+    /// The committed input offsets.
+    committed: BTreeMap<TopicPartition, i64>,
+    clock: Instant,
+}
+
+impl std::fmt::Debug for TestDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TestDriver")
+            .field("topology", &self.topology)
+            .field("committed", &self.committed)
+            .finish()
+    }
+}
+
+impl TestDriver {
+    /// A driver for the app's topology (its settings apply:
+    /// `processing.guarantee`, `topic.partitions`; stores are in memory
+    /// whatever `store` says).
+    pub fn new(app: &App) -> Result<Self> {
+        Self::from_topology(app.topology()?)
+    }
+
+    /// A driver for a topology.
+    pub fn from_topology(topology: Topology) -> Result<Self> {
+        let cfg = &topology.config;
+        let mut declared: HashMap<String, i32> = topology
+            .topics
+            .iter()
+            .map(|t| (t.name.clone(), t.partitions.unwrap_or(cfg.topic_partitions)))
+            .collect();
+        let counts: BTreeMap<String, i32> = topology
+            .source_topics()
+            .into_iter()
+            .map(|t| {
+                let n = declared.get(t).copied().unwrap_or(cfg.topic_partitions);
+                (t.to_owned(), n)
+            })
+            .collect();
+        let n = task_partitions(&counts, !topology.tables.is_empty(), cfg.topic_partitions)?;
+        for t in &topology.tables {
+            declared.insert(t.changelog.to_string(), n);
+        }
+        let mut read = BTreeMap::new();
+        for (topic, &count) in &counts {
+            for p in 0..count {
+                let tp = TopicPartition {
+                    topic: topic.as_str().into(),
+                    partition: p,
+                };
+                read.insert(tp, 0);
+            }
+        }
+        let mut tasks = Tasks::new();
+        for p in 0..n {
+            let parts = topology
+                .tables
+                .iter()
+                .map(|t| {
+                    TablePart::new(
+                        t.name.clone(),
+                        t.changelog.clone(),
+                        p,
+                        Box::new(MemoryStore::default()),
+                    )
+                })
+                .collect();
+            tasks.insert(p, Rc::new(TaskCtx::new(parts)));
+        }
+        let mut topics = BTreeMap::new();
+        for (name, &count) in &declared {
+            topics.insert(name.clone(), MemTopic::new(count));
+        }
+        Ok(Self {
+            dispatcher: Dispatcher::new(topology.agents.clone()),
+            machine: CommitMachine::new(cfg.guarantee),
+            broker: Broker {
+                topics: RefCell::new(topics),
+                declared,
+                default_partitions: cfg.topic_partitions,
+                in_txn: RefCell::new(false),
+                clock_ms: RefCell::new(0),
+            },
+            topology,
+            tasks,
+            read,
+            committed: BTreeMap::new(),
+            clock: Instant::now(),
+        })
+    }
+
+    /// Pipes a record into a topic and runs the app until it is idle.
+    pub async fn pipe<K, V>(
+        &mut self,
+        topic: &Topic<K, V>,
+        key: Option<&K>,
+        value: &V,
+    ) -> Result<()> {
+        let rec = topic.record(key, value)?;
+        self.pipe_raw(rec).await
+    }
+
+    /// Pipes a record with headers or a timestamp.
+    pub async fn pipe_record<K, V>(
+        &mut self,
+        topic: &Topic<K, V>,
+        rec: TestRecord<K, V>,
+    ) -> Result<()> {
+        let mut out = topic.record(rec.key.as_ref(), &rec.value)?;
+        out.headers = rec.headers;
+        out.timestamp = rec.timestamp;
+        self.pipe_raw(out).await
+    }
+
+    /// Pipes raw bytes into a topic (bytes no codec would write, say).
+    pub async fn pipe_bytes(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Result<()> {
+        let mut rec = ProducerRecord::new(topic);
+        rec.key = key.map(Bytes::copy_from_slice);
+        rec.value = value.map(Bytes::copy_from_slice);
+        self.pipe_raw(rec).await
+    }
+
+    async fn pipe_raw(&mut self, rec: ProducerRecord) -> Result<()> {
+        // Written by an outside producer: visible at once.
+        let in_txn = self.broker.in_txn.replace(false);
+        let appended = self.broker.append(rec);
+        self.broker.in_txn.replace(in_txn);
+        appended?;
+        self.run().await
+    }
+
+    /// Moves the virtual wall clock on, then runs what became due (`take`
+    /// gatherings that waited `within`).
+    pub async fn advance_wall_clock(&mut self, by: Duration) -> Result<()> {
+        self.clock += by;
+        *self.broker.clock_ms.borrow_mut() += by.as_millis() as i64;
+        self.run().await
+    }
+
+    /// Records written to a topic since the last read of it (committed ones
+    /// only under exactly-once), in the order written.
+    pub fn read_records(&mut self, topic: &str) -> Vec<OutputRecord> {
+        let mut topics = self.broker.topics.borrow_mut();
+        let Some(t) = topics.get_mut(topic) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        while let Some(s) = t.log.get(t.cursor) {
+            match s.visibility {
+                Visibility::Pending => break,
+                Visibility::Aborted => {}
+                Visibility::Visible => out.push(s.rec.clone()),
+            }
+            t.cursor += 1;
+        }
+        out
+    }
+
+    /// Keys (`None`: a null key) and values written to a topic since the
+    /// last read of it, decoded with the topic's codecs.
+    pub fn read_output<K, V>(&mut self, topic: &Topic<K, V>) -> Result<Vec<(Option<K>, V)>> {
+        let codecs = &topic.inner.codecs;
+        self.read_records(topic.name())
+            .into_iter()
+            .map(|r| {
+                let at = || crate::Location {
+                    topic: r.topic.clone(),
+                    partition: r.partition,
+                    offset: r.offset,
+                };
+                let k = match r.key.as_deref() {
+                    None => None,
+                    Some(k) => {
+                        Some(codecs.key.decode(Some(k)).map_err(|source| Error::Decode {
+                            at: at(),
+                            part: "key",
+                            source,
+                        })?)
+                    }
+                };
+                let v =
+                    codecs
+                        .value
+                        .decode(r.value.as_deref())
+                        .map_err(|source| Error::Decode {
+                            at: at(),
+                            part: "value",
+                            source,
+                        })?;
+                Ok((k, v))
+            })
+            .collect()
+    }
+
+    /// A table's committed contents, every partition, in key order.
+    pub fn table<K, V>(&self, table: &Table<K, V>) -> Result<Vec<(K, V)>> {
+        let mut raw = BTreeMap::new();
+        for task in self.tasks.values() {
+            let part = task.tables.get(table.id()).ok_or_else(|| Error::Table {
+                table: table.name().to_owned(),
+                message: "not a table of this app".into(),
+            })?;
+            raw.extend(part.borrow().store.entries()?);
+        }
+        raw.into_iter()
+            .map(|(k, v)| table.decode_entry(&k, &v))
+            .collect()
+    }
+
+    /// A key's committed value in a table (`None`: no value, whatever the
+    /// table's default).
+    pub fn table_get<K, V>(&self, table: &Table<K, V>, key: &K) -> Result<Option<V>> {
+        let mut k = Vec::new();
+        table.encode_key(key, &mut k)?;
+        for task in self.tasks.values() {
+            if let Some(part) = task.tables.get(table.id()) {
+                if let Some(v) = part.borrow().store.get(&k)? {
+                    return table.decode_entry(&k, &v).map(|(_, v)| Some(v));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The committed input offset of a source partition (the next to read).
+    pub fn committed(&self, topic: &str, partition: i32) -> Option<i64> {
+        self.committed
+            .get(&TopicPartition {
+                topic: topic.into(),
+                partition,
+            })
+            .copied()
+    }
+
+    /// The topology being run.
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Runs rounds (fetch what is new, dispatch, commit) until nothing is
+    /// left to read. On an error the driver is as a restarted worker: the
+    /// open transaction aborted, positions back at the last commit.
+    async fn run(&mut self) -> Result<()> {
+        for _ in 0..MAX_ROUNDS {
+            match self.round().await {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
+                Err(e) => {
+                    self.restart().await;
+                    return Err(e);
+                }
+            }
+        }
+        Err(Error::Config(format!(
+            "the app was still busy after {MAX_ROUNDS} rounds: does an agent feed its own topic?"
+        )))
+    }
+
+    /// One round; returns whether anything was processed.
+    async fn round(&mut self) -> Result<bool> {
+        let mut fetched = Vec::new();
+        for (tp, at) in &mut self.read {
+            *at = self.broker.skip_aborted(tp, *at);
+            if let Some(f) = self.broker.fetch(tp, *at)? {
+                *at = f.next_offset();
+                fetched.push(f);
+            }
+        }
+        let due = self.dispatcher.gathering_due(false, self.clock);
+        if fetched.is_empty() && !due {
+            return Ok(false);
+        }
+        self.handle(CommitEvent::Processing).await?;
+        let mut progress = self
+            .dispatcher
+            .process(&self.tasks, fetched, &self.broker, self.clock)
+            .await?;
+        progress.extend(
+            self.dispatcher
+                .flush_gathered(&self.tasks, &self.broker, false, self.clock)
+                .await?,
+        );
+        for p in progress {
+            self.handle(CommitEvent::Processed {
+                tp: p.tp,
+                next: p.at,
+            })
+            .await?;
+        }
+        self.handle(CommitEvent::Commit).await?;
+        Ok(true)
+    }
+
+    /// Feeds the commit machine and carries out its actions in memory.
+    async fn handle(&mut self, ev: CommitEvent) -> Result<()> {
+        let mut queue: std::collections::VecDeque<CommitAction> = self.machine.handle(ev).into();
+        while let Some(action) = queue.pop_front() {
+            let more = match action {
+                CommitAction::BeginTxn => {
+                    *self.broker.in_txn.borrow_mut() = true;
+                    Vec::new()
+                }
+                CommitAction::Flush => self.machine.handle(CommitEvent::Flushed { ok: true }),
+                CommitAction::CommitTxn(offsets) => {
+                    self.committed.extend(offsets);
+                    self.broker.end_txn(true);
+                    self.machine
+                        .handle(CommitEvent::TxnEnded(TxnEnd::Committed))
+                }
+                CommitAction::AbortTxn => {
+                    self.broker.end_txn(false);
+                    Vec::new()
+                }
+                CommitAction::WriteStores => {
+                    write_overlays(&self.tasks).await?;
+                    Vec::new()
+                }
+                CommitAction::CommitOffsets(offsets) => {
+                    self.committed.extend(offsets.clone());
+                    self.machine
+                        .handle(CommitEvent::OffsetsCommitted { offsets, ok: true })
+                }
+                CommitAction::RollBack => {
+                    self.dispatcher.clear();
+                    for t in self.tasks.values() {
+                        t.roll_back();
+                    }
+                    Vec::new()
+                }
+                CommitAction::Rewind => {
+                    self.rewind();
+                    Vec::new()
+                }
+            };
+            queue.extend(more);
+        }
+        Ok(())
+    }
+
+    fn rewind(&mut self) {
+        for (tp, at) in &mut self.read {
+            *at = self.committed.get(tp).copied().unwrap_or(0);
+        }
+        self.dispatcher.clear();
+    }
+
+    /// What a worker that stopped on an error and was started again would
+    /// be: exactly-once, the transaction aborted; at-least-once, what was
+    /// processed committed as the worker left; then everything after the
+    /// last commit read again.
+    async fn restart(&mut self) {
+        let _ = self.handle(CommitEvent::Failed).await;
+        if self.topology.config.guarantee == Guarantee::AtLeastOnce {
+            let _ = self.handle(CommitEvent::Commit).await;
+        }
+        self.machine = CommitMachine::new(self.topology.config.guarantee);
+        self.broker.end_txn(false);
+        self.rewind();
+        // Stores as recovery leaves them: their changelogs replayed.
+        for (&p, task) in &self.tasks {
+            for part in &task.tables {
+                let mut part = part.borrow_mut();
+                part.roll_back();
+                let mut store = MemoryStore::default();
+                let topics = self.broker.topics.borrow();
+                if let Some(t) = topics.get(&*part.changelog) {
+                    for &i in &t.by_partition[p as usize] {
+                        let s = &t.log[i];
+                        if s.visibility != Visibility::Visible {
+                            continue;
+                        }
+                        if let Some(k) = &s.rec.key {
+                            let change = (k.to_vec(), s.rec.value.as_ref().map(|v| v.to_vec()));
+                            // A memory store cannot fail.
+                            let _ = store.apply(&mut std::iter::once(change), s.rec.offset);
+                        }
+                    }
+                }
+                part.store = Box::new(store);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::prelude::*;
+
+    fn app(guarantee: &str) -> App {
+        App::new(
+            "t",
+            Properties::new()
+                .set("bootstrap.servers", "unused:9092")
+                .set("processing.guarantee", guarantee)
+                .set("topic.partitions", "4"),
+        )
+    }
+
+    type Counter = (
+        App,
+        Topic<String, String>,
+        Table<String, u64>,
+        Topic<String, u64>,
+    );
+
+    /// Words in, counts in a table, each new count out to `counts-out`.
+    fn counter(guarantee: &str) -> Counter {
+        let mut app = app(guarantee);
+        let words = app.topic::<String, String>("words");
+        let out = app.topic::<String, u64>("counts-out");
+        let counts = app.table::<String, u64>("counts");
+        let (table, sink) = (counts.clone(), out.clone());
+        app.agent_with(
+            "count",
+            &words,
+            AgentOptions::default().on_error(ErrorPolicy::DeadLetter("bad-words".into())),
+            async move |batch: Batch<String, String>| {
+                let mut t = batch.table(&table)?;
+                for ev in batch.events() {
+                    let ev = ev?;
+                    let w = ev.value()?;
+                    if w.is_empty() {
+                        return Err(ev.fail("empty word"));
+                    }
+                    let n = t.update(&w, |n| *n += 1)?;
+                    batch.send(&sink, Some(&w), &n)?;
+                }
+                Ok(())
+            },
+        );
+        (app, words, counts, out)
+    }
+
+    async fn pipe_words(d: &mut TestDriver, words: &Topic<String, String>, list: &[&str]) {
+        for w in list {
+            d.pipe(words, Some(&w.to_string()), &w.to_string())
+                .await
+                .expect("pipe");
+        }
+    }
+
+    #[tokio::test]
+    async fn counts_reach_the_table_and_the_output_topic() {
+        for g in ["at_least_once", "exactly_once"] {
+            let (app, words, counts, out) = counter(g);
+            let mut d = TestDriver::new(&app).expect("driver");
+            pipe_words(&mut d, &words, &["a", "b", "a", "c", "a"]).await;
+            assert_eq!(
+                d.table(&counts).expect("table"),
+                vec![("a".into(), 3), ("b".into(), 1), ("c".into(), 1)],
+                "{g}"
+            );
+            assert_eq!(
+                d.table_get(&counts, &"a".to_string()).expect("get"),
+                Some(3)
+            );
+            assert_eq!(d.table_get(&counts, &"z".to_string()).expect("get"), None);
+            let outs = d.read_output(&out).expect("out");
+            let want: Vec<(Option<String>, u64)> =
+                [("a", 1), ("b", 1), ("a", 2), ("c", 1), ("a", 3)]
+                    .into_iter()
+                    .map(|(k, n)| (Some(k.to_string()), n))
+                    .collect();
+            assert_eq!(outs, want);
+            // Read once.
+            assert!(d.read_output(&out).expect("out").is_empty());
+            // Every input committed.
+            for p in 0..4 {
+                let piped = ["a", "b", "a", "c", "a"]
+                    .iter()
+                    .filter(|w| partition_for_key(format!("\"{w}\"").as_bytes(), 4) == p)
+                    .count() as i64;
+                let want = (piped > 0).then_some(piped);
+                assert_eq!(d.committed("words", p), want, "{g} partition {p}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_changelog_holds_one_record_per_change_in_the_tables_partition() {
+        let (app, words, _, _) = counter("exactly_once");
+        let mut d = TestDriver::new(&app).expect("driver");
+        pipe_words(&mut d, &words, &["a", "a"]).await;
+        let log = d.read_records("t-counts-changelog");
+        let p = partition_for_key(b"\"a\"", 4);
+        assert_eq!(log.len(), 2);
+        assert!(log.iter().all(|r| r.partition == p));
+        assert_eq!(log[1].value.as_deref(), Some(&b"2"[..]));
+    }
+
+    #[tokio::test]
+    async fn a_failed_record_is_dead_lettered_with_its_provenance_and_the_rest_goes_on() {
+        let (app, words, counts, _) = counter("at_least_once");
+        let mut d = TestDriver::new(&app).expect("driver");
+        pipe_words(&mut d, &words, &["a", ""]).await;
+        d.pipe_bytes("words", Some(b"\"k\""), Some(b"not json"))
+            .await
+            .expect("pipe");
+        pipe_words(&mut d, &words, &["a"]).await;
+        assert_eq!(d.table(&counts).expect("table"), vec![("a".into(), 2)]);
+        let dead = d.read_records("bad-words");
+        assert_eq!(dead.len(), 2);
+        assert_eq!(dead[0].value.as_deref(), Some(&b"\"\""[..]));
+        assert_eq!(dead[0].header("faustus.source.topic"), Some(&b"words"[..]));
+        assert!(
+            String::from_utf8_lossy(dead[0].header("faustus.error").unwrap_or_default())
+                .contains("empty word")
+        );
+        assert_eq!(dead[1].value.as_deref(), Some(&b"not json"[..]));
+        assert!(
+            String::from_utf8_lossy(dead[1].header("faustus.error").unwrap_or_default())
+                .contains("cannot decode the value of words[")
+        );
+    }
+
+    #[tokio::test]
+    async fn stop_names_the_record_and_nothing_of_the_failed_call_commits() {
+        for g in ["at_least_once", "exactly_once"] {
+            let mut app = app(g);
+            let words = app.topic::<String, String>("words");
+            let out = app.topic::<String, String>("echo");
+            let sink = out.clone();
+            app.agent("echo", &words, async move |batch: Batch<String, String>| {
+                for ev in batch.events() {
+                    let ev = ev?;
+                    let w = ev.value()?;
+                    batch.send(&sink, None, &w)?;
+                    if w == "boom" {
+                        return Err(ev.fail("boom"));
+                    }
+                }
+                Ok(())
+            });
+            let mut d = TestDriver::new(&app).expect("driver");
+            let key = "k".to_string();
+            d.pipe(&words, Some(&key), &"one".to_string())
+                .await
+                .expect("pipe");
+            let e = d
+                .pipe(&words, Some(&key), &"boom".to_string())
+                .await
+                .expect_err("stop");
+            let p = partition_for_key(b"\"k\"", 4);
+            assert!(e.to_string().contains(&format!("words[{p}]@1")), "{e}");
+            // The failed call's output was staged, never sent: the commit
+            // is still after "one" alone.
+            assert_eq!(d.committed("words", p), Some(1), "{g}");
+            let echoed: Vec<String> = d
+                .read_output(&out)
+                .expect("out")
+                .into_iter()
+                .map(|(_, v): (Option<String>, String)| v)
+                .collect();
+            assert_eq!(echoed, vec!["one".to_string()], "{g}");
+            // As a restarted worker: the bad record is read again.
+            let again = d
+                .pipe(&words, Some(&key), &"two".to_string())
+                .await
+                .expect_err("still there");
+            assert!(
+                again.to_string().contains(&format!("words[{p}]@1")),
+                "{again}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn take_gathers_until_n_or_the_virtual_clock_passes_within() {
+        let mut app = app("at_least_once");
+        let words = app.topic::<String, String>("words");
+        let sizes = app.topic::<String, u64>("sizes");
+        let sink = sizes.clone();
+        app.agent_with(
+            "sizes",
+            &words,
+            AgentOptions::default().take(3, Duration::from_secs(5)),
+            async move |batch: Batch<String, String>| {
+                let n = batch.events().count() as u64;
+                batch.send(&sink, None, &n)?;
+                Ok(())
+            },
+        );
+        let mut d = TestDriver::new(&app).expect("driver");
+        let key = "k".to_string();
+        let p = partition_for_key(b"\"k\"", 4);
+        for _ in 0..4 {
+            d.pipe(&words, Some(&key), &"w".to_string())
+                .await
+                .expect("pipe");
+        }
+        let got: Vec<u64> = d
+            .read_output(&sizes)
+            .expect("out")
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(got, vec![3]);
+        // The fourth is held: not committed.
+        assert_eq!(d.committed("words", p), Some(3));
+        d.advance_wall_clock(Duration::from_secs(4))
+            .await
+            .expect("clock");
+        assert!(d.read_output(&sizes).expect("out").is_empty());
+        d.advance_wall_clock(Duration::from_secs(1))
+            .await
+            .expect("clock");
+        let got: Vec<u64> = d
+            .read_output(&sizes)
+            .expect("out")
+            .into_iter()
+            .map(|(_, n)| n)
+            .collect();
+        assert_eq!(got, vec![1]);
+        assert_eq!(d.committed("words", p), Some(4));
+    }
+
+    #[tokio::test]
+    async fn agents_downstream_of_a_repartition_run_in_the_same_pipe() {
+        let mut app = app("exactly_once");
+        let clicks = app.topic::<String, String>("clicks");
+        let by_url = app.repartition_topic::<String, String>("by-url", TopicSpec::json());
+        let counts = app.table::<String, u64>("url-counts");
+        let (to, table) = (by_url.clone(), counts.clone());
+        app.agent(
+            "regroup",
+            &clicks,
+            async move |batch: Batch<String, String>| batch.group_by(&to, |ev| ev.value()),
+        );
+        app.agent(
+            "count",
+            &by_url,
+            async move |batch: Batch<String, String>| {
+                let mut t = batch.table(&table)?;
+                for k in batch.items() {
+                    let (url, _) = k?;
+                    t.update(&url, |n| *n += 1)?;
+                }
+                Ok(())
+            },
+        );
+        let run = || async {
+            let mut d = TestDriver::new(&app).expect("driver");
+            for (user, url) in [("u1", "/a"), ("u2", "/a"), ("u3", "/b"), ("u1", "/a")] {
+                d.pipe(&clicks, Some(&user.to_string()), &url.to_string())
+                    .await
+                    .expect("pipe");
+            }
+            (
+                d.table(&counts).expect("table"),
+                d.read_records("t-url-counts-changelog"),
+            )
+        };
+        let (first, log1) = run().await;
+        assert_eq!(first, vec![("/a".into(), 3), ("/b".into(), 1)]);
+        // Deterministic: the same input gives the same output.
+        let (second, log2) = run().await;
+        assert_eq!(first, second);
+        assert_eq!(log1, log2);
+    }
+
+    #[tokio::test]
+    async fn tables_must_be_co_partitioned_with_their_sources() {
+        let mut app = app("at_least_once");
+        let a = app.topic_with::<String, String>("a", TopicSpec::json().partitions(2));
+        let b = app.topic_with::<String, String>("b", TopicSpec::json().partitions(3));
+        let _t = app.table::<String, u64>("t");
+        app.agent("a", &a, async |_b: Batch<String, String>| Ok(()));
+        app.agent("b", &b, async |_b: Batch<String, String>| Ok(()));
+        let e = TestDriver::new(&app).expect_err("not co-partitioned");
+        assert!(e.to_string().contains("co-partitioned"), "{e}");
+    }
+}
