@@ -404,7 +404,9 @@ async fn group_survives_the_coordinator_broker_dying() {
     let coordinator = producer
         .client()
         .retry("FindCoordinator", Duration::from_secs(60), || {
-            faustus_wire::group::consumer::find_coordinator(producer.client(), &group)
+            producer
+                .client()
+                .refresh_coordinator(faustus_wire::coordinator::CoordinatorType::Group, &group)
         })
         .await
         .expect("coordinator");

@@ -409,7 +409,8 @@ async fn the_commit_follows_a_coordinator_that_moves() {
     send_n(&p, &out, "before", 100).await;
 
     // Kill the broker that coordinates this transactional id.
-    let addr = faustus_wire::group::consumer::find_coordinator_for(&client, &id, 1)
+    let addr = client
+        .refresh_coordinator(faustus_wire::coordinator::CoordinatorType::Transaction, &id)
         .await
         .expect("coordinator");
     client.refresh_metadata(None).await.expect("metadata");
@@ -434,7 +435,8 @@ async fn the_commit_follows_a_coordinator_that_moves() {
         values(&read_all_settled(kafka.bootstrap(), &out).await),
         expected(&["after", "before"], 100)
     );
-    let moved = faustus_wire::group::consumer::find_coordinator_for(&client, &id, 1)
+    let moved = client
+        .refresh_coordinator(faustus_wire::coordinator::CoordinatorType::Transaction, &id)
         .await
         .expect("new coordinator");
     assert_ne!(moved, addr, "the coordinator moved");

@@ -73,6 +73,7 @@ struct Inner {
     conns: tokio::sync::Mutex<HashMap<String, ConnSlot>>,
     meta: RwLock<Arc<ClusterInfo>>,
     refresh: tokio::sync::Mutex<Instant>,
+    coordinators: crate::coordinator::CoordinatorCache,
 }
 
 #[derive(Default)]
@@ -112,11 +113,17 @@ impl Client {
                 conns: tokio::sync::Mutex::new(HashMap::new()),
                 meta: RwLock::new(Arc::new(ClusterInfo::default())),
                 refresh: tokio::sync::Mutex::new(Instant::now()),
+                coordinators: Default::default(),
                 config,
             }),
         };
         client.bootstrap().await?;
         Ok(client)
+    }
+
+    /// The cache of known coordinators (see [`crate::coordinator`]).
+    pub(crate) fn coordinators(&self) -> &crate::coordinator::CoordinatorCache {
+        &self.inner.coordinators
     }
 
     async fn bootstrap(&self) -> Result<()> {

@@ -160,13 +160,13 @@ pub enum Error {
     /// The client was closed.
     #[error("the client is closed")]
     Closed,
-    /// A transactional call failed (see [`TxnError`](crate::producer::txn::TxnError) for what may follow).
+    /// A transactional call failed (see [`TxnError`](TxnError) for what may follow).
     #[error("transactional.id {transactional_id}: {error}")]
     Transaction {
         /// The producer's `transactional.id`.
         transactional_id: String,
         /// What went wrong.
-        error: crate::producer::txn::TxnError,
+        error: TxnError,
     },
 }
 
@@ -231,7 +231,7 @@ impl Error {
             }
             Error::UnknownPartition { .. } => Action::Retry { refresh: true },
             Error::Transaction {
-                error: crate::producer::txn::TxnError::Abortable(_),
+                error: TxnError::Abortable(_),
                 ..
             } => Action::AbortTransaction,
             Error::Server { code, .. } => {
@@ -440,5 +440,54 @@ mod tests {
         let later = b.delay(10);
         assert!(later >= Duration::from_millis(800) && later <= Duration::from_millis(1200));
         let _ = b.delay(u32::MAX);
+    }
+}
+
+/// Where the transactional producer is (see
+/// [`TxnMachine`](crate::producer::txn::TxnMachine)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnState {
+    /// `init_transactions` not called yet.
+    Uninitialized,
+    /// InitProducerId under way.
+    Initializing,
+    /// Ready to begin a transaction.
+    Ready,
+    /// Inside a transaction.
+    InTransaction,
+    /// Flushing, then EndTxn(commit).
+    Committing,
+    /// Dropping unsent records, then EndTxn(abort).
+    Aborting,
+    /// The transaction failed: only `abort` is allowed.
+    AbortableError,
+    /// The producer cannot go on.
+    Fatal,
+}
+
+/// Why a transactional call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnError {
+    /// The call is not allowed in this state (a usage error).
+    State {
+        /// The call.
+        call: &'static str,
+        /// The state it met.
+        state: TxnState,
+    },
+    /// The transaction must be aborted; then the producer goes on.
+    Abortable(String),
+    /// The producer is finished (fenced by a newer instance, or not
+    /// authorized).
+    Fatal(ErrorCode, String),
+}
+
+impl std::fmt::Display for TxnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::State { call, state } => write!(f, "{call} is not allowed in state {state:?}"),
+            Self::Abortable(why) => write!(f, "the transaction must be aborted: {why}"),
+            Self::Fatal(code, why) => write!(f, "the producer is fenced or broken ({code}): {why}"),
+        }
     }
 }

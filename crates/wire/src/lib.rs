@@ -12,13 +12,15 @@ pub mod client;
 pub mod config;
 pub mod conn;
 pub mod consumer;
+pub mod coordinator;
 mod error;
 pub mod group;
 pub mod producer;
 pub mod protocol;
 pub mod record;
+pub mod types;
 
 pub use admin::{Admin, NewTopic, OffsetSpec};
 pub use client::{Client, ClusterInfo, PartitionInfo, TopicInfo};
 pub use config::{ClientConfig, Properties};
-pub use error::{Action, Backoff, Context, Error, Result};
+pub use error::{Action, Backoff, Context, Error, Result, TxnError, TxnState};

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use faustus_wire::consumer::TopicPartition;
 use faustus_wire::group::{GroupMetadataHandle, RebalanceListener};
-use faustus_wire::producer::txn::TxnError;
 use faustus_wire::producer::{Producer, ProducerRecord, TransactionalProducer};
+use faustus_wire::TxnError;
 
 use super::commit::{CommitAction, CommitEvent, CommitMachine, Offsets, TxnEnd};
 use super::task::{Delivery, Sink};

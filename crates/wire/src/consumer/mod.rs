@@ -47,9 +47,9 @@ use tokio::time::Instant;
 use crate::admin::{Admin, OffsetSpec};
 use crate::client::{topic_name, Client};
 use crate::config::{ClientConfig, Properties};
-pub use crate::producer::TopicPartition;
 use crate::protocol::ErrorCode;
 use crate::record::{Batches, Compression, Record, RecordBatch};
+pub use crate::types::TopicPartition;
 use crate::{Action, Error, Result};
 use session::FetchSession;
 use txn::AbortedFilter;
@@ -127,18 +127,7 @@ impl ConsumerConfig {
     }
 }
 
-/// Where to start reading a partition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Offset {
-    /// The log start offset.
-    Beginning,
-    /// The log end offset (the last stable offset under read_committed).
-    End,
-    /// An exact offset.
-    At(i64),
-    /// The first offset with a timestamp at or after this one (ms).
-    Timestamp(i64),
-}
+pub use crate::types::Offset;
 
 /// One partition's share of a fetch: whole batches plus a per-record view.
 #[derive(Debug)]

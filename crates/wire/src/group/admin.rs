@@ -9,11 +9,11 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::consumer::find_coordinator;
 use super::offsets::{check_commit, commit_request, fetch_request, fetched_offsets, GroupOffsets};
 use super::protocol::Assignment;
 use crate::admin::Admin;
 use crate::conn::Connection;
+use crate::coordinator::CoordinatorType;
 use crate::protocol::ErrorCode;
 use crate::{Error, Result};
 
@@ -64,7 +64,10 @@ fn sb(s: &str) -> StrBytes {
 
 impl Admin {
     async fn coordinator_of(&self, group: &str) -> Result<Connection> {
-        let addr = find_coordinator(self.client(), group).await?;
+        let addr = self
+            .client()
+            .refresh_coordinator(CoordinatorType::Group, group)
+            .await?;
         self.client().conn_to(&addr).await
     }
 

@@ -25,8 +25,8 @@ use kafka_protocol::messages::join_group_request::JoinGroupRequestProtocol;
 use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    ConsumerGroupHeartbeatRequest, FindCoordinatorRequest, GroupId, HeartbeatRequest,
-    JoinGroupRequest, LeaveGroupRequest, SyncGroupRequest,
+    ConsumerGroupHeartbeatRequest, GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest,
+    SyncGroupRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 use tokio::time::Instant;
@@ -40,7 +40,9 @@ use crate::client::{topic_name, Client};
 use crate::config::Properties;
 use crate::conn::Connection;
 use crate::consumer::{Consumer, ConsumerConfig, Fetched, Offset, OffsetReset, TopicPartition};
+use crate::coordinator::CoordinatorType;
 use crate::protocol::ErrorCode;
+pub use crate::types::GroupMetadata;
 use crate::{Error, Result};
 
 /// Group settings, by the Java client's names.
@@ -272,33 +274,6 @@ struct JoinState {
     protocol: Option<String>,
     members: Vec<(String, Option<String>, Bytes)>,
     plan: Vec<(String, Bytes)>,
-}
-
-/// A group member's identity, for committing its offsets inside a
-/// transaction (KIP-447: the coordinator refuses offsets from a member of an
-/// older generation, so a zombie cannot commit).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GroupMetadata {
-    /// `group.id`.
-    pub group_id: String,
-    /// Generation (classic) or member epoch (KIP-848); -1 for none.
-    pub generation: i32,
-    /// Member id; empty for none.
-    pub member_id: String,
-    /// `group.instance.id`.
-    pub instance_id: Option<String>,
-}
-
-impl GroupMetadata {
-    /// Metadata for a group without membership checks (generation -1).
-    pub fn new(group_id: impl Into<String>) -> Self {
-        Self {
-            group_id: group_id.into(),
-            generation: -1,
-            member_id: String::new(),
-            instance_id: None,
-        }
-    }
 }
 
 /// Reads a group member's current [`GroupMetadata`]; see
@@ -756,7 +731,11 @@ impl<L: RebalanceListener> GroupConsumer<L> {
         Ok(match action {
             Action::FindCoordinator { not_before } => {
                 tokio::time::sleep_until(not_before).await;
-                match find_coordinator(&self.client, &group).await {
+                match self
+                    .client
+                    .refresh_coordinator(CoordinatorType::Group, &group)
+                    .await
+                {
                     Ok(addr) => {
                         lock(&self.shared).coordinator = Some(addr);
                         vec![Event::CoordinatorFound]
@@ -1154,7 +1133,11 @@ impl<L: RebalanceListener> GroupConsumer<L> {
                     .and_then(Error::code)
                     .is_some_and(|c| c.is_coordinator_error())
                 {
-                    if let Ok(addr) = find_coordinator(&self.client, group).await {
+                    if let Ok(addr) = self
+                        .client
+                        .refresh_coordinator(CoordinatorType::Group, group)
+                        .await
+                    {
                         lock(&self.shared).coordinator = Some(addr);
                     }
                 }
@@ -1168,52 +1151,6 @@ impl<L: RebalanceListener> Drop for GroupConsumer<L> {
     fn drop(&mut self) {
         self.heartbeat.abort();
     }
-}
-
-/// FindCoordinator for a group; returns the coordinator's `host:port`.
-pub async fn find_coordinator(client: &Client, group: &str) -> Result<String> {
-    find_coordinator_for(client, group, 0).await
-}
-
-/// FindCoordinator for a key: `key_type` 0 for a group, 1 for a
-/// `transactional.id`. Returns the coordinator's `host:port`.
-pub async fn find_coordinator_for(client: &Client, key: &str, key_type: i8) -> Result<String> {
-    let conn = client.any_broker().await?;
-    let version = conn.version_for(10).unwrap_or(0);
-    // v4+ batch the keys (KIP-699); earlier versions take one key.
-    let req = if version >= 4 {
-        FindCoordinatorRequest::default()
-            .with_key_type(key_type)
-            .with_coordinator_keys(vec![sb(key)])
-    } else {
-        FindCoordinatorRequest::default()
-            .with_key_type(key_type)
-            .with_key(sb(key))
-    };
-    let resp = conn.call(&req).await?;
-    conn.throttle(resp.throttle_time_ms);
-    let (code, host, port) = if version >= 4 {
-        let c = resp.coordinators.first().ok_or_else(|| {
-            Error::server(
-                ErrorCode::COORDINATOR_NOT_AVAILABLE,
-                None,
-                "FindCoordinator",
-                None,
-                None,
-            )
-        })?;
-        (ErrorCode(c.error_code), c.host.as_str().to_owned(), c.port)
-    } else {
-        (
-            ErrorCode(resp.error_code),
-            resp.host.as_str().to_owned(),
-            resp.port,
-        )
-    };
-    if !code.is_ok() {
-        return Err(Error::server(code, None, "FindCoordinator", None, None));
-    }
-    Ok(format!("{host}:{port}"))
 }
 
 async fn send_heartbeat(
@@ -1425,7 +1362,10 @@ async fn heartbeat_loop(
                     // Keep heartbeating through a coordinator move without
                     // waiting for the application's next poll.
                     tokio::time::sleep_until(not_before).await;
-                    match find_coordinator(&client, &group).await {
+                    match client
+                        .refresh_coordinator(CoordinatorType::Group, &group)
+                        .await
+                    {
                         Ok(addr) => {
                             lock(&shared).coordinator = Some(addr);
                             Event::CoordinatorFound

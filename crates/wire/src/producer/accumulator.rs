@@ -21,14 +21,7 @@ use crate::protocol::ErrorCode;
 use crate::record::{restamp_producer, BatchBuilder, Compression};
 use crate::{Action, Backoff, Error};
 
-/// A topic and partition.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TopicPartition {
-    /// Topic name.
-    pub topic: Arc<str>,
-    /// Partition number.
-    pub partition: i32,
-}
+pub use crate::types::TopicPartition;
 
 /// Where a batch ended up.
 #[derive(Debug, Clone, Copy)]

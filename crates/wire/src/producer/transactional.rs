@@ -44,7 +44,7 @@ use super::{
     lock, DeliveryFuture, Inner, Producer, ProducerConfig, ProducerRecord, TopicPartition,
 };
 use crate::client::topic_name;
-use crate::group::consumer::find_coordinator_for;
+use crate::coordinator::CoordinatorType;
 use crate::group::GroupMetadata;
 use crate::protocol::ErrorCode;
 use crate::{Error, Result};
@@ -58,9 +58,6 @@ fn sb(s: &str) -> StrBytes {
 pub(crate) struct TxnShared {
     id: String,
     machine: Mutex<TxnMachine>,
-    coordinator: Mutex<Option<String>>,
-    /// The consumer group coordinators TxnOffsetCommit goes to, by group.
-    group_coordinators: Mutex<BTreeMap<String, String>>,
     /// AddPartitionsToTxn answered CONCURRENT_TRANSACTIONS this many times
     /// in a row.
     concurrent_retries: std::sync::atomic::AtomicU32,
@@ -71,8 +68,6 @@ impl TxnShared {
         Self {
             id,
             machine: Mutex::new(TxnMachine::new(TxnConfig { retry_backoff })),
-            coordinator: Mutex::new(None),
-            group_coordinators: Mutex::new(BTreeMap::new()),
             concurrent_retries: std::sync::atomic::AtomicU32::new(0),
         }
     }
@@ -110,12 +105,17 @@ impl TxnShared {
 
     /// The coordinator's address, looking it up when unknown.
     async fn coordinator(&self, inner: &Inner) -> Result<String> {
-        if let Some(a) = lock(&self.coordinator).clone() {
-            return Ok(a);
-        }
-        let addr = find_coordinator_for(&inner.client, &self.id, 1).await?;
-        *lock(&self.coordinator) = Some(addr.clone());
-        Ok(addr)
+        inner
+            .client
+            .coordinator(CoordinatorType::Transaction, &self.id)
+            .await
+    }
+
+    /// Forgets the coordinator: it moved, or its connection broke.
+    fn forget_coordinator(&self, inner: &Inner) {
+        inner
+            .client
+            .forget_coordinator(CoordinatorType::Transaction, &self.id);
     }
 }
 
@@ -132,7 +132,7 @@ pub(crate) async fn add_partitions(
             tracing::debug!(transactional_id = %txn.id, error = %e, "AddPartitionsToTxn failed");
             let code = e.code().unwrap_or(ErrorCode::COORDINATOR_NOT_AVAILABLE);
             if code.is_coordinator_error() || e.code().is_none() {
-                *lock(&txn.coordinator) = None;
+                txn.forget_coordinator(&inner);
             }
             tokio::time::sleep(inner.client.retry_backoff().delay(0)).await;
             parts.iter().map(|tp| (tp.clone(), code)).collect()
@@ -142,7 +142,7 @@ pub(crate) async fn add_partitions(
         .iter()
         .any(|(_, c)| c.is_coordinator_error() && *c != ErrorCode::COORDINATOR_LOAD_IN_PROGRESS)
     {
-        *lock(&txn.coordinator) = None;
+        txn.forget_coordinator(&inner);
     }
     if results
         .iter()
@@ -387,11 +387,12 @@ impl TransactionalProducer {
                 TxnAction::Complete(r) => return r.map_err(|e| txn.error(e)),
                 TxnAction::FindCoordinator { not_before } => {
                     tokio::time::sleep_until(not_before).await;
-                    match find_coordinator_for(&inner.client, &txn.id, 1).await {
-                        Ok(addr) => {
-                            *lock(&txn.coordinator) = Some(addr);
-                            TxnEvent::CoordinatorFound
-                        }
+                    match inner
+                        .client
+                        .refresh_coordinator(CoordinatorType::Transaction, &txn.id)
+                        .await
+                    {
+                        Ok(_) => TxnEvent::CoordinatorFound,
                         Err(e) => {
                             tracing::debug!(transactional_id = %txn.id, error = %e, "FindCoordinator failed");
                             TxnEvent::CoordinatorLost
@@ -471,7 +472,7 @@ impl TransactionalProducer {
     /// it was).
     fn lost(&self, e: Error) -> TxnEvent {
         tracing::debug!(transactional_id = %self.txn.id, error = %e, "transaction request failed");
-        *lock(&self.txn.coordinator) = None;
+        self.txn.forget_coordinator(&self.producer.inner);
         TxnEvent::CoordinatorLost
     }
 
@@ -556,18 +557,11 @@ impl TransactionalProducer {
                     })
                     .collect(),
             );
-        let cached = lock(&self.txn.group_coordinators)
-            .get(&group.group_id)
-            .cloned();
         let result = async {
-            let addr = match cached {
-                Some(a) => a,
-                None => {
-                    let a = find_coordinator_for(&inner.client, &group.group_id, 0).await?;
-                    lock(&self.txn.group_coordinators).insert(group.group_id.clone(), a.clone());
-                    a
-                }
-            };
+            let addr = inner
+                .client
+                .coordinator(CoordinatorType::Group, &group.group_id)
+                .await?;
             let conn = inner.client.conn_to(&addr).await?;
             let resp = conn.call(&req).await?;
             conn.throttle(resp.throttle_time_ms);
@@ -586,7 +580,9 @@ impl TransactionalProducer {
             ErrorCode::COORDINATOR_NOT_AVAILABLE
         });
         if code.is_coordinator_error() {
-            lock(&self.txn.group_coordinators).remove(&group.group_id);
+            inner
+                .client
+                .forget_coordinator(CoordinatorType::Group, &group.group_id);
         }
         code
     }

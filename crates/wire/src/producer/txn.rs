@@ -36,27 +36,6 @@ use super::TopicPartition;
 use crate::protocol::ErrorCode;
 use crate::Error;
 
-/// Where the transactional producer is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TxnState {
-    /// `init_transactions` not called yet.
-    Uninitialized,
-    /// InitProducerId under way.
-    Initializing,
-    /// Ready to begin a transaction.
-    Ready,
-    /// Inside a transaction.
-    InTransaction,
-    /// Flushing, then EndTxn(commit).
-    Committing,
-    /// Dropping unsent records, then EndTxn(abort).
-    Aborting,
-    /// The transaction failed: only `abort` is allowed.
-    AbortableError,
-    /// The producer cannot go on.
-    Fatal,
-}
-
 /// What happened.
 #[derive(Debug, Clone)]
 pub enum TxnEvent {
@@ -162,32 +141,7 @@ pub enum TxnAction {
     Complete(Result<(), TxnError>),
 }
 
-/// Why a transactional call failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TxnError {
-    /// The call is not allowed in this state (a usage error).
-    State {
-        /// The call.
-        call: &'static str,
-        /// The state it met.
-        state: TxnState,
-    },
-    /// The transaction must be aborted; then the producer goes on.
-    Abortable(String),
-    /// The producer is finished (fenced by a newer instance, or not
-    /// authorized).
-    Fatal(ErrorCode, String),
-}
-
-impl std::fmt::Display for TxnError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::State { call, state } => write!(f, "{call} is not allowed in state {state:?}"),
-            Self::Abortable(why) => write!(f, "the transaction must be aborted: {why}"),
-            Self::Fatal(code, why) => write!(f, "the producer is fenced or broken ({code}): {why}"),
-        }
-    }
-}
+pub use crate::error::{TxnError, TxnState};
 
 /// What a request of the current step is, for retries.
 #[derive(Debug, Clone, PartialEq, Eq)]
