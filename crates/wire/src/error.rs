@@ -160,7 +160,7 @@ pub enum Error {
     /// The client was closed.
     #[error("the client is closed")]
     Closed,
-    /// A transactional call failed (see [`TxnError`](TxnError) for what may follow).
+    /// A transactional call failed (see [`TxnError`] for what may follow).
     #[error("transactional.id {transactional_id}: {error}")]
     Transaction {
         /// The producer's `transactional.id`.
