@@ -391,3 +391,97 @@ async fn a_store_behind_its_changelogs_start_is_rebuilt() {
         "the deleted key survived in the store"
     );
 }
+
+/// Restoring a changelog takes longer than `max.poll.interval.ms`: the
+/// worker restores between polls with the source paused, so it stays in its
+/// group and then answers from the whole table. (Restoring inside one poll,
+/// the member is dropped from the group for not polling, loses the task,
+/// and with a memory store starts over on every re-assignment: the probe is
+/// never answered.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_longer_than_the_poll_interval_keeps_the_worker_in_its_group() {
+    const RECORDS: u64 = 2_000_000;
+    const KEYS: u64 = 1_000;
+    let (mut app, id, _dir) = app("engine-restore");
+    app.set("store", "memory");
+    app.set("max.poll.interval.ms", "1000");
+    app.set("fetch.max.wait.ms", "100");
+    let (p, admin) = producer_and_admin().await;
+    let changelog = format!("{id}-counts-changelog");
+    admin
+        .create_topic(
+            faustus_wire::NewTopic::new(&changelog, 1, 1).config("cleanup.policy", "compact"),
+            false,
+        )
+        .await
+        .expect("changelog");
+    admin
+        .create_topic(faustus_wire::NewTopic::new(format!("{id}-in"), 1, 1), false)
+        .await
+        .expect("input");
+    // The table as a previous run left it: key k<i % KEYS> counted up to
+    // RECORDS / KEYS.
+    for i in 0..RECORDS {
+        let rec = faustus_wire::producer::ProducerRecord::new(&changelog)
+            .key(format!("k{}", i % KEYS))
+            .value((i / KEYS + 1).to_string())
+            .partition(0);
+        let _ = p.send(rec).await.expect("queued");
+    }
+    p.flush().await.expect("changelog written");
+
+    let input = app.topic_with(
+        &format!("{id}-in"),
+        TopicSpec::<String, String>::new(Utf8, Utf8),
+    );
+    let output = app.topic_with(
+        &format!("{id}-out"),
+        TopicSpec::<String, u64>::new(Utf8, Json),
+    );
+    let counts = app.table_with("counts", TableSpec::new(Utf8, Json, || 0u64));
+    let out = output.clone();
+    app.agent("probe", &input, async move |batch| {
+        let mut table = batch.table(&counts)?;
+        for item in batch.items() {
+            let (key, _) = item?;
+            batch.send(&out, Some(&key), &table.get(&key)?)?;
+        }
+        Ok(())
+    });
+    let probe = input
+        .record(Some(&"k7".to_string()), &"probe".to_string())
+        .expect("encode");
+    let _ = p.send(probe).await.expect("queued");
+    p.flush().await.expect("probe written");
+
+    let bootstrap = shared().expect("kafka").bootstrap().to_owned();
+    let out_name = output.name().to_owned();
+    // Every member id the group shows while the worker runs: a member
+    // dropped for not polling joins again under a new id.
+    let members = Mutex::new(std::collections::BTreeSet::new());
+    run_until(&app, async || {
+        if let Ok(g) = admin.describe_group(&id).await {
+            let mut seen = members.lock().expect("members");
+            seen.extend(g.members.iter().map(|m| m.member_id.clone()));
+        }
+        !read_all(&bootstrap, &out_name, false).await.is_empty()
+    })
+    .await
+    .expect("worker");
+    let members = members.into_inner().expect("members");
+    assert_eq!(
+        members.len(),
+        1,
+        "the worker left its group and joined again while restoring: {members:?}"
+    );
+    let answers = read_all(&bootstrap, output.name(), false).await;
+    let want = (RECORDS / KEYS).to_string();
+    assert_eq!(
+        answers
+            .iter()
+            .map(|(_, k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("k7", want.as_str())],
+        "the probe saw a table not fully restored, or was answered twice"
+    );
+}

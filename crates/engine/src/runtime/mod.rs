@@ -42,7 +42,7 @@ use faustus_wire::{Admin, Client, ClientConfig};
 use self::commit::{CommitAction, CommitEvent};
 use self::dispatch::{Dispatcher, Progress};
 use self::rebalance::{Change, Listener, Outputs, Ownership, Shared, TaskChanges};
-use self::restore::Restorer;
+use self::restore::{Opened, Restorer};
 use self::task::{write_overlays, Tasks};
 use crate::config::Guarantee;
 use crate::error::{Error, Result};
@@ -56,6 +56,10 @@ struct Worker<'t> {
     tasks: Tasks,
     ownership: Ownership,
     commit_interval: Duration,
+    /// How long a restore step may take between polls.
+    restore_budget: Duration,
+    /// A task began restoring: commit what is processed first.
+    commit_before_restoring: bool,
     processed: u64,
     lag: BTreeMap<TopicPartition, i64>,
 }
@@ -88,12 +92,11 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
         }
     };
     let shared = Arc::new(Shared::new(outputs));
-    let consumer = GroupConsumer::subscribe(
-        GroupConfig::from_properties(&props)?,
-        &topics,
-        Listener(shared.clone()),
-    )
-    .await?;
+    let group_cfg = GroupConfig::from_properties(&props)?;
+    // Well inside `max.poll.interval.ms`: a poll runs beside each step.
+    let restore_budget =
+        (group_cfg.max_poll_interval / 5).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let consumer = GroupConsumer::subscribe(group_cfg, &topics, Listener(shared.clone())).await?;
     shared.set_group_metadata(consumer.metadata_handle());
     tracing::info!(app = %cfg.app_id, worker = %id, guarantee = ?cfg.guarantee, ?topics, "worker starting");
     let mut w = Worker {
@@ -104,6 +107,8 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
         tasks: Tasks::new(),
         ownership: Ownership::default(),
         commit_interval: cfg.commit_interval,
+        restore_budget,
+        commit_before_restoring: false,
         processed: 0,
         lag: BTreeMap::new(),
     };
@@ -121,19 +126,35 @@ impl Worker<'_> {
                 tracing::info!("shutting down: committing and leaving the group");
                 return Ok(());
             }
-            let fetched = self.consumer.poll().await?;
+            // Restoring tasks catch up while the consumer polls: neither
+            // waits for the other, and polls keep their pace.
+            let (fetched, restored) = tokio::join!(
+                self.consumer.poll(),
+                self.restorer.restore_step(self.restore_budget)
+            );
+            let (fetched, restored) = (fetched?, restored?);
+            for (p, task) in restored {
+                self.tasks.insert(p, Rc::new(task));
+                self.set_paused(p, false);
+            }
             if !self.apply_changes().await? {
                 // Rewound: what this poll returned is read again.
                 continue;
+            }
+            if std::mem::take(&mut self.commit_before_restoring) {
+                self.commit().await?;
             }
             if !fetched.is_empty() {
                 self.process(fetched).await?;
             }
             self.flush_gathered(false).await?;
-            let tasks = &self.tasks;
-            self.restorer
-                .standby_step(|p| tasks.contains_key(&p))
-                .await?;
+            let owned: std::collections::BTreeSet<i32> = self
+                .tasks
+                .keys()
+                .copied()
+                .chain(self.restorer.restoring())
+                .collect();
+            self.restorer.standby_step(|p| owned.contains(&p)).await?;
             if last_commit.elapsed() >= self.commit_interval {
                 self.commit().await?;
                 last_commit = Instant::now();
@@ -242,20 +263,43 @@ impl Worker<'_> {
             };
             self.change_tasks(tasks).await?;
         }
+        // Source partitions of a task being restored wait for it (also
+        // those assigned after its restoration began).
+        let restoring: Vec<i32> = self.restorer.restoring().collect();
+        for p in restoring {
+            self.set_paused(p, true);
+        }
         Ok(fresh)
     }
 
     async fn change_tasks(&mut self, changes: TaskChanges) -> Result<()> {
         for p in changes.close {
+            self.restorer.cancel(p);
             if self.tasks.remove(&p).is_some() {
                 tracing::info!(partition = p, "task closed");
             }
         }
         for p in changes.open {
-            let task = self.restorer.open_task(p).await?;
-            self.tasks.insert(p, Rc::new(task));
+            match self.restorer.open_task(p).await? {
+                Opened::Ready(task) => {
+                    self.tasks.insert(p, Rc::new(task));
+                }
+                Opened::Restoring => self.commit_before_restoring = true,
+            }
         }
         Ok(())
+    }
+
+    /// Pauses (or resumes) fetching the owned source partitions of
+    /// partition number `p`.
+    fn set_paused(&mut self, p: i32, paused: bool) {
+        for tp in self.ownership.owned().filter(|tp| tp.partition == p) {
+            if paused {
+                self.consumer.pause(tp);
+            } else {
+                self.consumer.resume(tp);
+            }
+        }
     }
 
     /// Seeks every assigned partition back to the group's committed offset.
@@ -297,7 +341,24 @@ impl Worker<'_> {
     }
 
     /// Feeds one poll's batches to the agents.
-    async fn process(&mut self, fetched: Vec<Fetched>) -> Result<()> {
+    async fn process(&mut self, mut fetched: Vec<Fetched>) -> Result<()> {
+        // A poll that assigned a partition may have fetched from it before
+        // its task was restoring and paused: read those records again once
+        // the task is ready.
+        let mut early = Vec::new();
+        fetched.retain(|f| {
+            let waiting = self.restorer.is_restoring(f.partition());
+            if waiting {
+                early.push((f.topic_partition().clone(), f.start_offset()));
+            }
+            !waiting
+        });
+        for (tp, from) in early {
+            self.consumer.seek(&tp, Offset::At(from))?;
+        }
+        if fetched.is_empty() {
+            return Ok(());
+        }
         self.begin().await?;
         for f in &fetched {
             self.lag.insert(

@@ -265,6 +265,11 @@ pub(crate) struct TaskChanges {
 }
 
 impl Ownership {
+    /// The source partitions owned now.
+    pub(crate) fn owned(&self) -> impl Iterator<Item = &TopicPartition> {
+        self.owned.iter()
+    }
+
     fn has(&self, p: i32) -> bool {
         self.owned.iter().any(|tp| tp.partition == p)
     }

@@ -1,8 +1,10 @@
-//! Restoring table partitions from their changelogs: recovery when a task
-//! opens, standby replicas kept current between polls, and the read of a
-//! table's committed contents from outside the agents. All three apply
-//! changelog fetches to a store with [`apply_changelog`]; recovery and the
-//! outside read share one replay loop, [`replay`].
+//! Restoring table partitions from their changelogs: a task whose stores
+//! are behind restores in steps between the worker's polls (its source
+//! partitions paused meanwhile), standby replicas are kept current between
+//! polls, and a table's committed contents are read from outside the
+//! agents. All apply changelog fetches to a store with [`apply_changelog`],
+//! each fetch in one atomic write with its last offset, so restoration
+//! interrupted anywhere goes on from where it got to.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -105,12 +107,37 @@ struct Standby {
     partitions: i32,
 }
 
-/// Opens table partitions and keeps standbys.
+/// A task whose table partitions are catching up with their changelogs.
+struct Restoring {
+    /// Its table partitions, by table id.
+    parts: Vec<TablePart>,
+    /// The changelog partitions still behind, and the end each must reach
+    /// (the last stable offset when restoration began).
+    ends: BTreeMap<TopicPartition, i64>,
+    began: Instant,
+    applied: u64,
+}
+
+/// What opening a task gave.
+pub(crate) enum Opened {
+    /// Its stores are current: the task can run now.
+    Ready(TaskCtx),
+    /// Its stores are behind: [`Restorer::restore_step`] brings them up
+    /// between polls, then hands the task over.
+    Restoring,
+}
+
+/// Opens table partitions, restores them from their changelogs between
+/// the worker's polls, and keeps standbys.
 pub(crate) struct Restorer<'t> {
     tables: &'t [TableDef],
     cfg: &'t EngineConfig,
     admin: Admin,
     recovery: Consumer,
+    /// Tasks being restored, by partition number.
+    restoring: BTreeMap<i32, Restoring>,
+    /// Table index by changelog topic.
+    by_changelog: HashMap<Arc<str>, usize>,
     standby: Option<Standby>,
 }
 
@@ -149,20 +176,123 @@ impl<'t> Restorer<'t> {
             cfg,
             admin: Admin::new(client),
             recovery,
+            restoring: BTreeMap::new(),
+            by_changelog: tables
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.changelog.clone(), i))
+                .collect(),
             standby,
         })
     }
 
-    /// Opens partition `p` of every table, recovered from its changelog
-    /// (from where a standby got to, if there is one).
-    pub(crate) async fn open_task(&mut self, p: i32) -> Result<TaskCtx> {
+    /// Opens partition `p` of every table (closing its standbys first):
+    /// ready at once when every store is current, restoring otherwise.
+    pub(crate) async fn open_task(&mut self, p: i32) -> Result<Opened> {
         self.release_standby(p);
-        let mut tables = Vec::new();
+        let mut parts = Vec::new();
+        let mut ends = BTreeMap::new();
         for def in self.tables {
-            tables.push(self.recover(def, p).await?);
+            let (part, behind) = self.prepare(def, p).await?;
+            if let Some((start, end)) = behind {
+                tracing::info!(table = %def.name, partition = p, from = ?start, end, "restoring");
+                self.recovery.assign(&def.changelog, &[p], start).await?;
+                let tp = TopicPartition {
+                    topic: def.changelog.clone(),
+                    partition: p,
+                };
+                ends.insert(tp, end);
+            }
+            parts.push(part);
         }
-        tracing::info!(partition = p, tables = tables.len(), "task ready");
-        Ok(TaskCtx::new(tables))
+        if ends.is_empty() {
+            tracing::info!(partition = p, tables = parts.len(), "task ready");
+            return Ok(Opened::Ready(TaskCtx::new(parts)));
+        }
+        self.restoring.insert(
+            p,
+            Restoring {
+                parts,
+                ends,
+                began: Instant::now(),
+                applied: 0,
+            },
+        );
+        Ok(Opened::Restoring)
+    }
+
+    /// Whether partition `p`'s task is being restored.
+    pub(crate) fn is_restoring(&self, p: i32) -> bool {
+        self.restoring.contains_key(&p)
+    }
+
+    /// The partition numbers being restored.
+    pub(crate) fn restoring(&self) -> impl Iterator<Item = i32> + '_ {
+        self.restoring.keys().copied()
+    }
+
+    /// Stops restoring partition `p` (revoked meanwhile). What was applied
+    /// stays in the stores with its offset: the next owner of this
+    /// directory goes on from there.
+    pub(crate) fn cancel(&mut self, p: i32) {
+        if let Some(r) = self.restoring.remove(&p) {
+            let tps: Vec<TopicPartition> = r.ends.into_keys().collect();
+            self.recovery.unassign(&tps);
+            tracing::info!(partition = p, applied = r.applied, "restoration cancelled");
+        }
+    }
+
+    /// Applies changelog records to the stores being restored for about
+    /// `budget` (one fetch at least), between the worker's polls, so that
+    /// restoring a large changelog never keeps the worker from polling
+    /// (`max.poll.interval.ms`) or committing its other tasks. Returns the
+    /// tasks whose stores reached their changelogs' ends.
+    pub(crate) async fn restore_step(&mut self, budget: Duration) -> Result<Vec<(i32, TaskCtx)>> {
+        let mut done = Vec::new();
+        if self.restoring.is_empty() {
+            return Ok(done);
+        }
+        let until = Instant::now() + budget;
+        loop {
+            for f in self.recovery.poll().await? {
+                let Some(&i) = self.by_changelog.get(f.topic()) else {
+                    continue;
+                };
+                if let Some(r) = self.restoring.get_mut(&f.partition()) {
+                    r.applied += apply_changelog(&mut *r.parts[i].store, &f)?;
+                }
+            }
+            let recovery = &self.recovery;
+            let finished: Vec<i32> = self
+                .restoring
+                .iter()
+                .filter(|(_, r)| {
+                    r.ends
+                        .iter()
+                        .all(|(tp, &end)| recovery.position(tp).is_some_and(|pos| pos >= end))
+                })
+                .map(|(&p, _)| p)
+                .collect();
+            for p in finished {
+                if let Some(r) = self.restoring.remove(&p) {
+                    let tps: Vec<TopicPartition> = r.ends.into_keys().collect();
+                    self.recovery.unassign(&tps);
+                    tracing::info!(
+                        partition = p,
+                        applied = r.applied,
+                        ms = r.began.elapsed().as_millis() as u64,
+                        "restored; task ready"
+                    );
+                    done.push((p, TaskCtx::new(r.parts)));
+                }
+            }
+            if !done.is_empty() || self.restoring.is_empty() || Instant::now() >= until {
+                if let Some((p, r)) = self.restoring.iter().next() {
+                    tracing::debug!(partition = p, applied = r.applied, "restoring");
+                }
+                return Ok(done);
+            }
+        }
     }
 
     fn store_path(&self, def: &TableDef, p: i32) -> PathBuf {
@@ -192,9 +322,11 @@ impl<'t> Restorer<'t> {
             .unwrap_or(0))
     }
 
-    /// Brings partition `p` of a table up to its changelog's end (the last
-    /// stable offset: what read_committed can see).
-    async fn recover(&mut self, def: &TableDef, p: i32) -> Result<TablePart> {
+    /// Opens partition `p` of a table's store, wiped first when its
+    /// changelog cannot continue it; returns it with where its changelog
+    /// must be read from and to (its end as read_committed sees it: the
+    /// last stable offset), unless it is current.
+    async fn prepare(&self, def: &TableDef, p: i32) -> Result<(TablePart, Option<(Offset, i64)>)> {
         let mut store = self.open_store(def, p)?;
         let end = self.changelog_offset(def, p, OffsetSpec::Latest).await?;
         let log_start = self.changelog_offset(def, p, OffsetSpec::Earliest).await?;
@@ -210,38 +342,14 @@ impl<'t> Restorer<'t> {
             }
             store = self.open_store(def, p)?;
         }
-        let start = store
-            .offset()
-            .map_or(Offset::Beginning, |o| Offset::At(o + 1));
-        let tp = TopicPartition {
-            topic: def.changelog.clone(),
-            partition: p,
-        };
-        let began = Instant::now();
-        let mut applied = 0u64;
-        if store.offset().map_or(0, |o| o + 1) < end {
-            tracing::info!(table = %def.name, partition = p, from = ?start, end, "recovering");
-            self.recovery.assign(&def.changelog, &[p], start).await?;
-            let ends = BTreeMap::from([(tp.clone(), end)]);
-            replay(
-                &mut self.recovery,
-                &ends,
-                |f| {
-                    applied += apply_changelog(&mut *store, f)?;
-                    Ok(())
-                },
-                |c| tracing::info!(table = %def.name, partition = p, position = ?c.position(&tp), end, "recovery progress"),
-            )
-            .await?;
-            self.recovery.unassign(std::slice::from_ref(&tp));
-        }
-        tracing::info!(table = %def.name, partition = p, applied, ms = began.elapsed().as_millis() as u64, "recovered");
-        Ok(TablePart::new(
-            def.name.clone(),
-            def.changelog.clone(),
-            p,
-            store,
-        ))
+        let behind = (store.offset().map_or(0, |o| o + 1) < end).then(|| {
+            let start = store
+                .offset()
+                .map_or(Offset::Beginning, |o| Offset::At(o + 1));
+            (start, end)
+        });
+        let part = TablePart::new(def.name.clone(), def.changelog.clone(), p, store);
+        Ok((part, behind))
     }
 
     /// Closes the standby stores of partition `p` (about to become a

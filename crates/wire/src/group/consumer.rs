@@ -632,6 +632,11 @@ impl<L: RebalanceListener> GroupConsumer<L> {
         self.consumer.pause(tp);
     }
 
+    /// Fetches a paused partition again, from its position.
+    pub fn resume(&mut self, tp: &TopicPartition) {
+        self.consumer.resume(tp);
+    }
+
     /// The next offset [`poll`](Self::poll) will return for an owned
     /// partition; `None` while its start is still being looked up (or for a
     /// partition this member does not own).
