@@ -68,6 +68,17 @@ struct Worker<'t> {
 /// commits, leaves the group and returns.
 pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>) -> Result<()> {
     let cfg = &topology.config;
+    let flavor = tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor());
+    if flavor.is_ok_and(|f| f == tokio::runtime::RuntimeFlavor::CurrentThread) {
+        // The loop (agents, table stores) runs on the thread that awaits
+        // it; the client's IO (connections, heartbeats, the producer's
+        // sender) runs in spawned tasks, on the runtime's worker threads.
+        // With a single thread, a slow store read or write holds all of it.
+        tracing::warn!(
+            "worker on a current-thread runtime: table stores and the Kafka client's IO \
+             share one thread; use the multi-thread runtime (App::main does)"
+        );
+    }
     let topics = topology.source_topics();
     if topics.is_empty() {
         return Err(Error::Config("the app has no agents".into()));
