@@ -43,7 +43,7 @@ use self::commit::{CommitAction, CommitEvent};
 use self::dispatch::{Dispatcher, Progress};
 use self::rebalance::{Change, Listener, Outputs, Ownership, Shared, TaskChanges};
 use self::restore::{Opened, Restorer};
-use self::task::{write_overlays, Tasks};
+use self::task::{write_overlays, TaskCtx, Tasks};
 use crate::config::Guarantee;
 use crate::error::{Error, Result};
 use crate::topology::Topology;
@@ -257,6 +257,9 @@ impl Worker<'_> {
     /// consumer was rewound.
     async fn apply_changes(&mut self) -> Result<bool> {
         let mut fresh = true;
+        // Tasks closed by these changes, until the end of them: one
+        // assigned again meanwhile reopens with its stores.
+        let mut closed = BTreeMap::new();
         for change in self.shared.take_changes()? {
             let tasks = match change {
                 Change::Act(action) => {
@@ -272,7 +275,10 @@ impl Worker<'_> {
                     self.ownership.remove(&tps)
                 }
             };
-            self.change_tasks(tasks).await?;
+            self.change_tasks(tasks, &mut closed).await?;
+        }
+        for p in closed.into_keys() {
+            tracing::info!(partition = p, "task closed");
         }
         // Source partitions of a task being restored wait for it (also
         // those assigned after its restoration began).
@@ -283,15 +289,29 @@ impl Worker<'_> {
         Ok(fresh)
     }
 
-    async fn change_tasks(&mut self, changes: TaskChanges) -> Result<()> {
+    async fn change_tasks(
+        &mut self,
+        changes: TaskChanges,
+        closed: &mut BTreeMap<i32, Rc<TaskCtx>>,
+    ) -> Result<()> {
         for p in changes.close {
             self.restorer.cancel(p);
-            if self.tasks.remove(&p).is_some() {
-                tracing::info!(partition = p, "task closed");
+            if let Some(task) = self.tasks.remove(&p) {
+                closed.insert(p, task);
             }
         }
         for p in changes.open {
-            match self.restorer.open_task(p).await? {
+            let kept = closed
+                .remove(&p)
+                .and_then(|t| Rc::try_unwrap(t).ok())
+                .map(TaskCtx::into_stores);
+            if kept.is_some() {
+                tracing::info!(
+                    partition = p,
+                    "task revoked and assigned again: checking its stores against the changelogs"
+                );
+            }
+            match self.restorer.open_task(p, kept).await? {
                 Opened::Ready(task) => {
                     self.tasks.insert(p, Rc::new(task));
                 }

@@ -247,9 +247,10 @@ impl RebalanceListener for Listener {
 
 /// Which partition numbers need a task, followed through the listener's
 /// changes one at a time and in order. A partition revoked and assigned
-/// again within one `poll` is closed and opened again (another worker may
-/// have written its changelog in between; opening catches the store up),
-/// never kept as it was.
+/// again within one `poll` is closed and opened again: its stores are kept,
+/// its unwritten changes are not, and opening checks the stores against the
+/// changelogs (another worker may have written in between) instead of
+/// trusting the task as it was.
 #[derive(Debug, Default)]
 pub(crate) struct Ownership {
     owned: std::collections::BTreeSet<TopicPartition>,

@@ -188,12 +188,23 @@ impl<'t> Restorer<'t> {
 
     /// Opens partition `p` of every table (closing its standbys first):
     /// ready at once when every store is current, restoring otherwise.
-    pub(crate) async fn open_task(&mut self, p: i32) -> Result<Opened> {
+    ///
+    /// `kept`: the stores of this partition's task, revoked and assigned
+    /// again within one poll, by table id. They are checked against their
+    /// changelogs like stores opened from disk: another worker may have
+    /// written in between, and only that gap is replayed.
+    pub(crate) async fn open_task(
+        &mut self,
+        p: i32,
+        kept: Option<Vec<Box<dyn Store>>>,
+    ) -> Result<Opened> {
         self.release_standby(p);
         let mut parts = Vec::new();
         let mut ends = BTreeMap::new();
+        let mut kept = kept.map(Vec::into_iter);
         for def in self.tables {
-            let (part, behind) = self.prepare(def, p).await?;
+            let store = kept.as_mut().and_then(Iterator::next);
+            let (part, behind) = self.prepare(def, p, store).await?;
             if let Some((start, end)) = behind {
                 tracing::info!(table = %def.name, partition = p, from = ?start, end, "restoring");
                 self.recovery.assign(&def.changelog, &[p], start).await?;
@@ -326,8 +337,16 @@ impl<'t> Restorer<'t> {
     /// changelog cannot continue it; returns it with where its changelog
     /// must be read from and to (its end as read_committed sees it: the
     /// last stable offset), unless it is current.
-    async fn prepare(&self, def: &TableDef, p: i32) -> Result<(TablePart, Option<(Offset, i64)>)> {
-        let mut store = self.open_store(def, p)?;
+    async fn prepare(
+        &self,
+        def: &TableDef,
+        p: i32,
+        kept: Option<Box<dyn Store>>,
+    ) -> Result<(TablePart, Option<(Offset, i64)>)> {
+        let mut store = match kept {
+            Some(s) => s,
+            None => self.open_store(def, p)?,
+        };
         let end = self.changelog_offset(def, p, OffsetSpec::Latest).await?;
         let log_start = self.changelog_offset(def, p, OffsetSpec::Earliest).await?;
         if let Some(why) = must_rebuild(store.offset(), log_start, end) {

@@ -29,6 +29,15 @@ impl TaskCtx {
         }
     }
 
+    /// Closes the task, keeping its stores (by table id) as the last write
+    /// left them: changes not written yet are dropped.
+    pub(crate) fn into_stores(self) -> Vec<Box<dyn crate::store::Store>> {
+        self.tables
+            .into_iter()
+            .map(|part| part.into_inner().store)
+            .collect()
+    }
+
     /// Back to the last commit: staged outputs and table changes dropped.
     pub(crate) fn roll_back(&self) {
         self.outbox.borrow_mut().clear();
