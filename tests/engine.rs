@@ -485,3 +485,71 @@ async fn a_restore_longer_than_the_poll_interval_keeps_the_worker_in_its_group()
         "the probe saw a table not fully restored, or was answered twice"
     );
 }
+
+/// A call that holds the worker's thread (a slow RocksDB read or write, here
+/// an agent blocking for longer than `session.timeout.ms`) delays the
+/// agents but not the group: heartbeats run in the client's own tasks on the
+/// runtime's worker threads, so the member keeps its id and its partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_loop_thread_does_not_stop_the_heartbeats() {
+    let (mut app, id, _dir) = app("engine-blocked");
+    app.set("session.timeout.ms", "6000");
+    app.set("heartbeat.interval.ms", "500");
+    let (p, admin) = producer_and_admin().await;
+    admin
+        .create_topic(faustus_wire::NewTopic::new(format!("{id}-in"), 1, 1), false)
+        .await
+        .expect("input");
+    let input = app.topic_with(
+        &format!("{id}-in"),
+        TopicSpec::<String, String>::new(Utf8, Utf8),
+    );
+    let output = app.topic_with(
+        &format!("{id}-out"),
+        TopicSpec::<String, String>::new(Utf8, Utf8),
+    );
+    let out = output.clone();
+    app.agent("slow", &input, async move |batch| {
+        for item in batch.items() {
+            let (key, value) = item?;
+            if value == "block" {
+                // Longer than the session timeout, on the loop's thread.
+                std::thread::sleep(Duration::from_secs(8));
+            }
+            batch.send(&out, Some(&key), &value)?;
+        }
+        Ok(())
+    });
+    for v in ["block", "after"] {
+        let rec = input
+            .record(Some(&"k".to_string()), &v.to_string())
+            .expect("encode");
+        let _ = p.send(rec).await.expect("queued");
+    }
+    p.flush().await.expect("written");
+
+    let bootstrap = shared().expect("kafka").bootstrap().to_owned();
+    let out_name = output.name().to_owned();
+    let members = Mutex::new(std::collections::BTreeSet::new());
+    run_until(&app, async || {
+        if let Ok(g) = admin.describe_group(&id).await {
+            let mut seen = members.lock().expect("members");
+            seen.extend(g.members.iter().map(|m| m.member_id.clone()));
+        }
+        read_all(&bootstrap, &out_name, false).await.len() >= 2
+    })
+    .await
+    .expect("worker");
+    let members = members.into_inner().expect("members");
+    assert_eq!(
+        members.len(),
+        1,
+        "the member was dropped while its loop thread was blocked: {members:?}"
+    );
+    let out = read_all(&bootstrap, output.name(), false).await;
+    assert_eq!(
+        out.iter().map(|(_, _, v)| v.as_str()).collect::<Vec<_>>(),
+        vec!["block", "after"],
+        "each record once, in order"
+    );
+}

@@ -206,7 +206,7 @@ impl<'t> Restorer<'t> {
             let store = kept.as_mut().and_then(Iterator::next);
             let (part, behind) = self.prepare(def, p, store).await?;
             if let Some((start, end)) = behind {
-                tracing::info!(table = %def.name, partition = p, from = ?start, end, "restoring");
+                tracing::info!(table = %def.name, partition = p, from = ?start, end, "recovering");
                 self.recovery.assign(&def.changelog, &[p], start).await?;
                 let tp = TopicPartition {
                     topic: def.changelog.clone(),
@@ -217,6 +217,7 @@ impl<'t> Restorer<'t> {
             parts.push(part);
         }
         if ends.is_empty() {
+            tracing::info!(partition = p, applied = 0u64, "recovered");
             tracing::info!(partition = p, tables = parts.len(), "task ready");
             return Ok(Opened::Ready(TaskCtx::new(parts)));
         }
@@ -249,7 +250,7 @@ impl<'t> Restorer<'t> {
         if let Some(r) = self.restoring.remove(&p) {
             let tps: Vec<TopicPartition> = r.ends.into_keys().collect();
             self.recovery.unassign(&tps);
-            tracing::info!(partition = p, applied = r.applied, "restoration cancelled");
+            tracing::info!(partition = p, applied = r.applied, "recovery cancelled");
         }
     }
 
@@ -292,14 +293,15 @@ impl<'t> Restorer<'t> {
                         partition = p,
                         applied = r.applied,
                         ms = r.began.elapsed().as_millis() as u64,
-                        "restored; task ready"
+                        "recovered"
                     );
+                    tracing::info!(partition = p, tables = r.parts.len(), "task ready");
                     done.push((p, TaskCtx::new(r.parts)));
                 }
             }
             if !done.is_empty() || self.restoring.is_empty() || Instant::now() >= until {
                 if let Some((p, r)) = self.restoring.iter().next() {
-                    tracing::debug!(partition = p, applied = r.applied, "restoring");
+                    tracing::debug!(partition = p, applied = r.applied, "recovering");
                 }
                 return Ok(done);
             }
