@@ -49,6 +49,14 @@ impl Client {
         self.refresh_coordinator(kind, key).await
     }
 
+    /// The coordinator of `key` if it is known, without a lookup.
+    pub fn cached_coordinator(&self, kind: CoordinatorType, key: &str) -> Option<String> {
+        self.coordinators()
+            .known()
+            .get(&(kind, key.to_owned()))
+            .cloned()
+    }
+
     /// Looks the coordinator of `key` up again and caches it.
     pub async fn refresh_coordinator(&self, kind: CoordinatorType, key: &str) -> Result<String> {
         let found = lookup(self, kind, key).await;

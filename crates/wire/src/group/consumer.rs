@@ -265,7 +265,6 @@ struct Shared {
     pending: VecDeque<Action>,
     /// Signalled when `pending` gets work, to cut a poll's fetch wait short.
     wake: Arc<tokio::sync::Notify>,
-    coordinator: Option<String>,
 }
 
 /// What the group's leader learned from JoinGroup.
@@ -397,7 +396,6 @@ impl<L: RebalanceListener> GroupConsumer<L> {
             membership,
             pending: VecDeque::new(),
             wake: Arc::new(tokio::sync::Notify::new()),
-            coordinator: None,
         }));
         let heartbeat = tokio::spawn(heartbeat_loop(
             client.clone(),
@@ -601,7 +599,7 @@ impl<L: RebalanceListener> GroupConsumer<L> {
                 .map(|(tp, off)| (&*tp.topic, tp.partition, *off)),
         );
         let client = self.client.clone();
-        let addr = lock(&self.shared).coordinator.clone();
+        let addr = client.cached_coordinator(CoordinatorType::Group, &self.cfg.group_id);
         CommitHandle(tokio::spawn(async move {
             if offsets.is_empty() {
                 return Ok(());
@@ -717,7 +715,9 @@ impl<L: RebalanceListener> GroupConsumer<L> {
     }
 
     async fn coordinator(&self) -> Result<Connection> {
-        let addr = lock(&self.shared).coordinator.clone();
+        let addr = self
+            .client
+            .cached_coordinator(CoordinatorType::Group, &self.cfg.group_id);
         match addr {
             Some(a) => self.client.conn_to(&a).await,
             None => Err(Error::server(
@@ -741,10 +741,7 @@ impl<L: RebalanceListener> GroupConsumer<L> {
                     .refresh_coordinator(CoordinatorType::Group, &group)
                     .await
                 {
-                    Ok(addr) => {
-                        lock(&self.shared).coordinator = Some(addr);
-                        vec![Event::CoordinatorFound]
-                    }
+                    Ok(_) => vec![Event::CoordinatorFound],
                     Err(e) => {
                         tracing::debug!(group, error = %e, "FindCoordinator failed");
                         vec![Event::CoordinatorLost]
@@ -846,7 +843,9 @@ impl<L: RebalanceListener> GroupConsumer<L> {
                 ));
             }
             Action::ConsumerHeartbeat(hb) => {
-                let addr = lock(&self.shared).coordinator.clone();
+                let addr = self
+                    .client
+                    .cached_coordinator(CoordinatorType::Group, &group);
                 vec![consumer_heartbeat(&self.client, addr, &group, &self.topics, &hb).await]
             }
             Action::Reconciled(id) => vec![Event::Reconciled(id)],
@@ -1138,13 +1137,11 @@ impl<L: RebalanceListener> GroupConsumer<L> {
                     .and_then(Error::code)
                     .is_some_and(|c| c.is_coordinator_error())
                 {
-                    if let Ok(addr) = self
+                    // Cached for the next call; a failed lookup forgets it.
+                    let _ = self
                         .client
                         .refresh_coordinator(CoordinatorType::Group, group)
-                        .await
-                    {
-                        lock(&self.shared).coordinator = Some(addr);
-                    }
+                        .await;
                 }
                 result
             })
@@ -1371,22 +1368,19 @@ async fn heartbeat_loop(
                         .refresh_coordinator(CoordinatorType::Group, &group)
                         .await
                     {
-                        Ok(addr) => {
-                            lock(&shared).coordinator = Some(addr);
-                            Event::CoordinatorFound
-                        }
+                        Ok(_) => Event::CoordinatorFound,
                         Err(_) => Event::CoordinatorLost,
                     }
                 }
                 Action::Heartbeat => {
-                    let (generation, member, addr) = {
+                    let (generation, member) = {
                         let s = lock(&shared);
                         (
                             s.membership.generation(),
                             s.membership.member_id().to_owned(),
-                            s.coordinator.clone(),
                         )
                     };
+                    let addr = client.cached_coordinator(CoordinatorType::Group, &group);
                     let result = match addr {
                         Some(addr) => match client.conn_to(&addr).await {
                             Ok(conn) => {
@@ -1402,14 +1396,15 @@ async fn heartbeat_loop(
                     }
                 }
                 Action::ConsumerHeartbeat(hb) => {
-                    let (addr, subscription) = {
+                    let subscription = {
                         let s = lock(&shared);
                         let subscription = match &s.membership {
                             GroupMember::Next(m) => m.subscription().to_vec(),
                             GroupMember::Classic(_) => Vec::new(),
                         };
-                        (s.coordinator.clone(), subscription)
+                        subscription
                     };
+                    let addr = client.cached_coordinator(CoordinatorType::Group, &group);
                     consumer_heartbeat(&client, addr, &group, &subscription, &hb).await
                 }
                 other => {
