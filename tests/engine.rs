@@ -553,3 +553,148 @@ async fn a_blocked_loop_thread_does_not_stop_the_heartbeats() {
         "each record once, in order"
     );
 }
+
+/// Polls `cond` every 100 ms until it holds; panics after a minute.
+async fn wait_for(what: &str, cond: impl AsyncFn() -> bool) {
+    let deadline = Deadline::new(what, Duration::from_secs(60));
+    while !cond().await {
+        deadline.check("waiting");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Worker A loses its table partition to B and gets it back within one of
+/// its polls, while B writes to the partition's changelog in between. A
+/// must see B's writes (its kept store is checked against the changelog and
+/// the gap replayed), not go on from its own stale state.
+///
+/// How it is forced: A has a long fetch wait (8 s), so once it owns nothing its
+/// `poll` sits in the fetch wait and handles both rebalances (B joining,
+/// B leaving) inside the same call. A is a static member whose instance id
+/// sorts after B's member id, so the range assignor gives the one
+/// partition to B while B is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_lost_and_regained_within_one_poll_sees_the_writes_in_between() {
+    let kafka = shared().expect("kafka");
+    let id = unique_topic("engine-regain");
+    let dir_a = ScratchDir::new(&format!("{id}-a"));
+    let dir_b = ScratchDir::new(&format!("{id}-b"));
+    let (p, admin) = producer_and_admin().await;
+    admin
+        .create_topic(faustus_wire::NewTopic::new(format!("{id}-in"), 1, 1), false)
+        .await
+        .expect("input");
+    let build = |dir: &ScratchDir, extra: &[(&str, &str)]| {
+        let mut props = Properties::new()
+            .set("bootstrap.servers", kafka.bootstrap())
+            .set("state.dir", dir.path().display().to_string())
+            .set("commit.interval.ms", "100");
+        for (k, v) in extra {
+            props.insert(*k, *v);
+        }
+        let mut app = App::new(&id, props);
+        let input = app.topic_with(
+            &format!("{id}-in"),
+            TopicSpec::<String, String>::new(Utf8, Utf8),
+        );
+        let output = app.topic_with(
+            &format!("{id}-out"),
+            TopicSpec::<String, u64>::new(Utf8, Json),
+        );
+        let counts = app.table_with("counts", TableSpec::new(Utf8, Json, || 0u64));
+        let out = output.clone();
+        app.agent("count", &input, async move |batch| {
+            let mut table = batch.table(&counts)?;
+            for item in batch.items() {
+                let (key, what) = item?;
+                if what == "probe" {
+                    batch.send(&out, Some(&key), &table.get(&key)?)?;
+                } else {
+                    table.update(&key, |n| *n += 1)?;
+                }
+            }
+            Ok(())
+        });
+        (app, input, output)
+    };
+    let (app_a, input, output) = build(
+        &dir_a,
+        &[
+            ("group.instance.id", "zzz-worker-a"),
+            ("fetch.max.wait.ms", "8000"),
+            ("session.timeout.ms", "10000"),
+        ],
+    );
+    let (app_b, _, _) = build(&dir_b, &[]);
+    let send = async |what: &str, n: usize| {
+        for _ in 0..n {
+            let rec = input
+                .record(Some(&"x".to_string()), &what.to_string())
+                .expect("encode");
+            let _ = p.send(rec).await.expect("queued");
+        }
+        p.flush().await.expect("written");
+    };
+    let committed = async |at: i64| {
+        admin
+            .group_offsets(&id)
+            .await
+            .is_ok_and(|o| o.values().any(|&off| off >= at))
+    };
+    let b_owns_it = async || {
+        admin.describe_group(&id).await.is_ok_and(|g| {
+            g.members
+                .iter()
+                .any(|m| m.instance_id.is_none() && m.assignment.values().any(|ps| !ps.is_empty()))
+        })
+    };
+    let (stop_a, stop_b, start_b) = (Notify::new(), Notify::new(), Notify::new());
+    let worker_a = app_a.run_worker(stop_a.notified());
+    let worker_b = async {
+        start_b.notified().await;
+        app_b.run_worker(stop_b.notified()).await
+    };
+    let script = async {
+        // A alone counts x to 5.
+        send("inc", 5).await;
+        wait_for("A to commit 5", async || committed(5).await).await;
+        // B joins and takes the partition; it counts x to 8.
+        start_b.notify_one();
+        wait_for("B to own the partition", b_owns_it).await;
+        send("inc", 3).await;
+        wait_for("B to commit 8", async || committed(8).await).await;
+        // B leaves; A gets the partition back in the poll it is still in.
+        stop_b.notify_one();
+    };
+    let (a_result, b_result, ()) = tokio::join!(
+        async {
+            let r = worker_a.await;
+            r
+        },
+        async {
+            let r = worker_b.await;
+            // Then A must answer the probe from B's count.
+            send("probe", 1).await;
+            let bootstrap = kafka.bootstrap().to_owned();
+            let out_name = output.name().to_owned();
+            wait_for("A to answer the probe", async || {
+                !read_all(&bootstrap, &out_name, false).await.is_empty()
+            })
+            .await;
+            stop_a.notify_one();
+            r
+        },
+        script,
+    );
+    a_result.expect("worker a");
+    b_result.expect("worker b");
+    let answers = read_all(kafka.bootstrap(), output.name(), false).await;
+    assert_eq!(
+        answers
+            .iter()
+            .map(|(_, k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+        vec![("x", "8")],
+        "A answered from its state before B's writes"
+    );
+}

@@ -217,6 +217,50 @@ async fn stable_consumer(props: &Properties, topic: &str) -> GroupConsumer {
     c
 }
 
+/// A fetch held by the broker for `fetch.max.wait.ms` (longer than the
+/// session timeout, on an empty topic) does not hold up the heartbeats: the
+/// coordinator has a connection of its own, as in the Java client (a broker
+/// answers one request of a connection at a time). The member keeps its
+/// generation and its partitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_fetch_wait_does_not_hold_up_the_heartbeats() {
+    let kafka = shared().expect("kafka");
+    let topic = unique_topic("long-wait");
+    let props = Properties::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .set("group.id", unique_topic("g-long-wait"))
+        .set("session.timeout.ms", "6000")
+        .set("heartbeat.interval.ms", "500")
+        .set("fetch.max.wait.ms", "15000")
+        .set("auto.offset.reset", "earliest");
+    Admin::new(
+        faustus_wire::Client::connect(
+            faustus_wire::ClientConfig::new(kafka.bootstrap()).expect("cfg"),
+        )
+        .await
+        .expect("client"),
+    )
+    .create_topic(NewTopic::new(&topic, 1, 1), false)
+    .await
+    .expect("topic");
+
+    let mut c = stable_consumer(&props, &topic).await;
+    let (generation, member) = c.generation();
+    let assignment = c.assignment();
+    // Nothing to read: the broker holds the fetch for 15 s.
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        assert!(c.poll().await.expect("poll").is_empty());
+    }
+    assert_eq!(
+        c.generation(),
+        (generation, member),
+        "the member was dropped while its fetch waited"
+    );
+    assert_eq!(c.assignment(), assignment);
+    c.close().await.expect("close");
+}
+
 /// A static member (KIP-345) that restarts within the session timeout gets
 /// its partitions back without a rebalance: the generation is unchanged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -191,9 +191,25 @@ impl Client {
     /// reconnects wait `reconnect.backoff.ms`, doubling up to
     /// `reconnect.backoff.max.ms`, with jitter.
     pub async fn conn_to(&self, addr: &str) -> Result<Connection> {
+        self.conn_in_slot(addr, addr).await
+    }
+
+    /// A live connection to the coordinator at `addr`, apart from the one
+    /// fetches and produce requests use (as the Java client keeps its
+    /// coordinator on a node id of its own): a broker handles one request
+    /// of a connection at a time, so a heartbeat queued behind a fetch held
+    /// for `fetch.max.wait.ms` could outlast the session timeout.
+    pub async fn coordinator_conn(&self, addr: &str) -> Result<Connection> {
+        self.conn_in_slot(&format!("{addr} (coordinator)"), addr)
+            .await
+    }
+
+    /// The connection kept under `key`, to `addr`: made, or remade after a
+    /// failure with exponential backoff.
+    async fn conn_in_slot(&self, key: &str, addr: &str) -> Result<Connection> {
         let wait = {
             let mut conns = self.inner.conns.lock().await;
-            let slot = conns.entry(addr.to_owned()).or_default();
+            let slot = conns.entry(key.to_owned()).or_default();
             if let Some(c) = &slot.conn {
                 if !c.is_closed() {
                     return Ok(c.clone());
@@ -207,7 +223,7 @@ impl Client {
         }
         let res = Connection::connect(addr, &self.inner.opts).await;
         let mut conns = self.inner.conns.lock().await;
-        let slot = conns.entry(addr.to_owned()).or_default();
+        let slot = conns.entry(key.to_owned()).or_default();
         match res {
             Ok(c) => {
                 // Another task may have connected meanwhile; keep one.

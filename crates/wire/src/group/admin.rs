@@ -68,7 +68,7 @@ impl Admin {
             .client()
             .refresh_coordinator(CoordinatorType::Group, group)
             .await?;
-        self.client().conn_to(&addr).await
+        self.client().coordinator_conn(&addr).await
     }
 
     /// Every group on every broker, sorted by id.

@@ -613,7 +613,7 @@ impl<L: RebalanceListener> GroupConsumer<L> {
                     None,
                 )
             })?;
-            let conn = client.conn_to(&addr).await?;
+            let conn = client.coordinator_conn(&addr).await?;
             let resp = conn.call(&req).await?;
             conn.throttle(resp.throttle_time_ms);
             check_commit(&resp, &group)
@@ -719,7 +719,7 @@ impl<L: RebalanceListener> GroupConsumer<L> {
             .client
             .cached_coordinator(CoordinatorType::Group, &self.cfg.group_id);
         match addr {
-            Some(a) => self.client.conn_to(&a).await,
+            Some(a) => self.client.coordinator_conn(&a).await,
             None => Err(Error::server(
                 ErrorCode::COORDINATOR_NOT_AVAILABLE,
                 None,
@@ -1225,7 +1225,7 @@ async fn consumer_heartbeat(
         )
         .with_server_assignor(hb.server_assignor.as_deref().map(sb))
         .with_topic_partitions(owned);
-    let conn = match client.conn_to(&addr).await {
+    let conn = match client.coordinator_conn(&addr).await {
         Ok(c) => c,
         Err(_) => return Event::CoordinatorLost,
     };
@@ -1382,7 +1382,7 @@ async fn heartbeat_loop(
                     };
                     let addr = client.cached_coordinator(CoordinatorType::Group, &group);
                     let result = match addr {
-                        Some(addr) => match client.conn_to(&addr).await {
+                        Some(addr) => match client.coordinator_conn(&addr).await {
                             Ok(conn) => {
                                 send_heartbeat(&conn, &group, generation, &member, &instance).await
                             }

@@ -205,7 +205,7 @@ async fn send_add_partitions(
                 .collect(),
         );
     let addr = txn.coordinator(inner).await?;
-    let conn = inner.client.conn_to(&addr).await?;
+    let conn = inner.client.coordinator_conn(&addr).await?;
     let resp = conn.call(&req).await?;
     conn.throttle(resp.throttle_time_ms);
     let top = ErrorCode(resp.error_code);
@@ -479,7 +479,7 @@ impl TransactionalProducer {
     async fn coordinator_conn(&self) -> Result<crate::conn::Connection> {
         let inner = &self.producer.inner;
         let addr = self.txn.coordinator(inner).await?;
-        inner.client.conn_to(&addr).await
+        inner.client.coordinator_conn(&addr).await
     }
 
     async fn init_producer_id(&self, bump: bool) -> Result<TxnEvent> {
@@ -562,7 +562,7 @@ impl TransactionalProducer {
                 .client
                 .coordinator(CoordinatorType::Group, &group.group_id)
                 .await?;
-            let conn = inner.client.conn_to(&addr).await?;
+            let conn = inner.client.coordinator_conn(&addr).await?;
             let resp = conn.call(&req).await?;
             conn.throttle(resp.throttle_time_ms);
             Ok::<_, Error>(
