@@ -23,6 +23,35 @@ fn app(prefix: &str) -> (App, String, ScratchDir) {
     (App::new(&id, props), id, dir)
 }
 
+/// Registers a counter over `<id>-in` (UTF-8 keys and values): each value
+/// adds one to its key in table `counts`, except `probe`, which sends the
+/// key's count to `<id>-out`. Returns the input and output topics.
+fn counter(app: &mut App, id: &str) -> (Topic<String, String>, Topic<String, u64>) {
+    let input = app.topic_with(
+        &format!("{id}-in"),
+        TopicSpec::<String, String>::new(Utf8, Utf8),
+    );
+    let output = app.topic_with(
+        &format!("{id}-out"),
+        TopicSpec::<String, u64>::new(Utf8, Json),
+    );
+    let counts = app.table_with("counts", TableSpec::new(Utf8, Json, || 0u64));
+    let out = output.clone();
+    app.agent("count", &input, async move |batch| {
+        let mut table = batch.table(&counts)?;
+        for item in batch.items() {
+            let (key, what) = item?;
+            if what == "probe" {
+                batch.send(&out, Some(&key), &table.get(&key)?)?;
+            } else {
+                table.update(&key, |n| *n += 1)?;
+            }
+        }
+        Ok(())
+    });
+    (input, output)
+}
+
 /// A producer on the shared cluster, and an admin client over its connection.
 async fn producer_and_admin() -> (Producer, faustus_wire::Admin) {
     let kafka = shared().expect("kafka");
@@ -56,6 +85,27 @@ async fn run_until(app: &App, done: impl AsyncFn() -> bool) -> Result<(), Error>
             }
         }
     }
+}
+
+/// Runs a worker as [`run_until`] does, and returns every member id its
+/// group showed meanwhile: a member dropped from the group (for not polling,
+/// or for missing heartbeats) joins again under a new id.
+async fn run_watching_members(
+    app: &App,
+    admin: &faustus_wire::Admin,
+    done: impl AsyncFn() -> bool,
+) -> std::collections::BTreeSet<String> {
+    let members = Mutex::new(std::collections::BTreeSet::new());
+    run_until(app, async || {
+        if let Ok(g) = admin.describe_group(app.id()).await {
+            let mut seen = members.lock().expect("members");
+            seen.extend(g.members.iter().map(|m| m.member_id.clone()));
+        }
+        done().await
+    })
+    .await
+    .expect("worker");
+    members.into_inner().expect("members")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -309,28 +359,7 @@ async fn a_store_behind_its_changelogs_start_is_rebuilt() {
         .create_topic(faustus_wire::NewTopic::new(format!("{id}-in"), 3, 1), false)
         .await
         .expect("input");
-    let input = app.topic_with(
-        &format!("{id}-in"),
-        TopicSpec::<String, String>::new(Utf8, Utf8),
-    );
-    let output = app.topic_with(
-        &format!("{id}-out"),
-        TopicSpec::<String, u64>::new(Utf8, Json),
-    );
-    let counts = app.table_with("counts", TableSpec::new(Utf8, Json, || 0u64));
-    let out = output.clone();
-    app.agent("count", &input, async move |batch| {
-        let mut table = batch.table(&counts)?;
-        for item in batch.items() {
-            let (key, what) = item?;
-            if what == "probe" {
-                batch.send(&out, Some(&key), &table.get(&key)?)?;
-            } else {
-                table.update(&key, |n| *n += 1)?;
-            }
-        }
-        Ok(())
-    });
+    let (input, output) = counter(&mut app, &id);
     let send = async |what: &str| {
         let rec = input
             .record(Some(&"a".to_string()), &what.to_string())
@@ -430,24 +459,7 @@ async fn a_restore_longer_than_the_poll_interval_keeps_the_worker_in_its_group()
     }
     p.flush().await.expect("changelog written");
 
-    let input = app.topic_with(
-        &format!("{id}-in"),
-        TopicSpec::<String, String>::new(Utf8, Utf8),
-    );
-    let output = app.topic_with(
-        &format!("{id}-out"),
-        TopicSpec::<String, u64>::new(Utf8, Json),
-    );
-    let counts = app.table_with("counts", TableSpec::new(Utf8, Json, || 0u64));
-    let out = output.clone();
-    app.agent("probe", &input, async move |batch| {
-        let mut table = batch.table(&counts)?;
-        for item in batch.items() {
-            let (key, _) = item?;
-            batch.send(&out, Some(&key), &table.get(&key)?)?;
-        }
-        Ok(())
-    });
+    let (input, output) = counter(&mut app, &id);
     let probe = input
         .record(Some(&"k7".to_string()), &"probe".to_string())
         .expect("encode");
@@ -456,19 +468,10 @@ async fn a_restore_longer_than_the_poll_interval_keeps_the_worker_in_its_group()
 
     let bootstrap = shared().expect("kafka").bootstrap().to_owned();
     let out_name = output.name().to_owned();
-    // Every member id the group shows while the worker runs: a member
-    // dropped for not polling joins again under a new id.
-    let members = Mutex::new(std::collections::BTreeSet::new());
-    run_until(&app, async || {
-        if let Ok(g) = admin.describe_group(&id).await {
-            let mut seen = members.lock().expect("members");
-            seen.extend(g.members.iter().map(|m| m.member_id.clone()));
-        }
+    let members = run_watching_members(&app, &admin, async || {
         !read_all(&bootstrap, &out_name, false).await.is_empty()
     })
-    .await
-    .expect("worker");
-    let members = members.into_inner().expect("members");
+    .await;
     assert_eq!(
         members.len(),
         1,
@@ -530,17 +533,10 @@ async fn a_blocked_loop_thread_does_not_stop_the_heartbeats() {
 
     let bootstrap = shared().expect("kafka").bootstrap().to_owned();
     let out_name = output.name().to_owned();
-    let members = Mutex::new(std::collections::BTreeSet::new());
-    run_until(&app, async || {
-        if let Ok(g) = admin.describe_group(&id).await {
-            let mut seen = members.lock().expect("members");
-            seen.extend(g.members.iter().map(|m| m.member_id.clone()));
-        }
+    let members = run_watching_members(&app, &admin, async || {
         read_all(&bootstrap, &out_name, false).await.len() >= 2
     })
-    .await
-    .expect("worker");
-    let members = members.into_inner().expect("members");
+    .await;
     assert_eq!(
         members.len(),
         1,
@@ -593,28 +589,7 @@ async fn a_partition_lost_and_regained_within_one_poll_sees_the_writes_in_betwee
             props.insert(*k, *v);
         }
         let mut app = App::new(&id, props);
-        let input = app.topic_with(
-            &format!("{id}-in"),
-            TopicSpec::<String, String>::new(Utf8, Utf8),
-        );
-        let output = app.topic_with(
-            &format!("{id}-out"),
-            TopicSpec::<String, u64>::new(Utf8, Json),
-        );
-        let counts = app.table_with("counts", TableSpec::new(Utf8, Json, || 0u64));
-        let out = output.clone();
-        app.agent("count", &input, async move |batch| {
-            let mut table = batch.table(&counts)?;
-            for item in batch.items() {
-                let (key, what) = item?;
-                if what == "probe" {
-                    batch.send(&out, Some(&key), &table.get(&key)?)?;
-                } else {
-                    table.update(&key, |n| *n += 1)?;
-                }
-            }
-            Ok(())
-        });
+        let (input, output) = counter(&mut app, &id);
         (app, input, output)
     };
     let (app_a, input, output) = build(

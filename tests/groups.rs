@@ -204,6 +204,18 @@ async fn members_join_and_leave_with_the_consumer_protocol() {
     run_members("consumer").await;
 }
 
+/// Creates `topic` with `partitions` partitions.
+async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
+    Admin::new(
+        faustus_wire::Client::connect(faustus_wire::ClientConfig::new(bootstrap).expect("cfg"))
+            .await
+            .expect("client"),
+    )
+    .create_topic(NewTopic::new(topic, partitions, 1), false)
+    .await
+    .expect("topic");
+}
+
 async fn stable_consumer(props: &Properties, topic: &str) -> GroupConsumer {
     let cfg = GroupConfig::from_properties(props).expect("group config");
     let mut c = GroupConsumer::subscribe(cfg, &[topic], faustus_wire::group::NoListener)
@@ -233,16 +245,7 @@ async fn a_long_fetch_wait_does_not_hold_up_the_heartbeats() {
         .set("heartbeat.interval.ms", "500")
         .set("fetch.max.wait.ms", "15000")
         .set("auto.offset.reset", "earliest");
-    Admin::new(
-        faustus_wire::Client::connect(
-            faustus_wire::ClientConfig::new(kafka.bootstrap()).expect("cfg"),
-        )
-        .await
-        .expect("client"),
-    )
-    .create_topic(NewTopic::new(&topic, 1, 1), false)
-    .await
-    .expect("topic");
+    create_topic(kafka.bootstrap(), &topic, 1).await;
 
     let mut c = stable_consumer(&props, &topic).await;
     let (generation, member) = c.generation();
@@ -273,16 +276,7 @@ async fn static_member_restart_keeps_the_generation() {
         .set("group.instance.id", "instance-1")
         .set("session.timeout.ms", "30000")
         .set("auto.offset.reset", "earliest");
-    Admin::new(
-        faustus_wire::Client::connect(
-            faustus_wire::ClientConfig::new(kafka.bootstrap()).expect("cfg"),
-        )
-        .await
-        .expect("client"),
-    )
-    .create_topic(NewTopic::new(&topic, 4, 1), false)
-    .await
-    .expect("topic");
+    create_topic(kafka.bootstrap(), &topic, 4).await;
 
     let first = stable_consumer(&props, &topic).await;
     let (generation, _) = first.generation();
