@@ -45,6 +45,7 @@ mod store;
 mod table;
 pub mod testing;
 mod topology;
+pub mod window;
 
 pub use app::{Agent, AgentOptions, App, ErrorPolicy, Topic, TopicSpec};
 pub use batch::{Batch, Event};

@@ -1,0 +1,373 @@
+//! Window arithmetic, pure: which windows a timestamp falls in, when a
+//! window closes, how sessions merge, and how windowed entries are keyed in
+//! a store. Kafka Streams' semantics (KIP-328 grace, KIP-450 sliding
+//! windows, KIP-825 emit on close); Faust's names.
+//!
+//! - **Tumbling** and **hopping** windows (`TimeWindows`) are `[start, end)`
+//!   with `end = start + size`, their starts multiples of `advance` counted
+//!   from the epoch, never negative: a timestamp `t` falls in every window
+//!   whose start is in `(t - size, t]`, so in `size / advance` of them once
+//!   `t` is past the first window (tumbling: `advance = size`, one).
+//! - **Session** windows are `[first, last]`, both inclusive: a record at
+//!   `t` joins every session of its key that ends at or after `t - gap` and
+//!   starts at or before `t + gap`; they merge into one.
+//! - A window is **closed** once the stream time (the largest timestamp the
+//!   partition has seen) passes its end by the grace period: for `[start,
+//!   end)` windows when `end + grace <= stream time`, for inclusive ends when
+//!   `end + grace < stream time`. A record for a closed window is dropped.
+
+use std::cmp::Ordering;
+
+/// A window: `start` and `end` in milliseconds since the epoch. Whether
+/// `end` is inclusive depends on the kind of window (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Window {
+    /// The first millisecond in the window.
+    pub start: i64,
+    /// The end: exclusive for tumbling and hopping windows, inclusive for
+    /// sliding and session windows.
+    pub end: i64,
+}
+
+impl Window {
+    /// A window from `start` to `end`.
+    pub fn new(start: i64, end: i64) -> Self {
+        Self { start, end }
+    }
+}
+
+/// The windows of a tumbling (`advance == size`) or hopping window of
+/// `size` ms advancing by `advance` ms that contain `ts`, earliest first.
+/// Timestamps before the epoch fall in no window.
+///
+/// # Panics
+///
+/// Never for `size >= advance > 0` (the spec checks this when it is built);
+/// with `advance <= 0` it yields nothing.
+pub fn time_windows(ts: i64, size: i64, advance: i64) -> impl Iterator<Item = Window> {
+    let valid = ts >= 0 && advance > 0 && size >= advance;
+    // The earliest start: the first multiple of `advance` after ts - size.
+    let first = if valid {
+        let lowest = (ts - size + advance).max(0);
+        lowest / advance * advance
+    } else {
+        0
+    };
+    let mut next = first;
+    std::iter::from_fn(move || {
+        if !valid || next > ts {
+            return None;
+        }
+        let w = Window::new(next, next.saturating_add(size));
+        next = next.saturating_add(advance);
+        Some(w)
+    })
+}
+
+/// Whether a `[start, end)` window is closed at `stream_time`.
+pub fn time_window_closed(w: Window, grace: i64, stream_time: i64) -> bool {
+    w.end.saturating_add(grace) <= stream_time
+}
+
+/// Whether a window with an inclusive end (sliding, session) is closed at
+/// `stream_time`.
+pub fn inclusive_window_closed(w: Window, grace: i64, stream_time: i64) -> bool {
+    w.end.saturating_add(grace) < stream_time
+}
+
+/// The sliding windows (KIP-450) of one key's records at `timestamps`, with
+/// `diff` ms between the first and the last millisecond of a window, each
+/// with the number of records it holds: for every record at `t`, the window
+/// ending at it, `[t - diff, t]`, and, if a later record falls in it, the
+/// window starting just after it, `[t + 1, t + 1 + diff]`. Windows are
+/// inclusive at both ends; identical windows are listed once, by start.
+///
+/// This is the definition the incremental aggregation (which sees one
+/// record at a time, in any order) must agree with. Not settled yet: records
+/// earlier than `diff` after the epoch, whose left windows reach before it
+/// (Kafka Streams handles those apart).
+pub fn sliding_windows(timestamps: &[i64], diff: i64) -> Vec<(Window, usize)> {
+    let mut ts = timestamps.to_vec();
+    ts.sort_unstable();
+    let holding = |w: Window| ts.iter().filter(|&&t| w.start <= t && t <= w.end).count();
+    let mut windows = std::collections::BTreeSet::new();
+    for &t in &ts {
+        windows.insert(Window::new(t.saturating_sub(diff), t));
+        let right = Window::new(
+            t.saturating_add(1),
+            t.saturating_add(1).saturating_add(diff),
+        );
+        if ts.iter().any(|&u| right.start <= u && u <= right.end) {
+            windows.insert(right);
+        }
+    }
+    windows.into_iter().map(|w| (w, holding(w))).collect()
+}
+
+/// What a record at some timestamp does to its key's sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionMerge {
+    /// The session the record belongs to now.
+    pub session: Window,
+    /// Existing sessions it absorbed (each gets a tombstone).
+    pub merged: Vec<Window>,
+}
+
+/// The sessions of a key a record at `ts` may join: those ending at or after
+/// `ts - gap` and starting at or before `ts + gap`.
+pub fn session_overlaps(s: Window, ts: i64, gap: i64) -> bool {
+    s.end >= ts.saturating_sub(gap) && s.start <= ts.saturating_add(gap)
+}
+
+/// Merges a record at `ts` into a key's sessions (`existing`, any order; the
+/// ones that do not overlap are ignored).
+pub fn merge_session(ts: i64, gap: i64, existing: &[Window]) -> SessionMerge {
+    let mut session = Window::new(ts, ts);
+    let mut merged = Vec::new();
+    for &s in existing {
+        if session_overlaps(s, ts, gap) {
+            session.start = session.start.min(s.start);
+            session.end = session.end.max(s.end);
+            merged.push(s);
+        }
+    }
+    merged.sort();
+    // The session that keeps its identity is not merged away.
+    merged.retain(|&s| s != session);
+    SessionMerge { session, merged }
+}
+
+/// A windowed entry's key in a store: the table key, length-prefixed, then
+/// the window's start and end, so that one key's windows are contiguous and
+/// ordered by start (then end), and a range scan or a range delete serves a
+/// key's windows between two starts.
+pub fn store_key(key: &[u8], w: Window) -> Vec<u8> {
+    let mut out = key_prefix(key);
+    out.extend_from_slice(&ordered(w.start));
+    out.extend_from_slice(&ordered(w.end));
+    out
+}
+
+/// The prefix all of `key`'s windows share.
+pub fn key_prefix(key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + key.len() + 16);
+    out.extend_from_slice(&(key.len() as u32).to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+/// The store key below every window of `key` starting at or after `start`.
+pub fn store_key_from(key: &[u8], start: i64) -> Vec<u8> {
+    let mut out = key_prefix(key);
+    out.extend_from_slice(&ordered(start));
+    out
+}
+
+/// Splits a windowed store key into the table key and the window; `None`
+/// for bytes that are not one.
+pub fn parse_store_key(raw: &[u8]) -> Option<(&[u8], Window)> {
+    let len = u32::from_be_bytes(raw.get(..4)?.try_into().ok()?) as usize;
+    let key = raw.get(4..4 + len)?;
+    let rest = raw.get(4 + len..)?;
+    if rest.len() != 16 {
+        return None;
+    }
+    let start = unordered(rest[..8].try_into().ok()?);
+    let end = unordered(rest[8..].try_into().ok()?);
+    Some((key, Window::new(start, end)))
+}
+
+/// `v` as 8 bytes that sort as the numbers do (the sign bit flipped).
+fn ordered(v: i64) -> [u8; 8] {
+    ((v as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+fn unordered(b: [u8; 8]) -> i64 {
+    (u64::from_be_bytes(b) ^ (1 << 63)) as i64
+}
+
+/// Orders windows as a store does: by start, then end.
+pub fn by_start(a: &Window, b: &Window) -> Ordering {
+    (a.start, a.end).cmp(&(b.start, b.end))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn tumbling_windows_are_aligned_to_the_epoch() {
+        let ws: Vec<Window> = time_windows(61_500, 60_000, 60_000).collect();
+        assert_eq!(ws, vec![Window::new(60_000, 120_000)]);
+        let ws: Vec<Window> = time_windows(0, 1000, 1000).collect();
+        assert_eq!(ws, vec![Window::new(0, 1000)]);
+        assert_eq!(time_windows(-1, 1000, 1000).count(), 0);
+    }
+
+    #[test]
+    fn hopping_windows_cover_a_timestamp_size_over_advance_times() {
+        let ws: Vec<Window> = time_windows(10_000, 5_000, 1_000).collect();
+        assert_eq!(
+            ws,
+            (6..=10)
+                .map(|s| Window::new(s * 1000, s * 1000 + 5000))
+                .collect::<Vec<_>>()
+        );
+        // Near the epoch, fewer: no window starts before 0.
+        let ws: Vec<Window> = time_windows(1_500, 5_000, 1_000).collect();
+        assert_eq!(ws, vec![Window::new(0, 5000), Window::new(1000, 6000)]);
+    }
+
+    #[test]
+    fn closing_follows_kafka_streams() {
+        let w = Window::new(0, 1000);
+        assert!(!time_window_closed(w, 0, 999));
+        assert!(time_window_closed(w, 0, 1000));
+        assert!(!time_window_closed(w, 500, 1499));
+        assert!(time_window_closed(w, 500, 1500));
+        // Inclusive ends close one millisecond later.
+        assert!(!inclusive_window_closed(w, 0, 1000));
+        assert!(inclusive_window_closed(w, 0, 1001));
+    }
+
+    #[test]
+    fn a_record_between_two_sessions_merges_them() {
+        let existing = [
+            Window::new(0, 10),
+            Window::new(30, 40),
+            Window::new(100, 100),
+        ];
+        let m = merge_session(20, 10, &existing);
+        assert_eq!(m.session, Window::new(0, 40));
+        assert_eq!(m.merged, vec![Window::new(0, 10), Window::new(30, 40)]);
+        // Inside a session: it stays as it is, nothing merged away.
+        let m = merge_session(5, 10, &[Window::new(0, 10)]);
+        assert_eq!(m.session, Window::new(0, 10));
+        assert!(m.merged.is_empty());
+        // Too far: a new session.
+        let m = merge_session(200, 10, &existing);
+        assert_eq!(m.session, Window::new(200, 200));
+        assert!(m.merged.is_empty());
+    }
+
+    #[test]
+    fn sliding_windows_end_at_each_record_and_start_just_after_it() {
+        // Records at 10 and 15, diff 10: [0,10] {10}, [5,15] {10,15},
+        // [11,21] {15} (right of 10, holds 15), and no right window of 15.
+        assert_eq!(
+            sliding_windows(&[15, 10], 10),
+            vec![
+                (Window::new(0, 10), 1),
+                (Window::new(5, 15), 2),
+                (Window::new(11, 21), 1),
+            ]
+        );
+        // Far apart: each alone in its own window.
+        assert_eq!(
+            sliding_windows(&[0, 100], 10),
+            vec![(Window::new(-10, 0), 1), (Window::new(90, 100), 1)]
+        );
+    }
+
+    /// Sessions built record by record, as a table would keep them.
+    fn sessions_of(ts: &[i64], gap: i64) -> Vec<Window> {
+        let mut sessions: Vec<Window> = Vec::new();
+        for &t in ts {
+            let m = merge_session(t, gap, &sessions);
+            sessions.retain(|s| !m.merged.contains(s) && *s != m.session);
+            sessions.push(m.session);
+        }
+        sessions.sort();
+        sessions
+    }
+
+    proptest! {
+        #[test]
+        fn every_timestamp_falls_in_size_over_advance_hopping_windows(
+            ts in 0i64..10_000_000,
+            advance in 1i64..5_000,
+            hops in 1i64..8,
+        ) {
+            let size = advance * hops;
+            let ws: Vec<Window> = time_windows(ts, size, advance).collect();
+            for w in &ws {
+                prop_assert!(w.start <= ts && ts < w.end, "{w:?} does not hold {ts}");
+                prop_assert_eq!(w.start % advance, 0);
+                prop_assert_eq!(w.end - w.start, size);
+            }
+            // All of them: as many as fit, fewer only before the first full one.
+            let expected = if ts >= size - advance { hops } else { ts / advance + 1 };
+            prop_assert_eq!(ws.len() as i64, expected);
+            // And no other window holds it: the ones just outside do not.
+            if let (Some(first), Some(last)) = (ws.first(), ws.last()) {
+                prop_assert!(first.start - advance < 0 || first.start - advance + size <= ts);
+                prop_assert!(last.start + advance > ts);
+            }
+        }
+
+        #[test]
+        fn every_sliding_window_holds_a_record_and_every_record_is_in_its_own_window(
+            ts in proptest::collection::vec(0i64..200, 1..20),
+            diff in 0i64..30,
+        ) {
+            let ws = sliding_windows(&ts, diff);
+            for (w, n) in &ws {
+                prop_assert_eq!(w.end - w.start, diff);
+                prop_assert!(*n > 0, "{w:?} holds nothing");
+            }
+            for &t in &ts {
+                prop_assert!(ws.iter().any(|(w, _)| w.end == t), "no window ends at {t}");
+            }
+            // Each window is listed once.
+            let starts: Vec<i64> = ws.iter().map(|(w, _)| w.start).collect();
+            let mut sorted = starts.clone();
+            sorted.dedup();
+            prop_assert_eq!(sorted.len(), starts.len());
+        }
+
+        #[test]
+        fn sessions_do_not_depend_on_arrival_order(
+            mut ts in proptest::collection::vec(0i64..1_000, 1..30),
+            gap in 0i64..50,
+            seed in any::<u64>(),
+        ) {
+            let in_order = {
+                let mut sorted = ts.clone();
+                sorted.sort_unstable();
+                sessions_of(&sorted, gap)
+            };
+            // A deterministic shuffle.
+            let mut s = seed;
+            for i in (1..ts.len()).rev() {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ts.swap(i, (s >> 33) as usize % (i + 1));
+            }
+            prop_assert_eq!(sessions_of(&ts, gap), in_order.clone());
+            // Sessions are disjoint and more than `gap` apart.
+            for pair in in_order.windows(2) {
+                prop_assert!(pair[1].start - pair[0].end > gap, "{pair:?}");
+            }
+        }
+
+        #[test]
+        fn store_keys_keep_one_keys_windows_together_in_start_order(
+            a in proptest::collection::vec(any::<u8>(), 0..6),
+            b in proptest::collection::vec(any::<u8>(), 0..6),
+            wa in (any::<i64>(), any::<i64>()),
+            wb in (any::<i64>(), any::<i64>()),
+        ) {
+            let (wa, wb) = (Window::new(wa.0, wa.1), Window::new(wb.0, wb.1));
+            let (ka, kb) = (store_key(&a, wa), store_key(&b, wb));
+            prop_assert_eq!(parse_store_key(&ka), Some((&a[..], wa)));
+            if a == b {
+                prop_assert_eq!(ka.cmp(&kb), by_start(&wa, &wb));
+                prop_assert!(store_key_from(&a, wa.start) <= ka);
+            } else {
+                // Another key's windows never share this key's prefix, so
+                // they never sit between two of its windows.
+                prop_assert!(!kb.starts_with(&key_prefix(&a)));
+            }
+        }
+    }
+}
