@@ -457,7 +457,7 @@ impl App {
         Topology::new(
             self.config()?,
             self.topics.clone(),
-            self.tables.clone(),
+            self.tables.iter().map(TableDef::frozen).collect(),
             self.agents.clone(),
         )
     }

@@ -12,7 +12,7 @@ use crate::app::Topic;
 use crate::codec::Codec;
 use crate::error::{Error, Location, Result};
 use crate::runtime::task::TaskCtx;
-use crate::table::{Table, TableView};
+use crate::table::{Table, TableView, WindowedTable, WindowedView};
 
 /// What the engine hands an agent, untyped.
 pub(crate) struct BatchInput {
@@ -109,6 +109,43 @@ impl<K, V> Batch<K, V> {
             ),
         })?;
         Ok(TableView {
+            part,
+            table,
+            key_buf: Vec::new(),
+        })
+    }
+
+    /// This batch's partition of a windowed table (see
+    /// [`Table::tumbling`](crate::Table::tumbling)). Only one view of a
+    /// table may be open at a time in a batch.
+    pub fn windowed<'b, TK, TV>(
+        &'b self,
+        table: &'b WindowedTable<TK, TV>,
+    ) -> Result<WindowedView<'b, TK, TV>> {
+        let name = || table.name().to_owned();
+        let cell = self
+            .input
+            .task
+            .tables
+            .get(table.table().id())
+            .ok_or_else(|| Error::Table {
+                table: name(),
+                message: "not a table of this app".into(),
+            })?;
+        let part = cell.try_borrow_mut().map_err(|_| Error::Table {
+            table: name(),
+            message: format!(
+                "partition {} is already open in this task",
+                self.partition()
+            ),
+        })?;
+        if part.window.is_none() {
+            return Err(Error::Table {
+                table: name(),
+                message: "not a windowed table".into(),
+            });
+        }
+        Ok(WindowedView {
             part,
             table,
             key_buf: Vec::new(),

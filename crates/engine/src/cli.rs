@@ -150,6 +150,9 @@ async fn command(app: &App, command: Command) -> Result<()> {
                 // A closed pipe (`| head`) ends the listing quietly.
                 let _ = writeln!(out, "# {} ({})", def.name, def.changelog);
                 for (k, v) in entries {
+                    if k == crate::window::STREAM_TIME_KEY {
+                        continue;
+                    }
                     if writeln!(out, "{}", (def.show)(&k, &v)).is_err() {
                         break;
                     }

@@ -53,14 +53,15 @@ pub use codec::{Codec, CodecError, Json, Raw, Utf8};
 pub use config::{EngineConfig, Guarantee, StoreKind};
 pub use error::{Error, Location, Result};
 pub use faustus_wire as wire;
-pub use table::{Table, TableSpec, TableView};
+pub use table::{Table, TableSpec, TableView, WindowedTable, WindowedView};
 pub use topology::Topology;
 
 /// The names most Faustus programs need.
 pub mod prelude {
+    pub use crate::window::Window;
     pub use crate::{
         Agent, AgentOptions, App, Batch, Codec, ErrorPolicy, Event, Json, Raw, Table, TableSpec,
-        TableView, Topic, TopicSpec, Utf8,
+        TableView, Topic, TopicSpec, Utf8, WindowedTable, WindowedView,
     };
     pub use faustus_wire::Properties;
 }

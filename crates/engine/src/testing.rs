@@ -62,8 +62,9 @@ use crate::runtime::dispatch::Dispatcher;
 use crate::runtime::setup::task_partitions;
 use crate::runtime::task::{write_overlays, Delivery, Sink, TaskCtx, Tasks};
 use crate::store::{MemoryStore, Store};
-use crate::table::{Table, TablePart};
+use crate::table::{Table, TablePart, WindowedTable};
 use crate::topology::Topology;
+use crate::window::Window;
 
 /// How many rounds (process, commit) one call may take before the driver
 /// calls it a loop: an agent that feeds its own topic forever.
@@ -407,6 +408,7 @@ impl TestDriver {
                         p,
                         Box::new(MemoryStore::default()),
                     )
+                    .with_window(t.frozen_window)
                 })
                 .collect();
             tasks.insert(p, Rc::new(TaskCtx::new(parts)));
@@ -556,6 +558,26 @@ impl TestDriver {
             .collect()
     }
 
+    /// A windowed table's committed windows, every partition, by key then
+    /// window start.
+    pub fn windowed_table<K, V>(&self, table: &WindowedTable<K, V>) -> Result<Vec<(K, Window, V)>> {
+        let mut raw = BTreeMap::new();
+        for task in self.tasks.values() {
+            let part = task
+                .tables
+                .get(table.table().id())
+                .ok_or_else(|| Error::Table {
+                    table: table.name().to_owned(),
+                    message: "not a table of this app".into(),
+                })?;
+            raw.extend(part.borrow().store.entries()?);
+        }
+        raw.into_iter()
+            .filter(|(k, _)| k.as_slice() != crate::window::STREAM_TIME_KEY)
+            .map(|(k, v)| table.decode_entry(&k, &v))
+            .collect()
+    }
+
     /// A key's committed value in a table (`None`: no value, whatever the
     /// table's default).
     pub fn table_get<K, V>(&self, table: &Table<K, V>, key: &K) -> Result<Option<V>> {
@@ -693,11 +715,13 @@ impl TestDriver {
         self.dispatcher.clear();
     }
 
-    /// What a worker that stopped on an error and was started again would
-    /// be: exactly-once, the transaction aborted; at-least-once, what was
-    /// processed committed as the worker left; then everything after the
-    /// last commit read again.
-    async fn restart(&mut self) {
+    /// Stops and starts the app as a worker process would be: exactly-once,
+    /// an open transaction aborted; at-least-once, what was processed
+    /// committed as the worker leaves; then every store rebuilt from its
+    /// changelog (as on a machine without the state directory) and input
+    /// read again from the last commit. The driver does this itself after
+    /// an error; call it to test what your app keeps across restarts.
+    pub async fn restart(&mut self) {
         let _ = self.handle(CommitEvent::Failed).await;
         if self.topology.config.guarantee == Guarantee::AtLeastOnce {
             let _ = self.handle(CommitEvent::Commit).await;
@@ -1006,6 +1030,151 @@ mod tests {
         let (second, log2) = run().await;
         assert_eq!(first, second);
         assert_eq!(log1, log2);
+    }
+
+    /// Counts per key in windows; "boom" fails the record (Stop policy).
+    fn windowed_counter(
+        spec: impl FnOnce(Table<String, u64>) -> WindowedTable<String, u64>,
+    ) -> (App, Topic<String, String>, WindowedTable<String, u64>) {
+        let mut app = app("exactly_once");
+        let clicks = app.topic::<String, String>("clicks");
+        let counts = spec(app.table::<String, u64>("per-window"));
+        let table = counts.clone();
+        app.agent(
+            "count",
+            &clicks,
+            async move |batch: Batch<String, String>| {
+                let mut t = batch.windowed(&table)?;
+                for ev in batch.events() {
+                    let ev = ev?;
+                    if ev.value()? == "boom" {
+                        return Err(ev.fail("boom"));
+                    }
+                    t.update(&ev, &ev.key()?, |n| *n += 1)?;
+                }
+                Ok(())
+            },
+        );
+        (app, clicks, counts)
+    }
+
+    async fn click(
+        d: &mut TestDriver,
+        clicks: &Topic<String, String>,
+        key: &str,
+        ts: i64,
+    ) -> Result<()> {
+        d.pipe_record(
+            clicks,
+            TestRecord::new(key.to_string(), "c".to_string()).timestamp(ts),
+        )
+        .await
+    }
+
+    #[tokio::test]
+    async fn tumbling_windows_count_per_window_and_drop_what_comes_after_grace() {
+        let (app, clicks, counts) = windowed_counter(|t| {
+            t.tumbling(Duration::from_secs(10))
+                .grace(Duration::from_secs(2))
+                .expires(Duration::from_secs(3600))
+        });
+        let mut d = TestDriver::new(&app).expect("driver");
+        for ts in [1_000, 9_999, 10_000, 21_000] {
+            click(&mut d, &clicks, "a", ts).await.expect("pipe");
+        }
+        // Stream time 21 s: [0, 10 s) closed at 12 s, [10, 20 s) at 22 s.
+        click(&mut d, &clicks, "a", 5_000)
+            .await
+            .expect("late, dropped");
+        click(&mut d, &clicks, "a", 19_000)
+            .await
+            .expect("within grace");
+        let w = |s: i64| Window::new(s, s + 10_000);
+        assert_eq!(
+            d.windowed_table(&counts).expect("table"),
+            vec![
+                ("a".to_string(), w(0), 2),
+                ("a".to_string(), w(10_000), 2),
+                ("a".to_string(), w(20_000), 1),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn hopping_windows_count_a_record_in_each_window_that_holds_it() {
+        let (app, clicks, counts) = windowed_counter(|t| {
+            t.hopping(Duration::from_secs(10), Duration::from_secs(5))
+                .expires(Duration::from_secs(3600))
+        });
+        let mut d = TestDriver::new(&app).expect("driver");
+        click(&mut d, &clicks, "k", 12_000).await.expect("pipe");
+        let got: Vec<(Window, u64)> = d
+            .windowed_table(&counts)
+            .expect("table")
+            .into_iter()
+            .map(|(_, w, n)| (w, n))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Window::new(5_000, 15_000), 1),
+                (Window::new(10_000, 20_000), 1)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn windows_past_their_retention_are_deleted_with_tombstones_even_after_a_restart() {
+        let (app, clicks, counts) = windowed_counter(|t| {
+            t.tumbling(Duration::from_secs(10))
+                .expires(Duration::from_secs(30))
+        });
+        let mut d = TestDriver::new(&app).expect("driver");
+        click(&mut d, &clicks, "a", 1_000).await.expect("pipe");
+        click(&mut d, &clicks, "a", 15_000).await.expect("pipe");
+        // Restored from the changelog, the windows still expire: the index
+        // is rebuilt from the store.
+        d.restart().await;
+        // Stream time 30 s: [0, 10 s) has lived 30 s since its start.
+        click(&mut d, &clicks, "a", 30_000).await.expect("pipe");
+        let starts: Vec<i64> = d
+            .windowed_table(&counts)
+            .expect("table")
+            .into_iter()
+            .map(|(_, w, _)| w.start)
+            .collect();
+        assert_eq!(starts, vec![10_000, 30_000]);
+        let log = d.read_records("t-per-window-changelog");
+        let tombstone = crate::window::store_key(b"\"a\"", Window::new(0, 10_000));
+        assert!(
+            log.iter()
+                .any(|r| r.key.as_deref() == Some(&tombstone[..]) && r.value.is_none()),
+            "no tombstone for the expired window"
+        );
+    }
+
+    #[tokio::test]
+    async fn stream_time_survives_a_restart_so_late_records_stay_dropped() {
+        let (app, clicks, counts) = windowed_counter(|t| {
+            t.tumbling(Duration::from_secs(10))
+                .expires(Duration::from_secs(3600))
+        });
+        let mut d = TestDriver::new(&app).expect("driver");
+        click(&mut d, &clicks, "a", 1_000).await.expect("pipe");
+        click(&mut d, &clicks, "a", 25_000).await.expect("pipe");
+        // Stores rebuilt from the changelog: the stream time (25 s) with
+        // them, so [0, 10 s) is still closed.
+        d.restart().await;
+        click(&mut d, &clicks, "a", 2_000)
+            .await
+            .expect("late, dropped");
+        let got: Vec<(i64, u64)> = d
+            .windowed_table(&counts)
+            .expect("table")
+            .into_iter()
+            .map(|(_, w, n)| (w.start, n))
+            .collect();
+        assert_eq!(got, vec![(0, 1), (20_000, 1)]);
     }
 
     #[tokio::test]

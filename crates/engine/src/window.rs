@@ -17,6 +17,92 @@
 //!   `end + grace < stream time`. A record for a closed window is dropped.
 
 use std::cmp::Ordering;
+use std::time::Duration;
+
+/// How a table's keys are windowed: tumbling or hopping windows, with a
+/// grace period (how late a record may be and still count) and a retention
+/// (`expires`: how long after its start a window is kept; at least size +
+/// grace, so a window is never dropped before it closes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSpec {
+    size: i64,
+    advance: i64,
+    grace: i64,
+    expires: Option<i64>,
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl WindowSpec {
+    /// Tumbling windows of `size` (at least 1 ms).
+    pub fn tumbling(size: Duration) -> Self {
+        let size = millis(size).max(1);
+        Self {
+            size,
+            advance: size,
+            grace: 0,
+            expires: None,
+        }
+    }
+    /// Hopping windows of `size` starting every `advance` (at least 1 ms,
+    /// at most `size`).
+    pub fn hopping(size: Duration, advance: Duration) -> Self {
+        let size = millis(size).max(1);
+        Self {
+            size,
+            advance: millis(advance).clamp(1, size),
+            grace: 0,
+            expires: None,
+        }
+    }
+    /// How late (in stream time) a record may be and still count.
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = millis(grace);
+        self
+    }
+    /// How long after its start a window is kept (at least size + grace).
+    pub fn expires(mut self, expires: Duration) -> Self {
+        self.expires = Some(millis(expires));
+        self
+    }
+    /// The window size, ms.
+    pub fn size(&self) -> i64 {
+        self.size
+    }
+    /// The advance, ms (the size for tumbling windows).
+    pub fn advance(&self) -> i64 {
+        self.advance
+    }
+    /// The grace period, ms.
+    pub fn grace_ms(&self) -> i64 {
+        self.grace
+    }
+    /// The retention, ms: as set, but never less than size + grace.
+    pub fn retention(&self) -> i64 {
+        let least = self.size.saturating_add(self.grace);
+        self.expires.map_or(least, |e| e.max(least))
+    }
+    /// The windows that hold `ts`, earliest first.
+    pub fn windows_for(&self, ts: i64) -> impl Iterator<Item = Window> {
+        time_windows(ts, self.size, self.advance)
+    }
+    /// Whether `w` is closed at `stream_time`: records for it are dropped.
+    pub fn is_closed(&self, w: Window, stream_time: i64) -> bool {
+        time_window_closed(w, self.grace, stream_time)
+    }
+    /// Whether `w` has outlived its retention at `stream_time`.
+    pub fn is_expired(&self, w: Window, stream_time: i64) -> bool {
+        w.start.saturating_add(self.retention()) <= stream_time
+    }
+}
+
+/// The store and changelog key under which a windowed table keeps its
+/// partition's stream time (the largest timestamp seen), so that a restart
+/// or a new owner goes on with the same closing and expiry. It parses as no
+/// windowed key.
+pub const STREAM_TIME_KEY: &[u8] = b"\xff\xff\xff\xffstream-time";
 
 /// A window: `start` and `end` in milliseconds since the epoch. Whether
 /// `end` is inclusive depends on the kind of window (see the module doc).

@@ -369,7 +369,8 @@ impl<'t> Restorer<'t> {
                 .map_or(Offset::Beginning, |o| Offset::At(o + 1));
             (start, end)
         });
-        let part = TablePart::new(def.name.clone(), def.changelog.clone(), p, store);
+        let part = TablePart::new(def.name.clone(), def.changelog.clone(), p, store)
+            .with_window(def.frozen_window);
         Ok((part, behind))
     }
 

@@ -102,12 +102,19 @@ pub(crate) async fn create_topics(topology: &Topology, admin: &Admin) -> Result<
     }
     let n = task_partitions(&counts, !topology.tables.is_empty(), cfg.topic_partitions)?;
     for t in &topology.tables {
-        let info = admin
-            .create_topic(
-                NewTopic::new(&*t.changelog, n, rf).config("cleanup.policy", "compact"),
-                true,
-            )
-            .await?;
+        let mut topic = NewTopic::new(&*t.changelog, n, rf);
+        topic = match t.frozen_window {
+            // Windows expire: their records may go once the windows have
+            // (a day's margin, as Kafka Streams' window changelogs).
+            Some(w) => topic.config("cleanup.policy", "compact,delete").config(
+                "retention.ms",
+                w.retention()
+                    .saturating_add(WINDOW_CHANGELOG_MARGIN_MS)
+                    .to_string(),
+            ),
+            None => topic.config("cleanup.policy", "compact"),
+        };
+        let info = admin.create_topic(topic, true).await?;
         if info.partitions.len() as i32 != n {
             return Err(Error::Config(format!(
                 "changelog {} has {} partitions; its sources have {n}",
@@ -118,6 +125,11 @@ pub(crate) async fn create_topics(topology: &Topology, admin: &Admin) -> Result<
     }
     Ok(n)
 }
+
+/// How much longer a windowed table's changelog keeps records than its
+/// windows live: one day, as Kafka Streams'
+/// `windowstore.changelog.additional.retention.ms`.
+pub(crate) const WINDOW_CHANGELOG_MARGIN_MS: i64 = 24 * 60 * 60 * 1000;
 
 /// How many tasks (partition numbers) an app has, from its source topics'
 /// partition counts: with tables, every source must have the same count
