@@ -673,3 +673,99 @@ async fn a_partition_lost_and_regained_within_one_poll_sees_the_writes_in_betwee
         "A answered from its state before B's writes"
     );
 }
+
+/// A tumbling windowed count against Kafka: the changelog is created
+/// `compact,delete` with the windows' retention plus a day, counts land per
+/// window, a record for a closed window is dropped, and a restarted worker
+/// without its state directory goes on with the stream time from the
+/// changelog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tumbling_window_counts_survive_a_restart_without_local_state() {
+    let (mut app, id, dir) = app("engine-windows");
+    let (p, admin) = producer_and_admin().await;
+    admin
+        .create_topic(faustus_wire::NewTopic::new(format!("{id}-in"), 3, 1), false)
+        .await
+        .expect("input");
+    let input = app.topic_with(
+        &format!("{id}-in"),
+        TopicSpec::<String, String>::new(Utf8, Utf8),
+    );
+    let counts = app
+        .table_with("per-second", TableSpec::new(Utf8, Json, || 0u64))
+        .tumbling(Duration::from_secs(1))
+        .expires(Duration::from_secs(3600));
+    let table = counts.clone();
+    app.agent("count", &input, async move |batch| {
+        let mut t = batch.windowed(&table)?;
+        for ev in batch.events() {
+            let ev = ev?;
+            t.update(&ev, &ev.key()?, |n| *n += 1)?;
+        }
+        Ok(())
+    });
+    // Event times near now (the broker's retention goes by record
+    // timestamps), on a second boundary so windows line up with offsets.
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64
+        / 1000
+        * 1000
+        - 60_000;
+    let send = async |key: &str, ts: i64| {
+        let mut rec = input
+            .record(Some(&key.to_string()), &"c".to_string())
+            .expect("encode");
+        rec.timestamp = Some(base + ts);
+        let _ = p.send(rec).await.expect("queued");
+        p.flush().await.expect("written");
+    };
+    let committed = async |n: i64| {
+        admin
+            .group_offsets(&id)
+            .await
+            .is_ok_and(|o| o.values().sum::<i64>() >= n)
+    };
+    for ts in [100, 900, 1_500, 5_000] {
+        send("a", ts).await;
+    }
+    run_until(&app, async || committed(4).await)
+        .await
+        .expect("first run");
+
+    // Without its state directory, the worker restores from the changelog,
+    // stream time (5 s) included: a record for [0, 1 s) is late.
+    std::fs::remove_dir_all(dir.path()).expect("remove state");
+    send("a", 200).await;
+    send("a", 5_500).await;
+    run_until(&app, async || committed(6).await)
+        .await
+        .expect("second run");
+
+    let got: Vec<(i64, u64)> = app
+        .windowed_table_entries(&counts)
+        .await
+        .expect("entries")
+        .into_iter()
+        .map(|(_, w, n)| (w.start - base, n))
+        .collect();
+    assert_eq!(got, vec![(0, 2), (1_000, 1), (5_000, 2)]);
+
+    let config: std::collections::BTreeMap<String, Option<String>> = admin
+        .describe_topic_config(&format!("{id}-per-second-changelog"))
+        .await
+        .expect("changelog config")
+        .into_iter()
+        .collect();
+    assert_eq!(
+        config["cleanup.policy"].as_deref(),
+        Some("compact,delete"),
+        "windows expire, so their changelog may too"
+    );
+    // Retention 1 h, plus a day's margin.
+    assert_eq!(
+        config["retention.ms"].as_deref(),
+        Some((3_600_000i64 + 86_400_000).to_string().as_str())
+    );
+}

@@ -12,8 +12,9 @@ use crate::batch::{Batch, BatchInput};
 use crate::codec::{encode_into, Codec, Codecs, Json};
 use crate::config::EngineConfig;
 use crate::error::Result;
-use crate::table::{Table, TableDef, TableSpec};
+use crate::table::{Table, TableDef, TableSpec, WindowedTable};
 use crate::topology::Topology;
+use crate::window::Window;
 
 /// How a topic is declared: codecs, and the settings used when the app
 /// creates it.
@@ -480,6 +481,27 @@ impl App {
             crate::runtime::restore::read_changelog(&self.config()?, &self.tables[table.id()])
                 .await?;
         raw.into_iter()
+            .map(|(k, v)| table.decode_entry(&k, &v))
+            .collect()
+    }
+
+    /// A windowed table's committed windows, read from its changelog as
+    /// [`table_entries`](Self::table_entries) does.
+    pub async fn windowed_table_entries<K, V>(
+        &self,
+        table: &WindowedTable<K, V>,
+    ) -> Result<Vec<(K, Window, V)>>
+    where
+        K: 'static,
+        V: 'static,
+    {
+        let raw = crate::runtime::restore::read_changelog(
+            &self.config()?,
+            &self.tables[table.table().id()],
+        )
+        .await?;
+        raw.into_iter()
+            .filter(|(k, _)| k.as_slice() != crate::window::STREAM_TIME_KEY)
             .map(|(k, v)| table.decode_entry(&k, &v))
             .collect()
     }
