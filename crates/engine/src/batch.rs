@@ -108,6 +108,14 @@ impl<K, V> Batch<K, V> {
                 self.partition()
             ),
         })?;
+        if part.window.is_some() {
+            // Its keys are windowed: a plain view would read and write
+            // entries no window holds.
+            return Err(Error::Table {
+                table: table.name().to_owned(),
+                message: "a windowed table: open it with Batch::windowed".into(),
+            });
+        }
         Ok(TableView {
             part,
             table,

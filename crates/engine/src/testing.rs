@@ -1101,6 +1101,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_windowed_table_is_opened_only_as_windowed() {
+        let mut app = app("at_least_once");
+        let clicks = app.topic::<String, String>("clicks");
+        let counts = app
+            .table::<String, u64>("w")
+            .tumbling(Duration::from_secs(1));
+        let table = counts.clone();
+        app.agent(
+            "plain",
+            &clicks,
+            async move |batch: Batch<String, String>| batch.table(table.table()).map(drop),
+        );
+        let mut d = TestDriver::new(&app).expect("driver");
+        let e = click(&mut d, &clicks, "a", 0).await.expect_err("refused");
+        assert!(e.to_string().contains("Batch::windowed"), "{e}");
+    }
+
+    #[tokio::test]
     async fn hopping_windows_count_a_record_in_each_window_that_holds_it() {
         let (app, clicks, counts) = windowed_counter(|t| {
             t.hopping(Duration::from_secs(10), Duration::from_secs(5))
