@@ -690,7 +690,11 @@ impl<K, V> WindowedView<'_, K, V> {
             let t = self.inner();
             encode_into(&*t.codecs.value, &v, &mut out, &t.name, "value")?;
             if let Some(w) = self.part.window.as_mut() {
-                w.index.entry(win.start).or_default().insert(k.clone());
+                // Most updates hit a window already indexed: no copy then.
+                let keys = w.index.entry(win.start).or_default();
+                if !keys.contains(&k) {
+                    keys.insert(k.clone());
+                }
             }
             self.part.put_raw(k, Some(out));
             changed += 1;
