@@ -66,10 +66,16 @@ pub(crate) struct TableInner<K, V> {
     changelog: Arc<str>,
     codecs: Codecs<K, V>,
     default: Box<dyn Fn() -> V>,
-    /// Set by [`Table::tumbling`] or [`Table::hopping`], read when the app's
-    /// topology is frozen.
+    /// Set by [`Table::tumbling`], [`Table::hopping`] or [`Table::session`],
+    /// read when the app's topology is frozen.
     window: WindowCell,
+    /// Session windows: how two sessions' values combine when a record
+    /// bridges them.
+    merge: std::cell::OnceCell<Merge<V>>,
 }
+
+/// Combines the values of two sessions being merged.
+type Merge<V> = Box<dyn Fn(&V, &V) -> V>;
 
 /// A table's window spec, shared by its handles and its definition.
 pub(crate) type WindowCell = Arc<std::sync::Mutex<Option<WindowSpec>>>;
@@ -208,6 +214,7 @@ impl<K: std::fmt::Debug + 'static, V: std::fmt::Debug + 'static> Table<K, V> {
             codecs: Codecs::new(spec.key, spec.value),
             default: spec.default,
             window: window.clone(),
+            merge: std::cell::OnceCell::new(),
         });
         let shown = inner.clone();
         let def = TableDef {
@@ -250,6 +257,20 @@ impl<K, V> Table<K, V> {
         advance: std::time::Duration,
     ) -> WindowedTable<K, V> {
         self.windowed(WindowSpec::hopping(size, advance))
+    }
+
+    /// Makes this a table of session windows (Kafka Streams'
+    /// `SessionWindows`): a key's records less than `gap` apart form one
+    /// session `[first, last]`; a record that bridges two sessions merges
+    /// them, their values combined with `merge` (a sum, for counts), and
+    /// the merged-away sessions get tombstones.
+    pub fn session(
+        self,
+        gap: std::time::Duration,
+        merge: impl Fn(&V, &V) -> V + 'static,
+    ) -> WindowedTable<K, V> {
+        let _ = self.inner.merge.set(Box::new(merge));
+        self.windowed(WindowSpec::session(gap))
     }
 
     fn windowed(self, spec: WindowSpec) -> WindowedTable<K, V> {
@@ -315,7 +336,7 @@ pub(crate) struct WindowState {
     stream_time: Option<i64>,
     /// Stream time moved since it was last staged.
     dirty: bool,
-    /// Stored windows by start, for expiry.
+    /// Stored windows by the stream time they expire at.
     index: std::collections::BTreeMap<i64, std::collections::BTreeSet<Vec<u8>>>,
     /// Records dropped for closed windows.
     pub(crate) dropped: u64,
@@ -568,17 +589,19 @@ impl<K, V> WindowedView<'_, K, V> {
             None => None,
         };
         w.index.clear();
+        let spec = w.spec;
         for entry in store.range(&[], None)? {
             let (k, _) = entry?;
             if let Some((_, win)) = parse_store_key(&k) {
-                w.index.entry(win.start).or_default().insert(k);
+                w.index.entry(spec.expires_at(win)).or_default().insert(k);
             }
         }
         for (k, v) in overlay.iter() {
             if let Some((_, win)) = parse_store_key(k) {
+                let at = spec.expires_at(win);
                 if v.is_some() {
-                    w.index.entry(win.start).or_default().insert(k.clone());
-                } else if let Some(keys) = w.index.get_mut(&win.start) {
+                    w.index.entry(at).or_default().insert(k.clone());
+                } else if let Some(keys) = w.index.get_mut(&at) {
                     keys.remove(k);
                 }
             }
@@ -602,10 +625,9 @@ impl<K, V> WindowedView<'_, K, V> {
         };
         w.stream_time = Some(now);
         w.dirty = true;
-        let retention = w.spec.retention();
         let mut expired = Vec::new();
-        while let Some((&start, _)) = w.index.first_key_value() {
-            if start.saturating_add(retention) > now {
+        while let Some((&at, _)) = w.index.first_key_value() {
+            if at > now {
                 break;
             }
             if let Some((_, keys)) = w.index.pop_first() {
@@ -673,6 +695,9 @@ impl<K, V> WindowedView<'_, K, V> {
         let spec = self.spec()?;
         let stream_time = self.advance(ts)?;
         self.encode_key(key)?;
+        if let Some(gap) = spec.gap() {
+            return self.update_session(spec, gap, ts, stream_time, f, at);
+        }
         let mut changed = 0;
         for win in spec.windows_for(ts) {
             if spec.is_closed(win, stream_time) {
@@ -691,7 +716,7 @@ impl<K, V> WindowedView<'_, K, V> {
             encode_into(&*t.codecs.value, &v, &mut out, &t.name, "value")?;
             if let Some(w) = self.part.window.as_mut() {
                 // Most updates hit a window already indexed: no copy then.
-                let keys = w.index.entry(win.start).or_default();
+                let keys = w.index.entry(spec.expires_at(win)).or_default();
                 if !keys.contains(&k) {
                     keys.insert(k.clone());
                 }
@@ -700,6 +725,93 @@ impl<K, V> WindowedView<'_, K, V> {
             changed += 1;
         }
         Ok(changed)
+    }
+
+    /// A record at `ts` for the key in `key_buf`: merges it into the key's
+    /// sessions within `gap`, combining merged sessions' values, and applies
+    /// `f` to the result (see [`Table::session`]).
+    fn update_session(
+        &mut self,
+        spec: WindowSpec,
+        gap: i64,
+        ts: i64,
+        stream_time: i64,
+        mut f: impl FnMut(&mut V),
+        at: Option<crate::Location>,
+    ) -> Result<usize> {
+        // The key's sessions that may touch [ts - gap, ts + gap]: every one
+        // starting by ts + gap (a session can be long).
+        let (lo, hi) = (
+            crate::window::key_prefix(&self.key_buf),
+            store_key_from(&self.key_buf, ts.saturating_add(gap).saturating_add(1)),
+        );
+        let mut existing: std::collections::BTreeMap<Window, Vec<u8>> =
+            std::collections::BTreeMap::new();
+        for entry in self.part.store.range(&lo, Some(&hi))? {
+            let (k, v) = entry?;
+            if let Some((_, w)) = parse_store_key(&k) {
+                existing.insert(w, v);
+            }
+        }
+        for (k, v) in &self.part.overlay {
+            if *k >= lo && *k < hi {
+                if let Some((_, w)) = parse_store_key(k) {
+                    match v {
+                        Some(v) => existing.insert(w, v.clone()),
+                        None => existing.remove(&w),
+                    };
+                }
+            }
+        }
+        let windows: Vec<Window> = existing.keys().copied().collect();
+        let m = crate::window::merge_session(ts, gap, &windows);
+        if spec.is_closed(m.session, stream_time) {
+            if let Some(w) = self.part.window.as_mut() {
+                w.dropped += 1;
+            }
+            tracing::debug!(table = %self.inner().name, session = ?m.session, stream_time, at = ?at, "record for a closed session dropped");
+            return Ok(0);
+        }
+        let t = &self.table.table.inner;
+        let merge = t.merge.get().ok_or_else(|| Error::Table {
+            table: t.name.clone(),
+            message: "a session table without a merge function".into(),
+        })?;
+        // The session's value: its own, combined with each it absorbs.
+        let mut value: Option<V> = match existing.get(&m.session) {
+            Some(raw) => Some(self.decode_value(Some(raw.clone()))?),
+            None => None,
+        };
+        for w in &m.merged {
+            let v = self.decode_value(existing.get(w).cloned())?;
+            value = Some(match value {
+                Some(acc) => merge(&acc, &v),
+                None => v,
+            });
+        }
+        let mut value = value.unwrap_or_else(|| (t.default)());
+        f(&mut value);
+        let mut out = Vec::new();
+        encode_into(&*t.codecs.value, &value, &mut out, &t.name, "value")?;
+        for w in &m.merged {
+            let k = store_key(&self.key_buf, *w);
+            if let Some(state) = self.part.window.as_mut() {
+                if let Some(keys) = state.index.get_mut(&spec.expires_at(*w)) {
+                    keys.remove(&k);
+                }
+            }
+            self.part.put_raw(k, None);
+        }
+        let k = store_key(&self.key_buf, m.session);
+        if let Some(state) = self.part.window.as_mut() {
+            state
+                .index
+                .entry(spec.expires_at(m.session))
+                .or_default()
+                .insert(k.clone());
+        }
+        self.part.put_raw(k, Some(out));
+        Ok(1)
     }
 
     /// `key`'s value in `window` (the default if it has none).

@@ -1101,6 +1101,61 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn sessions_grow_merge_with_tombstones_and_close_after_their_last_record() {
+        let (app, clicks, counts) = windowed_counter(|t| {
+            t.session(Duration::from_millis(10), |a: &u64, b: &u64| a + b)
+                .expires(Duration::from_secs(3600))
+        });
+        let mut d = TestDriver::new(&app).expect("driver");
+        for ts in [0, 5, 30, 20] {
+            click(&mut d, &clicks, "a", ts).await.expect("pipe");
+        }
+        let sessions = |d: &TestDriver| -> Vec<(String, Window, u64)> {
+            d.windowed_table(&counts).expect("table")
+        };
+        assert_eq!(
+            sessions(&d),
+            vec![
+                ("a".to_string(), Window::new(0, 5), 2),
+                ("a".to_string(), Window::new(20, 30), 2),
+            ]
+        );
+        // 12 bridges both: one session, the two others tombstoned.
+        click(&mut d, &clicks, "a", 12).await.expect("pipe");
+        assert_eq!(sessions(&d), vec![("a".to_string(), Window::new(0, 30), 5)]);
+        let log = d.read_records("t-per-window-changelog");
+        for gone in [Window::new(0, 5), Window::new(20, 30)] {
+            let k = crate::window::store_key(b"\"a\"", gone);
+            assert!(
+                log.iter()
+                    .any(|r| r.key.as_deref() == Some(&k[..]) && r.value.is_none()),
+                "no tombstone for the merged-away {gone:?}"
+            );
+        }
+        // Stream time (per partition) 30: a new session at 5 for a key of
+        // a's partition is closed (its end is more than grace 0 behind); a
+        // at 25 still joins [0, 30].
+        let part = |k: &str| partition_for_key(format!("\"{k}\"").as_bytes(), 4);
+        let neighbour = (0..100)
+            .map(|i| format!("b{i}"))
+            .find(|k| part(k) == part("a"))
+            .expect("a key in a's partition");
+        click(&mut d, &clicks, &neighbour, 5)
+            .await
+            .expect("late, dropped");
+        click(&mut d, &clicks, "a", 25).await.expect("pipe");
+        assert_eq!(sessions(&d), vec![("a".to_string(), Window::new(0, 30), 6)]);
+        // And sessions come back the same after a restart.
+        d.restart().await;
+        click(&mut d, &clicks, "a", 40).await.expect("pipe");
+        assert_eq!(
+            sessions(&d),
+            vec![("a".to_string(), Window::new(0, 40), 7)],
+            "40 is within the gap of 30: the restored session grows"
+        );
+    }
+
+    #[tokio::test]
     async fn a_windowed_table_is_opened_only_as_windowed() {
         let mut app = app("at_least_once");
         let clicks = app.topic::<String, String>("clicks");

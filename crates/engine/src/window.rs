@@ -19,14 +19,17 @@
 use std::cmp::Ordering;
 use std::time::Duration;
 
-/// How a table's keys are windowed: tumbling or hopping windows, with a
-/// grace period (how late a record may be and still count) and a retention
-/// (`expires`: how long after its start a window is kept; at least size +
-/// grace, so a window is never dropped before it closes).
+/// How a table's keys are windowed: tumbling, hopping or session windows,
+/// with a grace period (how late a record may be and still count) and a
+/// retention (`expires`: how long a window is kept, counted from its start,
+/// or from its end for sessions; at least size + grace, or gap + grace, so a
+/// window is never dropped before it closes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowSpec {
     size: i64,
     advance: i64,
+    /// Session windows: the inactivity gap.
+    gap: Option<i64>,
     grace: i64,
     expires: Option<i64>,
 }
@@ -42,6 +45,7 @@ impl WindowSpec {
         Self {
             size,
             advance: size,
+            gap: None,
             grace: 0,
             expires: None,
         }
@@ -53,9 +57,25 @@ impl WindowSpec {
         Self {
             size,
             advance: millis(advance).clamp(1, size),
+            gap: None,
             grace: 0,
             expires: None,
         }
+    }
+    /// Session windows: a key's records closer than `gap` to each other
+    /// form one session `[first, last]`.
+    pub fn session(gap: Duration) -> Self {
+        Self {
+            size: 0,
+            advance: 0,
+            gap: Some(millis(gap)),
+            grace: 0,
+            expires: None,
+        }
+    }
+    /// The inactivity gap of session windows (`None` for time windows).
+    pub fn gap(&self) -> Option<i64> {
+        self.gap
     }
     /// How late (in stream time) a record may be and still count.
     pub fn grace(mut self, grace: Duration) -> Self {
@@ -79,10 +99,17 @@ impl WindowSpec {
     pub fn grace_ms(&self) -> i64 {
         self.grace
     }
-    /// The retention, ms: as set, but never less than size + grace.
+    /// The retention, ms: as set, but never less than size + grace (gap +
+    /// grace for sessions).
     pub fn retention(&self) -> i64 {
-        let least = self.size.saturating_add(self.grace);
+        let least = self.gap.unwrap_or(self.size).saturating_add(self.grace);
         self.expires.map_or(least, |e| e.max(least))
+    }
+    /// When, in stream time, `w` has outlived its retention: counted from
+    /// its start, or from its end for sessions (which grow).
+    pub fn expires_at(&self, w: Window) -> i64 {
+        let from = if self.gap.is_some() { w.end } else { w.start };
+        from.saturating_add(self.retention())
     }
     /// The windows that hold `ts`, earliest first.
     pub fn windows_for(&self, ts: i64) -> impl Iterator<Item = Window> {
@@ -90,11 +117,15 @@ impl WindowSpec {
     }
     /// Whether `w` is closed at `stream_time`: records for it are dropped.
     pub fn is_closed(&self, w: Window, stream_time: i64) -> bool {
-        time_window_closed(w, self.grace, stream_time)
+        if self.gap.is_some() {
+            inclusive_window_closed(w, self.grace, stream_time)
+        } else {
+            time_window_closed(w, self.grace, stream_time)
+        }
     }
     /// Whether `w` has outlived its retention at `stream_time`.
     pub fn is_expired(&self, w: Window, stream_time: i64) -> bool {
-        w.start.saturating_add(self.retention()) <= stream_time
+        self.expires_at(w) <= stream_time
     }
 }
 
