@@ -159,7 +159,8 @@ struct MemTopic {
     log: Vec<Stored>,
     /// Records per partition (the next offset of each).
     ends: Vec<i64>,
-    /// Indexes into `log` by partition, in offset order.
+    /// Indexes into `log` by partition, in offset order: a record's offset
+    /// is its place here (offsets are dense).
     by_partition: Vec<Vec<usize>>,
     /// The next key-less record's partition.
     round_robin: i32,
@@ -177,13 +178,22 @@ impl MemTopic {
         }
     }
 
-    /// The end a read_committed reader sees: up to the first record still
-    /// in an open transaction.
-    fn stable_end(&self, p: usize) -> i64 {
-        self.by_partition[p]
-            .iter()
-            .find(|&&i| self.log[i].visibility == Visibility::Pending)
-            .map_or(self.ends[p], |&i| self.log[i].rec.offset)
+    /// The record at `offset` of partition `p`.
+    fn at(&self, p: usize, offset: i64) -> Option<&Stored> {
+        let i = *self.by_partition[p].get(usize::try_from(offset).ok()?)?;
+        self.log.get(i)
+    }
+
+    /// The end a read_committed reader at `from` sees: up to the first
+    /// record still in an open transaction (none can be before `from`: a
+    /// reader never passes one).
+    fn stable_end(&self, p: usize, from: i64) -> i64 {
+        (from..self.ends[p])
+            .find(|&o| {
+                self.at(p, o)
+                    .is_some_and(|s| s.visibility == Visibility::Pending)
+            })
+            .unwrap_or(self.ends[p])
     }
 }
 
@@ -195,6 +205,8 @@ struct Broker {
     default_partitions: i32,
     /// Exactly-once: records written now are pending until the commit.
     in_txn: RefCell<bool>,
+    /// The records of the open transaction: topic and place in its log.
+    pending: RefCell<Vec<(String, usize)>>,
     clock_ms: RefCell<i64>,
 }
 
@@ -229,6 +241,9 @@ impl Broker {
         t.ends[partition as usize] += 1;
         t.by_partition[partition as usize].push(t.log.len());
         let visibility = if *self.in_txn.borrow() {
+            self.pending
+                .borrow_mut()
+                .push((rec.topic.clone(), t.log.len()));
             Visibility::Pending
         } else {
             Visibility::Visible
@@ -251,15 +266,14 @@ impl Broker {
     /// Ends the open transaction: its records become visible, or aborted.
     fn end_txn(&self, commit: bool) {
         *self.in_txn.borrow_mut() = false;
-        for t in self.topics.borrow_mut().values_mut() {
-            for s in &mut t.log {
-                if s.visibility == Visibility::Pending {
-                    s.visibility = if commit {
-                        Visibility::Visible
-                    } else {
-                        Visibility::Aborted
-                    };
-                }
+        let mut topics = self.topics.borrow_mut();
+        for (topic, i) in self.pending.borrow_mut().drain(..) {
+            if let Some(s) = topics.get_mut(&topic).and_then(|t| t.log.get_mut(i)) {
+                s.visibility = if commit {
+                    Visibility::Visible
+                } else {
+                    Visibility::Aborted
+                };
             }
         }
     }
@@ -272,17 +286,13 @@ impl Broker {
             return Ok(None);
         };
         let p = tp.partition as usize;
-        let end = t.stable_end(p);
+        let end = t.stable_end(p, from);
         if from >= end {
             return Ok(None);
         }
         let mut b = BatchBuilder::new(Compression::None);
         let mut base = None;
-        for &i in &t.by_partition[p] {
-            let s = &t.log[i];
-            if s.rec.offset < from || s.rec.offset >= end {
-                continue;
-            }
+        for s in (from..end).filter_map(|o| t.at(p, o)) {
             // Aborted records keep their offsets but are never delivered:
             // a fetch holds a run of visible ones.
             if s.visibility != Visibility::Visible {
@@ -318,11 +328,12 @@ impl Broker {
     fn skip_aborted(&self, tp: &TopicPartition, mut from: i64) -> i64 {
         let topics = self.topics.borrow();
         if let Some(t) = topics.get(&*tp.topic) {
-            for &i in &t.by_partition[tp.partition as usize] {
-                let s = &t.log[i];
-                if s.rec.offset == from && s.visibility == Visibility::Aborted {
-                    from += 1;
-                }
+            let p = tp.partition as usize;
+            while t
+                .at(p, from)
+                .is_some_and(|s| s.visibility == Visibility::Aborted)
+            {
+                from += 1;
             }
         }
         from
@@ -425,6 +436,7 @@ impl TestDriver {
                 declared,
                 default_partitions: cfg.topic_partitions,
                 in_txn: RefCell::new(false),
+                pending: RefCell::new(Vec::new()),
                 clock_ms: RefCell::new(0),
             },
             topology,
@@ -1030,6 +1042,46 @@ mod tests {
         let (second, log2) = run().await;
         assert_eq!(first, second);
         assert_eq!(log1, log2);
+    }
+
+    #[test]
+    fn readers_stop_at_an_open_transaction_and_skip_an_aborted_one() {
+        let broker = Broker {
+            topics: RefCell::new(BTreeMap::new()),
+            declared: HashMap::from([("t".to_string(), 1)]),
+            default_partitions: 1,
+            in_txn: RefCell::new(false),
+            pending: RefCell::new(Vec::new()),
+            clock_ms: RefCell::new(0),
+        };
+        let send = |v: &str| {
+            broker
+                .append(ProducerRecord::new("t").value(v.as_bytes().to_vec()))
+                .expect("append")
+        };
+        let tp = TopicPartition {
+            topic: "t".into(),
+            partition: 0,
+        };
+        let values = |f: &Fetched| -> Vec<Vec<u8>> {
+            f.records()
+                .map(|r| r.expect("record").value().unwrap_or_default().to_vec())
+                .collect()
+        };
+        send("a");
+        *broker.in_txn.borrow_mut() = true;
+        send("b");
+        send("c");
+        // Up to the open transaction only.
+        let f = broker.fetch(&tp, 0).expect("fetch").expect("records");
+        assert_eq!(values(&f), vec![b"a".to_vec()]);
+        assert!(broker.fetch(&tp, 1).expect("fetch").is_none());
+        broker.end_txn(false);
+        send("d");
+        // The aborted records keep their offsets and are skipped.
+        assert_eq!(broker.skip_aborted(&tp, 1), 3);
+        let f = broker.fetch(&tp, 3).expect("fetch").expect("records");
+        assert_eq!((f.start_offset(), values(&f)), (3, vec![b"d".to_vec()]));
     }
 
     /// Counts per key in windows; "boom" fails the record (Stop policy).

@@ -260,7 +260,11 @@ impl Worker<'_> {
         // Tasks closed by these changes, until the end of them: one
         // assigned again meanwhile reopens with its stores.
         let mut closed = BTreeMap::new();
-        for change in self.shared.take_changes()? {
+        let changes = self.shared.take_changes()?;
+        if changes.is_empty() {
+            return Ok(fresh);
+        }
+        for change in changes {
             let tasks = match change {
                 Change::Act(action) => {
                     fresh &= self.act(vec![action]).await?;
