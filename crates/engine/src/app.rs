@@ -12,9 +12,10 @@ use crate::batch::{Batch, BatchInput};
 use crate::codec::{encode_into, Codec, Codecs, Json};
 use crate::config::EngineConfig;
 use crate::error::Result;
-use crate::table::{Table, TableDef, TableSpec, WindowedTable};
+use crate::table::{Table, TableDef, TableSpec};
 use crate::topology::Topology;
 use crate::window::Window;
+use crate::windowed::WindowedTable;
 
 /// How a topic is declared: codecs, and the settings used when the app
 /// creates it.
@@ -124,6 +125,11 @@ impl<K, V> Topic<K, V> {
     /// Encodes a record for this topic (`key` `None` is a null key; the
     /// partitioner then spreads records).
     pub fn record(&self, key: Option<&K>, value: &V) -> Result<ProducerRecord> {
+        self.record_opt(key, Some(value))
+    }
+
+    /// [`record`](Self::record), or a tombstone (a null value).
+    pub(crate) fn record_opt(&self, key: Option<&K>, value: Option<&V>) -> Result<ProducerRecord> {
         let (codecs, name) = (&self.inner.codecs, self.inner.name.as_str());
         let mut rec = ProducerRecord::new(name);
         if let Some(k) = key {
@@ -131,9 +137,11 @@ impl<K, V> Topic<K, V> {
             encode_into(&*codecs.key, k, &mut buf, name, "key")?;
             rec.key = Some(buf.into());
         }
-        let mut buf = Vec::new();
-        encode_into(&*codecs.value, value, &mut buf, name, "value")?;
-        rec.value = Some(buf.into());
+        if let Some(v) = value {
+            let mut buf = Vec::new();
+            encode_into(&*codecs.value, v, &mut buf, name, "value")?;
+            rec.value = Some(buf.into());
+        }
         Ok(rec)
     }
 }
@@ -501,7 +509,7 @@ impl App {
         )
         .await?;
         raw.into_iter()
-            .filter(|(k, _)| k.as_slice() != crate::window::STREAM_TIME_KEY)
+            .filter(|(k, _)| crate::window::is_window_entry(k))
             .map(|(k, v)| table.decode_entry(&k, &v))
             .collect()
     }

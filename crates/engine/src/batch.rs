@@ -12,7 +12,8 @@ use crate::app::Topic;
 use crate::codec::Codec;
 use crate::error::{Error, Location, Result};
 use crate::runtime::task::TaskCtx;
-use crate::table::{Table, TableView, WindowedTable, WindowedView};
+use crate::table::{Table, TableView};
+use crate::windowed::{WindowedTable, WindowedView};
 
 /// What the engine hands an agent, untyped.
 pub(crate) struct BatchInput {
@@ -153,11 +154,11 @@ impl<K, V> Batch<K, V> {
                 message: "not a windowed table".into(),
             });
         }
-        Ok(WindowedView {
+        Ok(WindowedView::new(
             part,
             table,
-            key_buf: Vec::new(),
-        })
+            self.input.task.wall_ms.get(),
+        ))
     }
 
     /// Sends a record to a topic (a sink, or another agent's topic). It is

@@ -104,6 +104,43 @@ impl Codec<bytes::Bytes> for Raw {
     }
 }
 
+/// A windowed key as text, the way Kafka Streams prints windows:
+/// `KEY@START/END` (milliseconds), the key encoded by the inner codec. It
+/// decodes what it writes (the last `@` splits the key from the window).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct WindowedText<C>(pub C);
+
+impl<K, C: Codec<K>> Codec<crate::window::Windowed<K>> for WindowedText<C> {
+    fn encode(
+        &self,
+        item: &crate::window::Windowed<K>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), CodecError> {
+        use std::io::Write;
+        self.0.encode(&item.key, out)?;
+        write!(out, "@{}/{}", item.window.start, item.window.end)
+            .map_err(|e| CodecError::new(e.to_string()))
+    }
+    fn decode(&self, bytes: Option<&[u8]>) -> Result<crate::window::Windowed<K>, CodecError> {
+        let raw = required(bytes)?;
+        let bad = || CodecError::new("not a windowed key (KEY@START/END)");
+        let at = raw.iter().rposition(|&b| b == b'@').ok_or_else(bad)?;
+        let window = std::str::from_utf8(&raw[at + 1..]).map_err(|_| bad())?;
+        let (start, end) = window.split_once('/').ok_or_else(bad)?;
+        let (start, end) = (
+            start.parse().map_err(|_| bad())?,
+            end.parse().map_err(|_| bad())?,
+        );
+        Ok(crate::window::Windowed {
+            key: self.0.decode(Some(&raw[..at]))?,
+            window: crate::window::Window::new(start, end),
+        })
+    }
+    fn name(&self) -> &'static str {
+        "windowed-text"
+    }
+}
+
 /// Appends `item`'s encoding to `out`; a refusal names the topic or table
 /// and the part (`key` or `value`).
 pub(crate) fn encode_into<T>(
@@ -169,6 +206,21 @@ mod tests {
         assert!(r.is_err());
         let r: Option<Click> = Json.decode(None).expect("ok");
         assert_eq!(r, None);
+    }
+
+    #[test]
+    fn windowed_text_prints_windows_as_kafka_streams_does_and_reads_them_back() {
+        use crate::window::{Window, Windowed};
+        let w = Windowed {
+            key: "a@b".to_string(),
+            window: Window::new(1000, 2000),
+        };
+        let mut out = Vec::new();
+        WindowedText(Utf8).encode(&w, &mut out).expect("ok");
+        assert_eq!(out, b"a@b@1000/2000");
+        assert_eq!(WindowedText(Utf8).decode(Some(&out)).expect("ok"), w);
+        let r: Result<Windowed<String>, _> = WindowedText(Utf8).decode(Some(b"a@x/1"));
+        assert!(r.is_err());
     }
 
     #[test]

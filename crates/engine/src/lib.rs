@@ -46,22 +46,24 @@ mod table;
 pub mod testing;
 mod topology;
 pub mod window;
+mod windowed;
 
 pub use app::{Agent, AgentOptions, App, ErrorPolicy, Topic, TopicSpec};
 pub use batch::{Batch, Event};
-pub use codec::{Codec, CodecError, Json, Raw, Utf8};
+pub use codec::{Codec, CodecError, Json, Raw, Utf8, WindowedText};
 pub use config::{EngineConfig, Guarantee, StoreKind};
 pub use error::{Error, Location, Result};
 pub use faustus_wire as wire;
-pub use table::{Table, TableSpec, TableView, WindowedTable, WindowedView};
+pub use table::{Table, TableSpec, TableView};
 pub use topology::Topology;
+pub use windowed::{Emit, WindowedTable, WindowedView};
 
 /// The names most Faustus programs need.
 pub mod prelude {
-    pub use crate::window::Window;
+    pub use crate::window::{Window, Windowed};
     pub use crate::{
-        Agent, AgentOptions, App, Batch, Codec, ErrorPolicy, Event, Json, Raw, Table, TableSpec,
-        TableView, Topic, TopicSpec, Utf8, WindowedTable, WindowedView,
+        Agent, AgentOptions, App, Batch, Codec, Emit, ErrorPolicy, Event, Json, Raw, Table,
+        TableSpec, TableView, Topic, TopicSpec, Utf8, WindowedTable, WindowedText, WindowedView,
     };
     pub use faustus_wire::Properties;
 }

@@ -60,11 +60,14 @@ use crate::error::{Error, Result};
 use crate::runtime::commit::{CommitAction, CommitEvent, CommitMachine, TxnEnd};
 use crate::runtime::dispatch::Dispatcher;
 use crate::runtime::setup::task_partitions;
-use crate::runtime::task::{write_overlays, Delivery, Sink, TaskCtx, Tasks};
+use crate::runtime::task::{
+    set_wall_clock, tick_wall_clock, wall_clock_due, write_overlays, Delivery, Sink, TaskCtx, Tasks,
+};
 use crate::store::{MemoryStore, Store};
-use crate::table::{Table, TablePart, WindowedTable};
+use crate::table::{Table, TablePart};
 use crate::topology::Topology;
 use crate::window::Window;
+use crate::windowed::WindowedTable;
 
 /// How many rounds (process, commit) one call may take before the driver
 /// calls it a loop: an agent that feeds its own topic forever.
@@ -419,7 +422,7 @@ impl TestDriver {
                         p,
                         Box::new(MemoryStore::default()),
                     )
-                    .with_window(t.frozen_window)
+                    .with_window(t.frozen_window, cfg.guarantee == Guarantee::ExactlyOnce)
                 })
                 .collect();
             tasks.insert(p, Rc::new(TaskCtx::new(parts)));
@@ -585,7 +588,7 @@ impl TestDriver {
             raw.extend(part.borrow().store.entries()?);
         }
         raw.into_iter()
-            .filter(|(k, _)| k.as_slice() != crate::window::STREAM_TIME_KEY)
+            .filter(|(k, _)| crate::window::is_window_entry(k))
             .map(|(k, v)| table.decode_entry(&k, &v))
             .collect()
     }
@@ -650,10 +653,13 @@ impl TestDriver {
             }
         }
         let due = self.dispatcher.gathering_due(false, self.clock);
-        if fetched.is_empty() && !due {
+        let wall = *self.broker.clock_ms.borrow();
+        let ticking = wall_clock_due(&self.tasks, &self.topology.tables, wall);
+        if fetched.is_empty() && !due && !ticking {
             return Ok(false);
         }
         self.handle(CommitEvent::Processing).await?;
+        set_wall_clock(&self.tasks, wall);
         let mut progress = self
             .dispatcher
             .process(&self.tasks, fetched, &self.broker, self.clock)
@@ -663,6 +669,9 @@ impl TestDriver {
                 .flush_gathered(&self.tasks, &self.broker, false, self.clock)
                 .await?,
         );
+        if ticking {
+            tick_wall_clock(&self.tasks, &self.topology.tables, wall, &self.broker).await?;
+        }
         for p in progress {
             self.handle(CommitEvent::Processed {
                 tp: p.tp,
@@ -1205,6 +1214,163 @@ mod tests {
             vec![("a".to_string(), Window::new(0, 40), 7)],
             "40 is within the gap of 30: the restored session grows"
         );
+    }
+
+    /// A windowed count whose results go to the topic `out`, keyed
+    /// `KEY@START/END`.
+    fn emitting_counter(
+        guarantee: &str,
+        spec: impl FnOnce(
+            Table<String, u64>,
+            &Topic<Windowed<String>, u64>,
+        ) -> WindowedTable<String, u64>,
+    ) -> (App, Topic<String, String>, WindowedTable<String, u64>) {
+        let mut app = app(guarantee);
+        let clicks = app.topic_with::<String, String>("clicks", TopicSpec::new(Utf8, Utf8));
+        let out = app
+            .topic_with::<Windowed<String>, u64>("out", TopicSpec::new(WindowedText(Utf8), Json));
+        let counts = spec(
+            app.table_with("per-window", TableSpec::new(Utf8, Json, || 0u64)),
+            &out,
+        );
+        let table = counts.clone();
+        app.agent(
+            "count",
+            &clicks,
+            async move |batch: Batch<String, String>| {
+                let mut t = batch.windowed(&table)?;
+                for ev in batch.events() {
+                    let ev = ev?;
+                    t.update(&ev, &ev.key()?, |n| *n += 1)?;
+                }
+                Ok(())
+            },
+        );
+        (app, clicks, counts)
+    }
+
+    /// `out`'s new records as (key, value, timestamp), values as text.
+    fn emitted(d: &mut TestDriver) -> Vec<(String, Option<String>, i64)> {
+        d.read_records("out")
+            .into_iter()
+            .map(|r| {
+                let text = |b: Option<Bytes>| b.map(|b| String::from_utf8_lossy(&b).into_owned());
+                (text(r.key).unwrap_or_default(), text(r.value), r.timestamp)
+            })
+            .collect()
+    }
+
+    fn row(k: &str, v: Option<&str>, ts: i64) -> (String, Option<String>, i64) {
+        (k.to_string(), v.map(str::to_string), ts)
+    }
+
+    #[tokio::test]
+    async fn final_results_come_once_per_window_when_it_closes_and_not_again_after_a_restart() {
+        for guarantee in ["exactly_once", "at_least_once"] {
+            let (app, clicks, _) = emitting_counter(guarantee, |t, out| {
+                t.tumbling(Duration::from_millis(10))
+                    .grace(Duration::from_millis(5))
+                    .emit(Emit::Final)
+                    .to(out)
+            });
+            let mut d = TestDriver::new(&app).expect("driver");
+            for ts in [1, 5, 12] {
+                click(&mut d, &clicks, "a", ts).await.expect("pipe");
+            }
+            assert_eq!(emitted(&mut d), vec![], "[0, 10) closes at 15");
+            click(&mut d, &clicks, "a", 15).await.expect("pipe");
+            assert_eq!(emitted(&mut d), vec![row("a@0/10", Some("2"), 5)]);
+            // A crash: state restored from the changelog, closes pending
+            // rebuilt from the store; [0, 10) is not emitted again.
+            d.restart().await;
+            click(&mut d, &clicks, "a", 18).await.expect("pipe");
+            assert_eq!(emitted(&mut d), vec![], "{guarantee}");
+            click(&mut d, &clicks, "a", 40).await.expect("pipe");
+            assert_eq!(
+                emitted(&mut d),
+                vec![row("a@10/20", Some("3"), 18)],
+                "{guarantee}: the window restored closes"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn updates_emit_every_change_and_tombstones_for_merged_away_sessions() {
+        let (app, clicks, _) = emitting_counter("exactly_once", |t, out| {
+            t.session(Duration::from_millis(10), |a: &u64, b: &u64| a + b)
+                .expires(Duration::from_secs(3600))
+                .to(out)
+        });
+        let mut d = TestDriver::new(&app).expect("driver");
+        for ts in [0, 30, 20] {
+            click(&mut d, &clicks, "a", ts).await.expect("pipe");
+        }
+        // 10 bridges [0, 0] and [20, 30] (gap 10).
+        click(&mut d, &clicks, "a", 10).await.expect("pipe");
+        assert_eq!(
+            emitted(&mut d),
+            vec![
+                row("a@0/0", Some("1"), 0),
+                row("a@30/30", Some("1"), 30),
+                row("a@30/30", None, 20),
+                row("a@20/30", Some("2"), 30),
+                row("a@0/0", None, 10),
+                row("a@20/30", None, 10),
+                row("a@0/30", Some("4"), 30),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_close_callback_sees_each_window_once_even_when_restored_from_the_changelog() {
+        let closed: Rc<RefCell<Vec<(String, Window, u64)>>> = Rc::default();
+        let seen = closed.clone();
+        let (app, clicks, _) = emitting_counter("exactly_once", move |t, _| {
+            t.sliding(Duration::from_millis(10))
+                .on_window_close(move |k: &String, w, n: &u64| {
+                    seen.borrow_mut().push((k.clone(), w, *n))
+                })
+        });
+        let mut d = TestDriver::new(&app).expect("driver");
+        for ts in [20, 25] {
+            click(&mut d, &clicks, "a", ts).await.expect("pipe");
+        }
+        d.restart().await;
+        click(&mut d, &clicks, "a", 100).await.expect("pipe");
+        assert_eq!(
+            closed.borrow().clone(),
+            vec![
+                ("a".to_string(), Window::new(10, 20), 1),
+                ("a".to_string(), Window::new(15, 25), 2),
+                ("a".to_string(), Window::new(21, 31), 1),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn windows_closing_by_the_wall_clock_close_without_new_records() {
+        let (app, clicks, _) = emitting_counter("exactly_once", |t, out| {
+            t.tumbling(Duration::from_millis(10))
+                .close_by_wall_clock()
+                .emit(Emit::Final)
+                .to(out)
+        });
+        let mut d = TestDriver::new(&app).expect("driver");
+        click(&mut d, &clicks, "a", 3).await.expect("pipe");
+        d.advance_wall_clock(Duration::from_millis(9))
+            .await
+            .expect("tick");
+        assert_eq!(emitted(&mut d), vec![]);
+        d.advance_wall_clock(Duration::from_millis(1))
+            .await
+            .expect("tick");
+        assert_eq!(emitted(&mut d), vec![row("a@0/10", Some("1"), 3)]);
+        // The wall clock closed [0, 10): a record for it is late now.
+        click(&mut d, &clicks, "a", 4).await.expect("dropped");
+        d.advance_wall_clock(Duration::from_millis(100))
+            .await
+            .expect("tick");
+        assert_eq!(emitted(&mut d), vec![]);
     }
 
     #[tokio::test]

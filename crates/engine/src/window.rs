@@ -8,6 +8,10 @@
 //!   from the epoch, never negative: a timestamp `t` falls in every window
 //!   whose start is in `(t - size, t]`, so in `size / advance` of them once
 //!   `t` is past the first window (tumbling: `advance = size`, one).
+//! - **Sliding** windows (KIP-450) are `[t - diff, t]`, both inclusive:
+//!   one ends at each record, and one starts just after each record that a
+//!   later record follows within `diff`; records within `diff` of the epoch
+//!   share `[0, diff]`.
 //! - **Session** windows are `[first, last]`, both inclusive: a record at
 //!   `t` joins every session of its key that ends at or after `t - gap` and
 //!   starts at or before `t + gap`; they merge into one.
@@ -19,19 +23,38 @@
 use std::cmp::Ordering;
 use std::time::Duration;
 
-/// How a table's keys are windowed: tumbling, hopping or session windows,
-/// with a grace period (how late a record may be and still count) and a
-/// retention (`expires`: how long a window is kept, counted from its start,
-/// or from its end for sessions; at least size + grace, or gap + grace, so a
-/// window is never dropped before it closes).
+/// Which kind of window a table has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WindowKind {
+    /// `[start, end)`, back to back (`TimeWindows` with advance = size).
+    Tumbling,
+    /// `[start, end)`, overlapping: a new one every `advance`.
+    Hopping,
+    /// `[t - diff, t]`, one ending at each record and one starting just
+    /// after it (KIP-450 `SlidingWindows`).
+    Sliding,
+    /// `[first, last]`: a key's records less than a gap apart
+    /// (`SessionWindows`).
+    Session,
+}
+
+/// How a table's keys are windowed: the kind of window, a grace period (how
+/// late a record may be and still count), a retention (`expires`: how long
+/// a window is kept, counted from its start, or from its end for sessions;
+/// at least until it closes, so a window is never dropped before it
+/// closes), and how windows close (by stream time, or also by the wall
+/// clock).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowSpec {
+    kind: WindowKind,
+    /// Tumbling and hopping: the size; sliding: the time difference;
+    /// sessions: the inactivity gap.
     size: i64,
     advance: i64,
-    /// Session windows: the inactivity gap.
-    gap: Option<i64>,
     grace: i64,
     expires: Option<i64>,
+    wall_clock: bool,
+    notify_close: bool,
 }
 
 fn millis(d: Duration) -> i64 {
@@ -39,59 +62,92 @@ fn millis(d: Duration) -> i64 {
 }
 
 impl WindowSpec {
+    fn new(kind: WindowKind, size: i64, advance: i64) -> Self {
+        Self {
+            kind,
+            size,
+            advance,
+            grace: 0,
+            expires: None,
+            wall_clock: false,
+            notify_close: false,
+        }
+    }
     /// Tumbling windows of `size` (at least 1 ms).
     pub fn tumbling(size: Duration) -> Self {
         let size = millis(size).max(1);
-        Self {
-            size,
-            advance: size,
-            gap: None,
-            grace: 0,
-            expires: None,
-        }
+        Self::new(WindowKind::Tumbling, size, size)
     }
     /// Hopping windows of `size` starting every `advance` (at least 1 ms,
     /// at most `size`).
     pub fn hopping(size: Duration, advance: Duration) -> Self {
         let size = millis(size).max(1);
-        Self {
-            size,
-            advance: millis(advance).clamp(1, size),
-            gap: None,
-            grace: 0,
-            expires: None,
-        }
+        Self::new(WindowKind::Hopping, size, millis(advance).clamp(1, size))
+    }
+    /// Sliding windows (KIP-450) of `diff`: two records fall in one window
+    /// when at most `diff` apart.
+    pub fn sliding(diff: Duration) -> Self {
+        Self::new(WindowKind::Sliding, millis(diff), 0)
     }
     /// Session windows: a key's records closer than `gap` to each other
     /// form one session `[first, last]`.
     pub fn session(gap: Duration) -> Self {
-        Self {
-            size: 0,
-            advance: 0,
-            gap: Some(millis(gap)),
-            grace: 0,
-            expires: None,
-        }
+        Self::new(WindowKind::Session, millis(gap), 0)
     }
-    /// The inactivity gap of session windows (`None` for time windows).
+    /// The kind of window.
+    pub fn kind(&self) -> WindowKind {
+        self.kind
+    }
+    /// The inactivity gap of session windows (`None` for others).
     pub fn gap(&self) -> Option<i64> {
-        self.gap
+        (self.kind == WindowKind::Session).then_some(self.size)
+    }
+    /// The time difference of sliding windows (`None` for others).
+    pub fn diff(&self) -> Option<i64> {
+        (self.kind == WindowKind::Sliding).then_some(self.size)
+    }
+    /// Whether windows end inclusively (sliding, session).
+    pub fn inclusive(&self) -> bool {
+        matches!(self.kind, WindowKind::Sliding | WindowKind::Session)
     }
     /// How late (in stream time) a record may be and still count.
     pub fn grace(mut self, grace: Duration) -> Self {
         self.grace = millis(grace);
         self
     }
-    /// How long after its start a window is kept (at least size + grace).
+    /// How long after its start a window is kept (at least until it
+    /// closes).
     pub fn expires(mut self, expires: Duration) -> Self {
         self.expires = Some(millis(expires));
         self
     }
-    /// The window size, ms.
+    /// Windows also close when the wall clock passes their end plus grace
+    /// (Faust's behaviour), not only when the stream time does.
+    pub fn close_by_wall_clock(mut self) -> Self {
+        self.wall_clock = true;
+        self
+    }
+    /// Whether windows also close by the wall clock.
+    pub fn closes_by_wall_clock(&self) -> bool {
+        self.wall_clock
+    }
+    /// Someone wants to hear of each window's close (final emission, a
+    /// close callback): closes are tracked and persisted.
+    pub(crate) fn notifying_close(mut self, on: bool) -> Self {
+        self.notify_close = on;
+        self
+    }
+    /// Whether closes are tracked.
+    pub fn notifies_close(&self) -> bool {
+        self.notify_close
+    }
+    /// The window size, ms (the time difference for sliding windows, the
+    /// gap for sessions).
     pub fn size(&self) -> i64 {
         self.size
     }
-    /// The advance, ms (the size for tumbling windows).
+    /// The advance, ms (the size for tumbling windows; 0 for sliding and
+    /// session windows).
     pub fn advance(&self) -> i64 {
         self.advance
     }
@@ -99,33 +155,68 @@ impl WindowSpec {
     pub fn grace_ms(&self) -> i64 {
         self.grace
     }
-    /// The retention, ms: as set, but never less than size + grace (gap +
-    /// grace for sessions).
+    /// The retention, ms: as set, but never less than it takes the window
+    /// to close (size + grace; one more for inclusive ends). Sliding
+    /// windows are kept as long as a record that still counts may need
+    /// them to start its own windows from: 3 × diff + grace + 1.
     pub fn retention(&self) -> i64 {
-        let least = self.gap.unwrap_or(self.size).saturating_add(self.grace);
+        let extent = if self.kind == WindowKind::Sliding {
+            self.size.saturating_mul(3)
+        } else {
+            self.size
+        };
+        let least = extent
+            .saturating_add(self.grace)
+            .saturating_add(i64::from(self.inclusive()));
         self.expires.map_or(least, |e| e.max(least))
     }
     /// When, in stream time, `w` has outlived its retention: counted from
     /// its start, or from its end for sessions (which grow).
     pub fn expires_at(&self, w: Window) -> i64 {
-        let from = if self.gap.is_some() { w.end } else { w.start };
+        let from = if self.kind == WindowKind::Session {
+            w.end
+        } else {
+            w.start
+        };
         from.saturating_add(self.retention())
     }
-    /// The windows that hold `ts`, earliest first.
+    /// The stream time at which `w` closes: `end + grace` for `[start,
+    /// end)` windows, one later for inclusive ends.
+    pub fn closes_at(&self, w: Window) -> i64 {
+        w.end
+            .saturating_add(self.grace)
+            .saturating_add(i64::from(self.inclusive()))
+    }
+    /// The windows that hold `ts`, earliest first: for sliding windows the
+    /// one ending at `ts` (`[0, diff]` for records within `diff` of the
+    /// epoch); none for sessions (they depend on the data).
     pub fn windows_for(&self, ts: i64) -> impl Iterator<Item = Window> {
-        time_windows(ts, self.size, self.advance)
+        let (size, advance) = match self.kind {
+            WindowKind::Tumbling | WindowKind::Hopping => (self.size, self.advance),
+            _ => (0, 0),
+        };
+        let left = (self.kind == WindowKind::Sliding && ts >= 0)
+            .then(|| sliding_left_window(ts, self.size));
+        time_windows(ts, size, advance).chain(left)
     }
     /// Whether `w` is closed at `stream_time`: records for it are dropped.
     pub fn is_closed(&self, w: Window, stream_time: i64) -> bool {
-        if self.gap.is_some() {
-            inclusive_window_closed(w, self.grace, stream_time)
-        } else {
-            time_window_closed(w, self.grace, stream_time)
-        }
+        self.closes_at(w) <= stream_time
     }
     /// Whether `w` has outlived its retention at `stream_time`.
     pub fn is_expired(&self, w: Window, stream_time: i64) -> bool {
         self.expires_at(w) <= stream_time
+    }
+}
+
+/// The sliding window that ends at a record at `ts`: `[ts - diff, ts]`, or,
+/// for a record within `diff` of the epoch, `[0, diff]` (no window starts
+/// before the epoch; Kafka Streams gathers such early records there).
+pub fn sliding_left_window(ts: i64, diff: i64) -> Window {
+    if ts < diff {
+        Window::new(0, diff)
+    } else {
+        Window::new(ts - diff, ts)
     }
 }
 
@@ -134,6 +225,29 @@ impl WindowSpec {
 /// or a new owner goes on with the same closing and expiry. It parses as no
 /// windowed key.
 pub const STREAM_TIME_KEY: &[u8] = b"\xff\xff\xff\xffstream-time";
+
+/// The store and changelog key under which a windowed table keeps the
+/// clock value through which window closes were emitted (final results, the
+/// close callback): after a restart, windows closing later are pending, the
+/// others were handled. Under exactly-once it is written in the transaction
+/// of the emissions; under at-least-once once they are flushed.
+pub const CLOSED_KEY: &[u8] = b"\xff\xff\xff\xffclosed-through";
+
+/// Whether a stored key is a window's entry (not the stream time or the
+/// close point).
+pub fn is_window_entry(raw: &[u8]) -> bool {
+    parse_store_key(raw).is_some()
+}
+
+/// A table key with its window: how a windowed table's results are keyed
+/// on an output topic (Kafka Streams' `Windowed<K>`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Windowed<K> {
+    /// The table key.
+    pub key: K,
+    /// The window.
+    pub window: Window,
+}
 
 /// A window: `start` and `end` in milliseconds since the epoch. Whether
 /// `end` is inclusive depends on the kind of window (see the module doc).
@@ -195,21 +309,19 @@ pub fn inclusive_window_closed(w: Window, grace: i64, stream_time: i64) -> bool 
 /// The sliding windows (KIP-450) of one key's records at `timestamps`, with
 /// `diff` ms between the first and the last millisecond of a window, each
 /// with the number of records it holds: for every record at `t`, the window
-/// ending at it, `[t - diff, t]`, and, if a later record falls in it, the
-/// window starting just after it, `[t + 1, t + 1 + diff]`. Windows are
-/// inclusive at both ends; identical windows are listed once, by start.
+/// ending at it ([`sliding_left_window`]), and, if a later record falls in
+/// it, the window starting just after it, `[t + 1, t + 1 + diff]`. Windows
+/// are inclusive at both ends; identical windows are listed once, by start.
 ///
 /// This is the definition the incremental aggregation (which sees one
-/// record at a time, in any order) must agree with. Not settled yet: records
-/// earlier than `diff` after the epoch, whose left windows reach before it
-/// (Kafka Streams handles those apart).
+/// record at a time, in any order) must agree with.
 pub fn sliding_windows(timestamps: &[i64], diff: i64) -> Vec<(Window, usize)> {
     let mut ts = timestamps.to_vec();
     ts.sort_unstable();
     let holding = |w: Window| ts.iter().filter(|&&t| w.start <= t && t <= w.end).count();
     let mut windows = std::collections::BTreeSet::new();
     for &t in &ts {
-        windows.insert(Window::new(t.saturating_sub(diff), t));
+        windows.insert(sliding_left_window(t, diff));
         let right = Window::new(
             t.saturating_add(1),
             t.saturating_add(1).saturating_add(diff),
@@ -380,10 +492,10 @@ mod tests {
                 (Window::new(11, 21), 1),
             ]
         );
-        // Far apart: each alone in its own window.
+        // Far apart: each alone in its own window; the early one in [0, diff].
         assert_eq!(
             sliding_windows(&[0, 100], 10),
-            vec![(Window::new(-10, 0), 1), (Window::new(90, 100), 1)]
+            vec![(Window::new(0, 10), 1), (Window::new(90, 100), 1)]
         );
     }
 
@@ -434,7 +546,8 @@ mod tests {
                 prop_assert!(*n > 0, "{w:?} holds nothing");
             }
             for &t in &ts {
-                prop_assert!(ws.iter().any(|(w, _)| w.end == t), "no window ends at {t}");
+                let own = sliding_left_window(t, diff);
+                prop_assert!(ws.iter().any(|(w, _)| *w == own), "no window of {t}");
             }
             // Each window is listed once.
             let starts: Vec<i64> = ws.iter().map(|(w, _)| w.start).collect();

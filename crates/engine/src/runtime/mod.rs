@@ -43,12 +43,14 @@ use self::commit::{CommitAction, CommitEvent};
 use self::dispatch::{Dispatcher, Progress};
 use self::rebalance::{Change, Listener, Outputs, Ownership, Shared, TaskChanges};
 use self::restore::{Opened, Restorer};
-use self::task::{write_overlays, TaskCtx, Tasks};
+use self::task::{set_wall_clock, wall_clock_ms, write_overlays, TaskCtx, Tasks};
 use crate::config::Guarantee;
 use crate::error::{Error, Result};
 use crate::topology::Topology;
 
 struct Worker<'t> {
+    /// The app's tables, as the topology froze them.
+    tables: &'t [crate::table::TableDef],
     shared: Arc<Shared>,
     consumer: GroupConsumer<Listener>,
     restorer: Restorer<'t>,
@@ -111,6 +113,7 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
     shared.set_group_metadata(consumer.metadata_handle());
     tracing::info!(app = %cfg.app_id, worker = %id, guarantee = ?cfg.guarantee, ?topics, "worker starting");
     let mut w = Worker {
+        tables: &topology.tables,
         restorer: Restorer::new(&topology.tables, cfg, client, partitions)?,
         dispatcher: Dispatcher::new(topology.agents.clone()),
         shared,
@@ -159,6 +162,7 @@ impl Worker<'_> {
                 self.process(fetched).await?;
             }
             self.flush_gathered(false).await?;
+            self.tick_wall_clock().await?;
             let owned: std::collections::BTreeSet<i32> = self
                 .tasks
                 .keys()
@@ -395,6 +399,7 @@ impl Worker<'_> {
             return Ok(());
         }
         self.begin().await?;
+        set_wall_clock(&self.tasks, wall_clock_ms());
         for f in &fetched {
             self.lag.insert(
                 f.topic_partition().clone(),
@@ -422,6 +427,16 @@ impl Worker<'_> {
             .await?;
         self.progressed(progress);
         Ok(())
+    }
+
+    /// Closes the windows due by the wall clock (tables that close by it).
+    async fn tick_wall_clock(&mut self) -> Result<()> {
+        let now = wall_clock_ms();
+        if !task::wall_clock_due(&self.tasks, self.tables, now) {
+            return Ok(());
+        }
+        self.begin().await?;
+        task::tick_wall_clock(&self.tasks, self.tables, now, &*self.shared).await
     }
 
     /// Commits (see [`commit`]).

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use faustus_wire::producer::{DeliveryFuture, ProducerRecord};
 
 use crate::error::Result;
-use crate::table::TablePart;
+use crate::table::{TableDef, TablePart};
 
 /// One partition number's state.
 #[derive(Debug)]
@@ -18,6 +18,9 @@ pub(crate) struct TaskCtx {
     pub(crate) tables: Vec<RefCell<TablePart>>,
     /// Records agents sent; the engine produces them after each agent call.
     pub(crate) outbox: RefCell<Vec<ProducerRecord>>,
+    /// The wall clock (ms since the epoch) as the loop last read it: the
+    /// virtual one under the test driver.
+    pub(crate) wall_ms: std::cell::Cell<i64>,
 }
 
 impl TaskCtx {
@@ -26,6 +29,7 @@ impl TaskCtx {
         Self {
             tables: tables.into_iter().map(RefCell::new).collect(),
             outbox: RefCell::new(Vec::new()),
+            wall_ms: std::cell::Cell::new(0),
         }
     }
 
@@ -85,6 +89,12 @@ pub(crate) async fn send_staged<S: Sink>(task: &TaskCtx, sink: &S) -> Result<()>
         sink.send(rec).await?;
     }
     for part in &task.tables {
+        let emitted = std::mem::take(&mut part.borrow_mut().outputs);
+        for rec in emitted {
+            sink.send(rec).await?;
+        }
+    }
+    for part in &task.tables {
         let staged = std::mem::take(&mut part.borrow_mut().staged);
         let mut last = None;
         for rec in staged {
@@ -104,6 +114,9 @@ pub(crate) async fn write_overlays(tasks: &Tasks) -> Result<()> {
         for cell in &t.tables {
             let (last, overlay) = {
                 let mut part = cell.borrow_mut();
+                if let Some(w) = part.window.as_mut() {
+                    w.confirm();
+                }
                 (part.last_sent.take(), std::mem::take(&mut part.overlay))
             };
             let Some(last) = last else { continue };
@@ -112,6 +125,57 @@ pub(crate) async fn write_overlays(tasks: &Tasks) -> Result<()> {
                 .store
                 .apply(&mut overlay.into_iter(), offset)?;
         }
+    }
+    Ok(())
+}
+
+/// The wall clock, ms since the epoch.
+pub(crate) fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Tells every task the wall-clock time agents see (windowed tables closing
+/// by the wall clock read it).
+pub(crate) fn set_wall_clock(tasks: &Tasks, now_ms: i64) {
+    for t in tasks.values() {
+        t.wall_ms.set(now_ms);
+    }
+}
+
+/// Whether a windowed table closing by the wall clock has something due at
+/// `now_ms` in some task.
+pub(crate) fn wall_clock_due(tasks: &Tasks, tables: &[TableDef], now_ms: i64) -> bool {
+    tasks.values().any(|t| {
+        tables.iter().zip(&t.tables).any(|(def, part)| {
+            def.frozen_window.is_some_and(|w| w.closes_by_wall_clock())
+                && part.try_borrow().is_ok_and(|p| {
+                    p.window
+                        .as_ref()
+                        .is_some_and(|w| w.due_by_wall_clock(now_ms))
+                })
+        })
+    })
+}
+
+/// Closes (and expires) the windows due by the wall clock at `now_ms`, in
+/// every task, and produces what that emitted. Under exactly-once it runs
+/// inside the open transaction.
+pub(crate) async fn tick_wall_clock<S: Sink>(
+    tasks: &Tasks,
+    tables: &[TableDef],
+    now_ms: i64,
+    sink: &S,
+) -> Result<()> {
+    for task in tasks.values() {
+        task.wall_ms.set(now_ms);
+        for (def, part) in tables.iter().zip(&task.tables) {
+            if def.frozen_window.is_some_and(|w| w.closes_by_wall_clock()) {
+                (def.tick)(part, now_ms)?;
+            }
+        }
+        send_staged(task, sink).await?;
     }
     Ok(())
 }
