@@ -224,6 +224,10 @@ pub struct FullRecord {
     pub value: String,
     /// Headers (values lossy UTF-8).
     pub headers: Vec<(String, String)>,
+    /// Timestamp (ms).
+    pub timestamp: i64,
+    /// Whether the value is null (a tombstone).
+    pub tombstone: bool,
 }
 
 impl FullRecord {
@@ -242,8 +246,8 @@ pub async fn read_with_headers(bootstrap: &str, topic: &str) -> Vec<FullRecord> 
 }
 
 /// Every record of `topic` up to its end offsets (the last stable offsets
-/// under read_committed).
-async fn read_records(bootstrap: &str, topic: &str, read_committed: bool) -> Vec<FullRecord> {
+/// under read_committed), with headers, timestamps and tombstones.
+pub async fn read_records(bootstrap: &str, topic: &str, read_committed: bool) -> Vec<FullRecord> {
     let props = Properties::new().set("bootstrap.servers", bootstrap).set(
         "isolation.level",
         if read_committed {
@@ -281,6 +285,8 @@ async fn read_records(bootstrap: &str, topic: &str, read_committed: bool) -> Vec
                     key: lossy(r.key()),
                     value: lossy(r.value()),
                     headers: r.headers().map(|(k, v)| (k.to_owned(), lossy(v))).collect(),
+                    timestamp: r.timestamp,
+                    tombstone: r.value().is_none(),
                 });
             }
         }

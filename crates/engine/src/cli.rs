@@ -150,7 +150,9 @@ async fn command(app: &App, command: Command) -> Result<()> {
                 // A closed pipe (`| head`) ends the listing quietly.
                 let _ = writeln!(out, "# {} ({})", def.name, def.changelog);
                 for (k, v) in entries {
-                    if k == crate::window::STREAM_TIME_KEY {
+                    let windowed = def.frozen_window.is_some();
+                    if windowed && !crate::window::is_window_entry(&k) {
+                        // The stream time and the close point.
                         continue;
                     }
                     if writeln!(out, "{}", (def.show)(&k, &v)).is_err() {
