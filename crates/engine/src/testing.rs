@@ -496,7 +496,7 @@ impl TestDriver {
     }
 
     /// Moves the virtual wall clock on, then runs what became due (`take`
-    /// gatherings that waited `within`).
+    /// gatherings that waited `within`, windows closing by the wall clock).
     pub async fn advance_wall_clock(&mut self, by: Duration) -> Result<()> {
         self.clock += by;
         *self.broker.clock_ms.borrow_mut() += by.as_millis() as i64;
@@ -1371,6 +1371,72 @@ mod tests {
             .await
             .expect("tick");
         assert_eq!(emitted(&mut d), vec![]);
+    }
+
+    #[tokio::test]
+    async fn records_are_placed_by_a_field_the_wall_clock_or_the_stream_time_as_configured() {
+        let long = Duration::from_secs(3600);
+        let windows = |d: &TestDriver, t: &WindowedTable<String, u64>| -> Vec<(Window, u64)> {
+            d.windowed_table(t)
+                .expect("table")
+                .into_iter()
+                .map(|(_, w, n)| (w, n))
+                .collect()
+        };
+        let at = |from: i64| Window::new(from, from + 10);
+        let record =
+            |v: &str, ts: i64| TestRecord::new("a".to_string(), v.to_string()).timestamp(ts);
+
+        let (app, clicks, counts) = emitting_counter("at_least_once", |t, _| {
+            t.tumbling(Duration::from_millis(10))
+                .expires(long)
+                .relative_to_field(|v: &String| v.parse().unwrap_or(-1))
+        });
+        let mut d = TestDriver::new(&app).expect("driver");
+        d.pipe_record(&clicks, record("25", 3)).await.expect("pipe");
+        assert_eq!(
+            windows(&d, &counts),
+            vec![(at(20), 1)],
+            "by the value's field"
+        );
+
+        let (app, clicks, counts) = emitting_counter("at_least_once", |t, _| {
+            t.tumbling(Duration::from_millis(10))
+                .expires(long)
+                .relative_to_stream()
+        });
+        let mut d = TestDriver::new(&app).expect("driver");
+        d.pipe_record(&clicks, record("x", 52)).await.expect("pipe");
+        d.pipe_record(&clicks, record("x", 5)).await.expect("pipe");
+        assert_eq!(
+            windows(&d, &counts),
+            vec![(at(50), 2)],
+            "late: at the stream time"
+        );
+
+        let (app, clicks, counts) = emitting_counter("at_least_once", |t, _| {
+            t.tumbling(Duration::from_millis(10))
+                .expires(long)
+                .relative_to_now()
+        });
+        let mut d = TestDriver::new(&app).expect("driver");
+        d.advance_wall_clock(Duration::from_millis(71))
+            .await
+            .expect("clock");
+        d.pipe_record(&clicks, record("x", 5)).await.expect("pipe");
+        assert_eq!(windows(&d, &counts), vec![(at(70), 1)], "by the wall clock");
+
+        // A field read from another agent's value type: a clear error.
+        let (app, clicks, _) = emitting_counter("at_least_once", |t, _| {
+            t.tumbling(Duration::from_millis(10))
+                .relative_to_field(|v: &u64| *v as i64)
+        });
+        let mut d = TestDriver::new(&app).expect("driver");
+        let e = d
+            .pipe_record(&clicks, record("1", 1))
+            .await
+            .expect_err("refused");
+        assert!(e.to_string().contains("relative_to_field"), "{e}");
     }
 
     #[tokio::test]

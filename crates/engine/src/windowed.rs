@@ -55,11 +55,25 @@ type Emitter<K, V> = Box<dyn Fn(&K, Window, Option<&V>, i64) -> Result<ProducerR
 /// A close callback.
 type OnClose<K, V> = Box<dyn Fn(&K, Window, &V)>;
 
-/// Where a windowed table's results go.
+/// Which time places a record in its windows.
+enum Relative {
+    /// The record's timestamp (the default).
+    Timestamp,
+    /// The wall clock.
+    Now,
+    /// The partition's stream time.
+    Stream,
+    /// A field of the record's value: a `Rc<dyn Fn(&EV) -> i64>` for the
+    /// agent's value type `EV`.
+    Field(Box<dyn std::any::Any>),
+}
+
+/// Where a windowed table's results go, and which time places records.
 pub(crate) struct Emission<K, V> {
     mode: Emit,
     to: Option<Emitter<K, V>>,
     on_close: Option<OnClose<K, V>>,
+    relative: Relative,
 }
 
 impl<K, V> Default for Emission<K, V> {
@@ -68,9 +82,13 @@ impl<K, V> Default for Emission<K, V> {
             mode: Emit::Update,
             to: None,
             on_close: None,
+            relative: Relative::Timestamp,
         }
     }
 }
+
+/// Reads an event time from a value of type `EV`.
+type FieldTime<EV> = std::rc::Rc<dyn Fn(&EV) -> i64>;
 
 /// A windowed table handle (see [`Table::tumbling`]). Cheap to clone.
 pub struct WindowedTable<K, V> {
@@ -173,6 +191,32 @@ impl<K, V> WindowedTable<K, V> {
     pub fn on_window_close(self, f: impl Fn(&K, Window, &V) + 'static) -> Self {
         self.emission().on_close = Some(Box::new(f));
         self.track_closes()
+    }
+    /// Places each record by a time read from its value (Faust's
+    /// `relative_to_field`), for agents whose values are `EV`; another
+    /// agent's [`update`](WindowedView::update) is refused with an error.
+    pub fn relative_to_field<EV: 'static>(self, f: impl Fn(&EV) -> i64 + 'static) -> Self {
+        let f: FieldTime<EV> = std::rc::Rc::new(f);
+        self.emission().relative = Relative::Field(Box::new(f));
+        self
+    }
+    /// Places each record by the wall clock when it is processed (Faust's
+    /// `relative_to_now`).
+    pub fn relative_to_now(self) -> Self {
+        self.emission().relative = Relative::Now;
+        self
+    }
+    /// Places each record at the partition's stream time, the largest
+    /// timestamp seen (Faust's `relative_to_stream`): a late record counts
+    /// in the latest windows instead of its own.
+    pub fn relative_to_stream(self) -> Self {
+        self.emission().relative = Relative::Stream;
+        self
+    }
+    /// Places each record by its timestamp (the default).
+    pub fn relative_to_timestamp(self) -> Self {
+        self.emission().relative = Relative::Timestamp;
+        self
     }
     /// The window spec.
     pub fn spec(&self) -> WindowSpec {
@@ -618,20 +662,63 @@ impl<'b, K, V> WindowedView<'b, K, V> {
         Ok(true)
     }
 
+    /// The time that places `event` in its windows, as the table is
+    /// configured: its timestamp (the default), a field of its value, the
+    /// wall clock or the stream time.
+    pub fn event_time<EK, EV: 'static>(&mut self, event: &crate::Event<'_, EK, EV>) -> Result<i64> {
+        let field = {
+            let emission = self.table.table.inner.emission.borrow();
+            match &emission.relative {
+                Relative::Timestamp => return Ok(event.timestamp()),
+                Relative::Now => return Ok(self.state()?.wall_ms.unwrap_or(0)),
+                Relative::Stream => None,
+                Relative::Field(f) => {
+                    Some(f.downcast_ref::<FieldTime<EV>>().cloned().ok_or_else(|| {
+                        self.error(format!(
+                            "relative_to_field was declared for values of another type \
+                                 than {}'s",
+                            event.location().topic
+                        ))
+                    })?)
+                }
+            }
+        };
+        match field {
+            Some(f) => Ok(f(&event.value()?)),
+            None => {
+                let st = self.stream_time()?;
+                Ok(st.map_or(event.timestamp(), |st| st.max(event.timestamp())))
+            }
+        }
+    }
+
     /// Applies `f` to `key`'s value in every window the event falls in
     /// (hopping: all of them; sliding: the windows holding its timestamp,
     /// created as Kafka Streams creates them; sessions: its session, merged
     /// with the sessions it bridges) that is still open; returns how many
-    /// windows it changed. A record for closed windows only is dropped: it
-    /// is counted, logged at debug with its topic, partition and offset, and
-    /// is not an error.
-    pub fn update<EK, EV>(
+    /// windows it changed. The event's time is its timestamp, or as
+    /// configured ([`event_time`](Self::event_time)). A record for closed
+    /// windows only is dropped: it is counted, logged at debug with its
+    /// topic, partition and offset, and is not an error.
+    pub fn update<EK, EV: 'static>(
         &mut self,
         event: &crate::Event<'_, EK, EV>,
         key: &K,
         f: impl FnMut(&mut V),
     ) -> Result<usize> {
-        self.update_inner(event.timestamp(), key, f, Some(&event.location()))
+        let ts = self.event_time(event)?;
+        self.update_inner(ts, key, f, Some(&event.location()))
+    }
+
+    /// `key`'s value in the latest window holding the event's time as the
+    /// table is configured (Faust's `.value()`).
+    pub fn value<EK, EV: 'static>(
+        &mut self,
+        event: &crate::Event<'_, EK, EV>,
+        key: &K,
+    ) -> Result<V> {
+        let ts = self.event_time(event)?;
+        self.current(ts, key)
     }
 
     /// [`update`](Self::update) at an event time of your choosing (a field
