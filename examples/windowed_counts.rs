@@ -8,7 +8,9 @@
 //! cargo run --example windowed_counts -- -b 127.0.0.1:9092 tables counts
 //! ```
 //!
-//! Every `App::main` command works (`worker`, `send`, `agents`, `tables`).
+//! Every `App::main` command works (`worker`, `send`, `agents`, `tables`);
+//! `clicks N [KEYS]` sends N demo records to the input over KEYS keys
+//! (default 1000), 10 per millisecond of event time, ending now.
 //! Configured by environment:
 //!
 //! - `WC_APP`: the app id (default `windowed_counts`);
@@ -91,6 +93,10 @@ fn main() -> ExitCode {
         }
     };
 
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "clicks") {
+        return send_clicks(&input, &args[i + 1..]);
+    }
     app.agent("count", &input, async move |batch| {
         let mut windows = batch.windowed(&counts)?;
         for event in batch.events() {
@@ -100,4 +106,49 @@ fn main() -> ExitCode {
         Ok(())
     });
     app.main()
+}
+
+/// `clicks N [KEYS]`: N records over KEYS keys, round robin, 10 per
+/// millisecond of event time, the last one now.
+fn send_clicks(topic: &Topic<String, Vec<u8>>, args: &[String]) -> ExitCode {
+    let n: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let keys: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1000);
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let r: Result<(), faustus_engine::Error> = rt.block_on(async {
+        use faustus_engine::wire::producer::{Producer, ProducerConfig};
+        let bootstrap = std::env::var("KAFKA_BOOTSTRAP").unwrap_or_default();
+        let props = Properties::new().set("bootstrap.servers", bootstrap.as_str());
+        let p = Producer::connect(ProducerConfig::from_properties(&props)?).await?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let start = now - (n / 10) as i64;
+        let mut pending = std::collections::VecDeque::new();
+        for i in 0..n {
+            let key = format!("/page/{}", i % keys.max(1));
+            let mut rec = topic.record(Some(&key), &b"1".to_vec())?;
+            rec.timestamp = Some(start + (i / 10) as i64);
+            pending.push_back(p.send(rec).await?);
+            if pending.len() >= 100_000 {
+                for d in pending.drain(..50_000) {
+                    d.await?;
+                }
+            }
+        }
+        for d in pending {
+            d.await?;
+        }
+        p.close().await?;
+        Ok(())
+    });
+    match r {
+        Ok(()) => {
+            println!("sent {n} records");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("windowed_counts: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -50,8 +50,14 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
-/// `n` clicks over 1000 URLs into a new 6-partition topic.
-async fn clicks(admin: &Admin, bootstrap: &str, n: u64) -> Result<String, String> {
+/// `n` clicks over 1000 URLs into a new 6-partition topic; with
+/// `event_times`, stamped from an hour ago, 10 clicks per millisecond.
+async fn clicks(
+    admin: &Admin,
+    bootstrap: &str,
+    n: u64,
+    event_times: bool,
+) -> Result<String, String> {
     use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
     let topic = fresh_topic(admin, "cmp-clicks", 6).await?;
     let props = faustus_wire::Properties::new()
@@ -60,10 +66,17 @@ async fn clicks(admin: &Admin, bootstrap: &str, n: u64) -> Result<String, String
     let cfg = ProducerConfig::from_properties(&props).map_err(|e| e.to_string())?;
     let p = Producer::connect(cfg).await.map_err(|e| e.to_string())?;
     let mut pending = std::collections::VecDeque::new();
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+        - 3_600_000;
     for i in 0..n {
-        let rec = ProducerRecord::new(&topic)
+        let mut rec = ProducerRecord::new(&topic)
             .key(format!("/page/{}", i % 1000))
             .value(&b"1"[..]);
+        if event_times {
+            rec.timestamp = Some(base + (i / 10) as i64);
+        }
         pending.push_back(p.send(rec).await.map_err(|e| e.to_string())?);
         if pending.len() >= 100_000 {
             for d in pending.drain(..50_000) {
@@ -152,7 +165,7 @@ pub fn run_all(
     started: Instant,
 ) -> Result<(), String> {
     let n = args.engine_records;
-    let topic = rt.block_on(clicks(admin, &args.bootstrap, n))?;
+    let topic = rt.block_on(clicks(admin, &args.bootstrap, n, false))?;
     let mut runs: Vec<(Engine, &str)> = vec![
         (Engine::Faustus, "at_least_once"),
         (Engine::KafkaStreams, "at_least_once"),
@@ -166,7 +179,10 @@ pub fn run_all(
             runs.reverse();
         }
         for &(engine, mode) in &runs {
-            samples.push(rt.block_on(count(args, admin, engine, &topic, n, mode))?);
+            let app = unique(&format!("cmp-{}", engine.name()));
+            let cmd = engine.command(args, &app, &topic, mode);
+            let s = rt.block_on(count(args, admin, "engine", engine.name(), cmd, &app, n, mode))?;
+            samples.push(s);
             report::progress(samples.last().expect("pushed"), started);
         }
     }
@@ -174,11 +190,23 @@ pub fn run_all(
 
     if args.faust_python.is_some() {
         let m = args.faust_records;
-        let topic = rt.block_on(clicks(admin, &args.bootstrap, m))?;
+        let topic = rt.block_on(clicks(admin, &args.bootstrap, m, false))?;
         // faust-streaming is orders of magnitude slower: one round at most
         // per two of ours keeps the run inside its budget.
         for _ in 0..args.rounds.div_ceil(2) {
-            let s = rt.block_on(count(args, admin, Engine::Faust, &topic, m, "at_least_once"))?;
+            let engine = Engine::Faust;
+            let app = unique(&format!("cmp-{}", engine.name()));
+            let cmd = engine.command(args, &app, &topic, "at_least_once");
+            let s = rt.block_on(count(
+                args,
+                admin,
+                "engine",
+                engine.name(),
+                cmd,
+                &app,
+                m,
+                "at_least_once",
+            ))?;
             samples.push(s);
             report::progress(samples.last().expect("pushed"), started);
         }
@@ -187,23 +215,143 @@ pub fn run_all(
     Ok(())
 }
 
+/// The windowed count contenders: 1-second tumbling windows, no grace,
+/// results to an output topic.
+#[derive(Debug, Clone, Copy)]
+enum WindowedEngine {
+    /// Every update emitted.
+    Faustus,
+    /// Each window once, when it closes.
+    FaustusFinal,
+    /// Kafka Streams' `count()` with its default record cache in front.
+    KafkaStreams,
+    /// Without the cache: every update emitted.
+    KafkaStreamsNoCache,
+    /// `emitStrategy(onWindowClose())`.
+    KafkaStreamsFinal,
+}
+
+impl WindowedEngine {
+    const ALL: [WindowedEngine; 5] = [
+        WindowedEngine::Faustus,
+        WindowedEngine::KafkaStreams,
+        WindowedEngine::KafkaStreamsNoCache,
+        WindowedEngine::FaustusFinal,
+        WindowedEngine::KafkaStreamsFinal,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            WindowedEngine::Faustus => "faustus",
+            WindowedEngine::FaustusFinal => "faustus-final",
+            WindowedEngine::KafkaStreams => "kafka-streams",
+            WindowedEngine::KafkaStreamsNoCache => "kafka-streams-nocache",
+            WindowedEngine::KafkaStreamsFinal => "kafka-streams-final",
+        }
+    }
+
+    fn command(self, args: &RunArgs, app: &str, topic: &str, mode: &str) -> Command {
+        let state = args.out.join("state").join(app);
+        let root = &args.root;
+        let output = format!("{app}-out");
+        let mut cmd = match self {
+            WindowedEngine::Faustus | WindowedEngine::FaustusFinal => {
+                let mut c = Command::new(root.join("target/release/examples/windowed_counts"));
+                let emit = if matches!(self, WindowedEngine::FaustusFinal) {
+                    "final"
+                } else {
+                    "update"
+                };
+                c.env("WC_APP", app)
+                    .env("WC_INPUT", topic)
+                    .env("WC_OUTPUT", &output)
+                    .env("WC_WINDOW", "tumbling:1000")
+                    .env("WC_EMIT", emit)
+                    .env("KAFKA_BOOTSTRAP", &args.bootstrap)
+                    .args(["-X", &format!("state.dir={}", state.display())])
+                    .args(["-X", &format!("processing.guarantee={mode}")])
+                    .args(["-X", "topic.partitions=6", "worker", "-l", "warn"]);
+                c
+            }
+            _ => {
+                let dir = root.join("benches/compare/streams/target");
+                let cp = format!("{}:{}/lib/*", dir.join("classes").display(), dir.display());
+                let mut c = Command::new("java");
+                c.args(["-Xms512m", "-Xmx512m", "-cp", &cp, "faustus.compare.WindowedCounts"]);
+                match self {
+                    WindowedEngine::KafkaStreamsNoCache => {
+                        c.env("CMP_STREAMS_CACHE_BYTES", "0");
+                    }
+                    WindowedEngine::KafkaStreamsFinal => {
+                        c.env("CMP_EMIT", "final");
+                    }
+                    _ => {}
+                }
+                c
+            }
+        };
+        cmd.env("CMP_BOOTSTRAP", &args.bootstrap)
+            .env("CMP_APP", app)
+            .env("CMP_TOPIC", topic)
+            .env("CMP_OUTPUT", &output)
+            .env("CMP_GUARANTEE", mode)
+            .env("CMP_STATE_DIR", &state);
+        cmd
+    }
+}
+
+/// The windowed count, every contender, alternating them round by round.
+pub fn run_windowed(
+    args: &RunArgs,
+    rt: &tokio::runtime::Runtime,
+    admin: &Admin,
+    samples: &mut Vec<Sample>,
+    started: Instant,
+) -> Result<(), String> {
+    let n = args.engine_records;
+    let topic = rt.block_on(clicks(admin, &args.bootstrap, n, true))?;
+    let mut runs: Vec<(WindowedEngine, &str)> = Vec::new();
+    for mode in ["at_least_once", "exactly_once"] {
+        for e in WindowedEngine::ALL {
+            runs.push((e, mode));
+        }
+    }
+    for round in 0..args.rounds {
+        if round % 2 == 1 {
+            runs.reverse();
+        }
+        for &(engine, mode) in &runs {
+            let app = unique(&format!("cmp-w-{}", engine.name()));
+            let cmd = engine.command(args, &app, &topic, mode);
+            let s = rt.block_on(count(args, admin, "windowed", engine.name(), cmd, &app, n, mode))?;
+            samples.push(s);
+            report::progress(samples.last().expect("pushed"), started);
+            rt.block_on(delete_topic(admin, &format!("{app}-out")));
+        }
+    }
+    rt.block_on(delete_topic(admin, &topic));
+    Ok(())
+}
+
 /// One counting run: spawn, watch the group's commits, stop, measure.
+#[allow(clippy::too_many_arguments)]
 async fn count(
     args: &RunArgs,
     admin: &Admin,
-    engine: Engine,
-    topic: &str,
+    part: &str,
+    name: &str,
+    cmd: Command,
+    app: &str,
     n: u64,
     mode: &str,
 ) -> Result<Sample, String> {
-    let app = unique(&format!("cmp-{}", engine.name()));
-    let what = format!("{} {mode}", engine.name());
-    let child = measure::spawn(engine.command(args, &app, topic, mode), &what)?;
+    let what = format!("{name} {mode}");
+    let child = measure::spawn(cmd, &what)?;
     let limit = Duration::from_secs(900);
     let mut first: Option<(Duration, u64)> = None;
     let done = loop {
         let committed: u64 = admin
-            .group_offsets(&app)
+            .group_offsets(app)
             .await
             .map(|o| o.values().map(|v| *v as u64).sum())
             .unwrap_or(0);
@@ -223,7 +371,7 @@ async fn count(
     };
     child.terminate();
     let (_, cost): (String, Cost) = child.finish()?;
-    let _ = std::fs::remove_dir_all(args.out.join("state").join(&app));
+    let _ = std::fs::remove_dir_all(args.out.join("state").join(app));
     let (t0, c0) = first.unwrap_or((Duration::ZERO, 0));
     let steady = if c0 < n && done > t0 {
         (n - c0) as f64 / (done - t0).as_secs_f64()
@@ -231,8 +379,8 @@ async fn count(
         n as f64 / done.as_secs_f64()
     };
     Ok(Sample {
-        part: "engine".into(),
-        client: engine.name().into(),
+        part: part.into(),
+        client: name.into(),
         setting: mode.into(),
         size: 1,
         records: n,

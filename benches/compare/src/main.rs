@@ -83,8 +83,12 @@ pub struct RunArgs {
     /// The Python of the faust-streaming virtualenv (skipped when absent).
     #[arg(long)]
     pub faust_python: Option<PathBuf>,
-    /// Only these parts: any of producer, consumer, engine.
-    #[arg(long, value_delimiter = ',', default_value = "producer,consumer,engine")]
+    /// Only these parts: any of producer, consumer, engine, windowed.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "producer,consumer,engine,windowed"
+    )]
     pub parts: Vec<String>,
 }
 
@@ -244,6 +248,9 @@ fn run(args: &RunArgs) -> Result<(), String> {
     }
     if args.parts.iter().any(|p| p == "engine") {
         engine::run_all(args, &rt, &admin, &mut samples, started)?;
+    }
+    if args.parts.iter().any(|p| p == "windowed") {
+        engine::run_windowed(args, &rt, &admin, &mut samples, started)?;
     }
     report::write(args, &samples, started.elapsed().as_secs_f64())
 }

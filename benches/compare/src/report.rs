@@ -126,15 +126,59 @@ fn client_tables(out: &mut String, samples: &[Sample], part: &str) {
 }
 
 fn engine_tables(out: &mut String, samples: &[Sample]) {
-    let _ = writeln!(out, "\n### engine: page-view count\n");
+    rate_tables(
+        out,
+        samples,
+        "engine",
+        "engine: page-view count",
+        &["faustus", "kafka-streams", "kafka-streams-nocache", "faust"],
+        &[
+            ("faustus", "kafka-streams"),
+            ("faustus", "kafka-streams-nocache"),
+            ("faustus", "faust"),
+        ],
+    );
+}
+
+fn windowed_tables(out: &mut String, samples: &[Sample]) {
+    rate_tables(
+        out,
+        samples,
+        "windowed",
+        "windowed: count per URL per 1-second tumbling window, results to a topic",
+        &[
+            "faustus",
+            "kafka-streams",
+            "kafka-streams-nocache",
+            "faustus-final",
+            "kafka-streams-final",
+        ],
+        &[
+            ("faustus", "kafka-streams"),
+            ("faustus", "kafka-streams-nocache"),
+            ("faustus-final", "kafka-streams-final"),
+        ],
+    );
+}
+
+/// Rates, CPU and memory of a part's contenders, then ratios of the pairs.
+fn rate_tables(
+    out: &mut String,
+    samples: &[Sample],
+    part: &str,
+    title: &str,
+    contenders: &[&str],
+    pairs: &[(&str, &str)],
+) {
+    let _ = writeln!(out, "\n### {title}\n");
     let _ = writeln!(
         out,
         "| mode | engine | records/s (first to last commit) | records/s (from process start) | CPU s / M records | records per CPU second | peak RSS MB | runs |"
     );
     let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
-    for mode in settings(samples, "engine") {
-        for e in ["faustus", "kafka-streams", "kafka-streams-nocache", "faust"] {
-            if let Some(m) = med(samples, "engine", e, &mode) {
+    for mode in settings(samples, part) {
+        for e in contenders {
+            if let Some(m) = med(samples, part, e, &mode) {
                 let _ = writeln!(
                     out,
                     "| {mode} | {e} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} | {} |",
@@ -151,26 +195,26 @@ fn engine_tables(out: &mut String, samples: &[Sample]) {
     let _ = writeln!(out, "\nFaustus against each peer, same mode:\n");
     let _ = writeln!(
         out,
-        "| mode | peer | records/s ratio | records per CPU second ratio |"
+        "| mode | faustus | peer | records/s ratio | records per CPU second ratio |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|");
-    for mode in settings(samples, "engine") {
-        let Some(f) = med(samples, "engine", "faustus", &mode) else {
-            continue;
-        };
-        for peer in ["kafka-streams", "kafka-streams-nocache", "faust"] {
-            if let Some(p) = med(samples, "engine", peer, &mode) {
+    let _ = writeln!(out, "|---|---|---|---:|---:|");
+    for mode in settings(samples, part) {
+        for (ours, peer) in pairs {
+            if let (Some(f), Some(p)) = (
+                med(samples, part, ours, &mode),
+                med(samples, part, peer, &mode),
+            ) {
                 let _ = writeln!(
                     out,
-                    "| {mode} | {peer} | {} | {} |",
+                    "| {mode} | {ours} | {peer} | {} | {} |",
                     ratio(f.rate, p.rate),
                     ratio(p.cpu_per_m, f.cpu_per_m)
                 );
             }
         }
     }
-    let alo = med(samples, "engine", "faustus", "at_least_once");
-    let eos = med(samples, "engine", "faustus", "exactly_once");
+    let alo = med(samples, part, contenders[0], "at_least_once");
+    let eos = med(samples, part, contenders[0], "exactly_once");
     if let (Some(a), Some(e)) = (alo, eos) {
         let _ = writeln!(
             out,
@@ -296,6 +340,9 @@ pub fn write(args: &RunArgs, samples: &[Sample], secs: f64) -> Result<(), String
     }
     if samples.iter().any(|s| s.part == "engine") {
         engine_tables(&mut md, samples);
+    }
+    if samples.iter().any(|s| s.part == "windowed") {
+        windowed_tables(&mut md, samples);
     }
     std::fs::write(args.out.join("results.md"), &md).map_err(io)?;
     std::fs::write(args.out.join("throughput.svg"), plot(samples)).map_err(io)?;

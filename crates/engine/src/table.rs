@@ -273,6 +273,12 @@ pub(crate) struct TablePart {
     pub(crate) window: Option<WindowState>,
     /// Results a windowed table emitted; sent before the changelog records.
     pub(crate) outputs: Vec<ProducerRecord>,
+    /// Windowed tables: keys changed since changelog records were last
+    /// staged, in the order first changed. A window changes many times
+    /// within one batch; its changelog gets its latest value once per
+    /// batch (Kafka Streams' record cache does the same per commit).
+    pending: Vec<Vec<u8>>,
+    pending_set: std::collections::HashSet<Vec<u8>>,
 }
 
 impl std::fmt::Debug for TablePart {
@@ -302,6 +308,8 @@ impl TablePart {
             last_sent: None,
             window: None,
             outputs: Vec::new(),
+            pending: Vec::new(),
+            pending_set: std::collections::HashSet::new(),
         }
     }
 
@@ -320,11 +328,36 @@ impl TablePart {
     }
 
     pub(crate) fn put_raw(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
+        if self.window.is_some() {
+            if !self.pending_set.contains(&key) {
+                self.pending_set.insert(key.clone());
+                self.pending.push(key.clone());
+            }
+            self.overlay.insert(key, value);
+            return;
+        }
         let mut rec = ProducerRecord::new(&*self.changelog).partition(self.partition);
         rec.key = Some(bytes::Bytes::copy_from_slice(&key));
         rec.value = value.as_deref().map(bytes::Bytes::copy_from_slice);
         self.staged.push(rec);
         self.overlay.insert(key, value);
+    }
+
+    /// The changelog records to send: those staged, and for a windowed
+    /// table the latest value of each key changed since the last call.
+    pub(crate) fn take_staged(&mut self) -> Vec<ProducerRecord> {
+        let mut out = std::mem::take(&mut self.staged);
+        self.pending_set.clear();
+        for key in self.pending.drain(..) {
+            let mut rec = ProducerRecord::new(&*self.changelog).partition(self.partition);
+            rec.value = match self.overlay.get(&key) {
+                Some(v) => v.as_deref().map(bytes::Bytes::copy_from_slice),
+                None => continue,
+            };
+            rec.key = Some(bytes::Bytes::from(key));
+            out.push(rec);
+        }
+        out
     }
 
     /// Drops changes the store does not have (after an aborted
@@ -333,6 +366,8 @@ impl TablePart {
         self.overlay.clear();
         self.staged.clear();
         self.outputs.clear();
+        self.pending.clear();
+        self.pending_set.clear();
         self.last_sent = None;
         if let Some(w) = &mut self.window {
             // Reloaded from the store on next use.

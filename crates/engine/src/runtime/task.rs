@@ -84,18 +84,30 @@ pub(crate) trait Sink {
 /// letters), then changelog records. The last changelog record of each
 /// table partition is kept: its offset is what the store records.
 pub(crate) async fn send_staged<S: Sink>(task: &TaskCtx, sink: &S) -> Result<()> {
-    let out = std::mem::take(&mut *task.outbox.borrow_mut());
-    for rec in out {
+    // Buffers go back once drained: their capacity is reused batch after
+    // batch instead of grown and freed each time.
+    let mut out = std::mem::take(&mut *task.outbox.borrow_mut());
+    for rec in out.drain(..) {
         sink.send(rec).await?;
     }
-    for part in &task.tables {
-        let emitted = std::mem::take(&mut part.borrow_mut().outputs);
-        for rec in emitted {
-            sink.send(rec).await?;
+    {
+        let mut outbox = task.outbox.borrow_mut();
+        if outbox.is_empty() {
+            *outbox = out;
         }
     }
     for part in &task.tables {
-        let staged = std::mem::take(&mut part.borrow_mut().staged);
+        let mut emitted = std::mem::take(&mut part.borrow_mut().outputs);
+        for rec in emitted.drain(..) {
+            sink.send(rec).await?;
+        }
+        let mut part = part.borrow_mut();
+        if part.outputs.is_empty() {
+            part.outputs = emitted;
+        }
+    }
+    for part in &task.tables {
+        let staged = part.borrow_mut().take_staged();
         let mut last = None;
         for rec in staged {
             last = Some(sink.send(rec).await?);

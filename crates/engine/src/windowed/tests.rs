@@ -36,7 +36,7 @@ fn commit_and_reload(part: &RefCell<TablePart>, offset: i64) {
     p.store
         .apply(&mut overlay.into_iter(), offset)
         .expect("apply");
-    p.staged.clear();
+    p.take_staged();
     if let Some(w) = p.window.as_mut() {
         w.reset();
     }
@@ -114,8 +114,8 @@ fn windows_expire_with_tombstones_and_the_stream_time_is_kept() {
     // Retention is the size: [0, 100) goes once stream time reaches 100.
     count(&p, &t, "a", 100);
     let staged: Vec<_> = p
-        .borrow()
-        .staged
+        .borrow_mut()
+        .take_staged()
         .iter()
         .map(|r| (r.key.clone(), r.value.is_none()))
         .collect();
