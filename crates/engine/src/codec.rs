@@ -116,10 +116,13 @@ impl<K, C: Codec<K>> Codec<crate::window::Windowed<K>> for WindowedText<C> {
         item: &crate::window::Windowed<K>,
         out: &mut Vec<u8>,
     ) -> Result<(), CodecError> {
-        use std::io::Write;
         self.0.encode(&item.key, out)?;
-        write!(out, "@{}/{}", item.window.start, item.window.end)
-            .map_err(|e| CodecError::new(e.to_string()))
+        let mut n = itoa::Buffer::new();
+        out.push(b'@');
+        out.extend_from_slice(n.format(item.window.start).as_bytes());
+        out.push(b'/');
+        out.extend_from_slice(n.format(item.window.end).as_bytes());
+        Ok(())
     }
     fn decode(&self, bytes: Option<&[u8]>) -> Result<crate::window::Windowed<K>, CodecError> {
         let raw = required(bytes)?;

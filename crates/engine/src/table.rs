@@ -273,12 +273,11 @@ pub(crate) struct TablePart {
     pub(crate) window: Option<WindowState>,
     /// Results a windowed table emitted; sent before the changelog records.
     pub(crate) outputs: Vec<ProducerRecord>,
-    /// Windowed tables: keys changed since changelog records were last
-    /// staged, in the order first changed. A window changes many times
-    /// within one batch; its changelog gets its latest value once per
-    /// batch (Kafka Streams' record cache does the same per commit).
-    pending: Vec<Vec<u8>>,
-    pending_set: std::collections::HashSet<Vec<u8>>,
+    /// Windowed tables: changes since changelog records were last staged,
+    /// over `overlay`. A window changes many times within one batch; its
+    /// changelog gets its latest value once per batch (Kafka Streams'
+    /// record cache does the same per commit).
+    pub(crate) batch: HashMap<Vec<u8>, Option<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for TablePart {
@@ -308,8 +307,7 @@ impl TablePart {
             last_sent: None,
             window: None,
             outputs: Vec::new(),
-            pending: Vec::new(),
-            pending_set: std::collections::HashSet::new(),
+            batch: HashMap::new(),
         }
     }
 
@@ -321,19 +319,31 @@ impl TablePart {
     }
 
     pub(crate) fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        match self.overlay.get(key) {
-            Some(v) => Ok(v.clone()),
-            None => self.store.get(key),
+        self.read_raw(key, |v| Ok(v.map(<[u8]>::to_vec)))
+    }
+
+    /// Reads `key`'s latest value (the batch's, the overlay's, or the
+    /// store's) without copying it out of the overlays.
+    pub(crate) fn read_raw<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(Option<&[u8]>) -> Result<R>,
+    ) -> Result<R> {
+        if let Some(v) = self.batch.get(key).or_else(|| self.overlay.get(key)) {
+            return f(v.as_deref());
         }
+        f(self.store.get(key)?.as_deref())
+    }
+
+    /// The changes over the store, oldest first: applied in order, a later
+    /// one replaces an earlier one for the same key.
+    pub(crate) fn changes(&self) -> impl Iterator<Item = (&Vec<u8>, &Option<Vec<u8>>)> {
+        self.overlay.iter().chain(self.batch.iter())
     }
 
     pub(crate) fn put_raw(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
         if self.window.is_some() {
-            if !self.pending_set.contains(&key) {
-                self.pending_set.insert(key.clone());
-                self.pending.push(key.clone());
-            }
-            self.overlay.insert(key, value);
+            self.batch.insert(key, value);
             return;
         }
         let mut rec = ProducerRecord::new(&*self.changelog).partition(self.partition);
@@ -347,15 +357,19 @@ impl TablePart {
     /// table the latest value of each key changed since the last call.
     pub(crate) fn take_staged(&mut self) -> Vec<ProducerRecord> {
         let mut out = std::mem::take(&mut self.staged);
-        self.pending_set.clear();
-        for key in self.pending.drain(..) {
+        if self.batch.is_empty() {
+            return out;
+        }
+        // In key order: the same input makes the same changelog.
+        let mut changed: Vec<(Vec<u8>, Option<Vec<u8>>)> = self.batch.drain().collect();
+        changed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        out.reserve(changed.len());
+        for (key, value) in changed {
             let mut rec = ProducerRecord::new(&*self.changelog).partition(self.partition);
-            rec.value = match self.overlay.get(&key) {
-                Some(v) => v.as_deref().map(bytes::Bytes::copy_from_slice),
-                None => continue,
-            };
-            rec.key = Some(bytes::Bytes::from(key));
+            rec.key = Some(bytes::Bytes::copy_from_slice(&key));
+            rec.value = value.as_deref().map(bytes::Bytes::copy_from_slice);
             out.push(rec);
+            self.overlay.insert(key, value);
         }
         out
     }
@@ -366,8 +380,7 @@ impl TablePart {
         self.overlay.clear();
         self.staged.clear();
         self.outputs.clear();
-        self.pending.clear();
-        self.pending_set.clear();
+        self.batch.clear();
         self.last_sent = None;
         if let Some(w) = &mut self.window {
             // Reloaded from the store on next use.

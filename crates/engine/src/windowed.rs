@@ -446,11 +446,7 @@ impl<'b, K, V> WindowedView<'b, K, V> {
             return Ok(());
         }
         let read_i64 = |part: &TablePart, key: &[u8]| -> Result<Option<i64>> {
-            let raw = match part.overlay.get(key) {
-                Some(v) => v.clone(),
-                None => part.store.get(key)?,
-            };
-            raw.map(|b| {
+            part.get_raw(key)?.map(|b| {
                 b.as_slice()
                     .try_into()
                     .map(i64::from_be_bytes)
@@ -467,7 +463,7 @@ impl<'b, K, V> WindowedView<'b, K, V> {
                 windows.insert(k, w);
             }
         }
-        for (k, v) in &self.part.overlay {
+        for (k, v) in self.part.changes() {
             if let Some((_, w)) = parse_store_key(k) {
                 if v.is_some() {
                     windows.insert(k.clone(), w);
@@ -588,7 +584,7 @@ impl<'b, K, V> WindowedView<'b, K, V> {
                 out.insert(w, v);
             }
         }
-        for (k, v) in &self.part.overlay {
+        for (k, v) in self.part.changes() {
             if *k >= lo && *k < hi {
                 if let Some((_, w)) = parse_store_key(k) {
                     match v {
@@ -603,12 +599,29 @@ impl<'b, K, V> WindowedView<'b, K, V> {
 
     /// Writes `value` as window `w` of `key` (encoded in `key_buf`), with
     /// `ts` its largest record timestamp; emits it under [`Emit::Update`].
-    fn put_window(&mut self, key: &K, w: Window, ts: i64, value: &V) -> Result<()> {
-        let t = &self.table.table.inner;
-        let mut out = ts.to_be_bytes().to_vec();
-        encode_into(&*t.codecs.value, value, &mut out, &t.name, "value")?;
+    /// A new window (not `existing`) is indexed for expiry and closing.
+    fn put_window(&mut self, key: &K, w: Window, ts: i64, value: &V, existing: bool) -> Result<()> {
         let k = store_key(&self.key_buf, w);
-        self.state()?.index(&k, w);
+        self.put_window_at(k, key, w, ts, value, existing)
+    }
+
+    /// [`put_window`](Self::put_window) with the store key made already.
+    fn put_window_at(
+        &mut self,
+        k: Vec<u8>,
+        key: &K,
+        w: Window,
+        ts: i64,
+        value: &V,
+        existing: bool,
+    ) -> Result<()> {
+        let t = &self.table.table.inner;
+        let mut out = Vec::with_capacity(16);
+        out.extend_from_slice(&ts.to_be_bytes());
+        encode_into(&*t.codecs.value, value, &mut out, &t.name, "value")?;
+        if !existing {
+            self.state()?.index(&k, w);
+        }
         self.part.put_raw(k, Some(out));
         self.emit_update(key, w, Some(value), ts)
     }
@@ -635,13 +648,14 @@ impl<'b, K, V> WindowedView<'b, K, V> {
     /// Applies `f` to `base` (or the default) as window `w`'s new value,
     /// unless `w` is closed at `clock` (then the update is dropped: counted
     /// and logged). The window's timestamp becomes the later of `ts` and
-    /// the base's.
+    /// the base's. `existing`: `w` is stored already (`base` is its value).
     #[allow(clippy::too_many_arguments)]
     fn apply(
         &mut self,
         key: &K,
         w: Window,
         base: Option<Stamped<V>>,
+        existing: bool,
         ts: i64,
         clock: i64,
         f: &mut impl FnMut(&mut V),
@@ -658,7 +672,7 @@ impl<'b, K, V> WindowedView<'b, K, V> {
             None => (ts, (self.table.table.inner.default)()),
         };
         f(&mut v);
-        self.put_window(key, w, ts, &v)?;
+        self.put_window(key, w, ts, &v, existing)?;
         Ok(true)
     }
 
@@ -743,12 +757,22 @@ impl<'b, K, V> WindowedView<'b, K, V> {
             WindowKind::Tumbling | WindowKind::Hopping => {
                 let mut changed = 0;
                 for w in spec.windows_for(ts) {
-                    let base = if spec.is_closed(w, clock) {
-                        None
-                    } else {
-                        self.read_window(w)?
+                    if spec.is_closed(w, clock) {
+                        self.apply(key, w, None, false, ts, clock, &mut f, at)?;
+                        continue;
+                    }
+                    // One store key for the read and the write.
+                    let k = store_key(&self.key_buf, w);
+                    let stored = self
+                        .part
+                        .read_raw(&k, |raw| raw.map(|r| self.decode_stamped(r)).transpose())?;
+                    let (stamp, mut v, existing) = match stored {
+                        Some((stamp, v)) => (stamp.max(ts), v, true),
+                        None => (ts, (self.table.table.inner.default)(), false),
                     };
-                    changed += usize::from(self.apply(key, w, base, ts, clock, &mut f, at)?);
+                    f(&mut v);
+                    self.put_window_at(k, key, w, stamp, &v, existing)?;
+                    changed += 1;
                 }
                 Ok(changed)
             }
@@ -822,11 +846,11 @@ impl<'b, K, V> WindowedView<'b, K, V> {
                     previous = Some(stamp);
                 }
                 let base = self.decode_stamped(&raw)?;
-                changed += usize::from(self.apply(key, w, Some(base), ts, clock, f, at)?);
+                changed += usize::from(self.apply(key, w, Some(base), true, ts, clock, f, at)?);
             } else if w.start <= ts {
                 let base = self.decode_stamped(&raw)?;
                 right_base = Some(raw);
-                changed += usize::from(self.apply(key, w, Some(base), ts, clock, f, at)?);
+                changed += usize::from(self.apply(key, w, Some(base), true, ts, clock, f, at)?);
             } else {
                 return Err(self.error(format!(
                     "sliding window {w:?} cannot be there while a record at {ts} arrives"
@@ -840,26 +864,27 @@ impl<'b, K, V> WindowedView<'b, K, V> {
         if let Some(p) = previous {
             let w = Window::new(p + 1, p + 1 + diff);
             if !starts.contains(&w.start) && w.end >= ts {
-                changed += usize::from(self.apply(key, w, None, ts, clock, f, at)?);
+                changed += usize::from(self.apply(key, w, None, false, ts, clock, f, at)?);
             }
         }
         if early {
             let base = combined.map(|raw| self.decode_stamped(&raw)).transpose()?;
+            let existing = base.is_some();
             let w = Window::new(0, diff);
-            changed += usize::from(self.apply(key, w, base, ts, clock, f, at)?);
+            changed += usize::from(self.apply(key, w, base, existing, ts, clock, f, at)?);
         } else if !left_exists {
             let w = Window::new(ts - diff, ts);
             let base = match (previous, left_base) {
                 (Some(p), Some(raw)) if p >= ts - diff => Some((ts, self.decode_stamped(&raw)?.1)),
                 _ => None,
             };
-            changed += usize::from(self.apply(key, w, base, ts, clock, f, at)?);
+            changed += usize::from(self.apply(key, w, base, false, ts, clock, f, at)?);
         }
         // The record's right window, from the records after it.
         if let Some(raw) = right_base {
             let (stamp, v) = self.decode_stamped(&raw)?;
             if !right_exists && stamp > ts {
-                self.put_window(key, Window::new(ts + 1, right_end), stamp, &v)?;
+                self.put_window(key, Window::new(ts + 1, right_end), stamp, &v, false)?;
                 changed += 1;
             }
         }
@@ -910,7 +935,8 @@ impl<'b, K, V> WindowedView<'b, K, V> {
         for w in &m.merged {
             self.delete_window(key, *w, ts)?;
         }
-        self.apply(key, m.session, value, ts, clock, f, at)?;
+        let existing = existing.contains_key(&m.session);
+        self.apply(key, m.session, value, existing, ts, clock, f, at)?;
         Ok(1)
     }
 
@@ -978,7 +1004,7 @@ impl<'b, K, V> WindowedView<'b, K, V> {
             let (k, v) = entry?;
             all.insert(k, Some(v));
         }
-        for (k, v) in &self.part.overlay {
+        for (k, v) in self.part.changes() {
             all.insert(k.clone(), v.clone());
         }
         all.into_iter()

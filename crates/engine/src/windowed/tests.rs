@@ -32,11 +32,11 @@ fn part(t: &WindowedTable<String, u64>) -> RefCell<TablePart> {
 /// reloaded from it on next use (as after a restart).
 fn commit_and_reload(part: &RefCell<TablePart>, offset: i64) {
     let mut p = part.borrow_mut();
+    p.take_staged();
     let overlay = std::mem::take(&mut p.overlay);
     p.store
         .apply(&mut overlay.into_iter(), offset)
         .expect("apply");
-    p.take_staged();
     if let Some(w) = p.window.as_mut() {
         w.reset();
     }
