@@ -446,13 +446,14 @@ impl<'b, K, V> WindowedView<'b, K, V> {
             return Ok(());
         }
         let read_i64 = |part: &TablePart, key: &[u8]| -> Result<Option<i64>> {
-            part.get_raw(key)?.map(|b| {
-                b.as_slice()
-                    .try_into()
-                    .map(i64::from_be_bytes)
-                    .map_err(|_| self.error("a stored clock value is not 8 bytes"))
-            })
-            .transpose()
+            part.get_raw(key)?
+                .map(|b| {
+                    b.as_slice()
+                        .try_into()
+                        .map(i64::from_be_bytes)
+                        .map_err(|_| self.error("a stored clock value is not 8 bytes"))
+                })
+                .transpose()
         };
         let stream_time = read_i64(&self.part, STREAM_TIME_KEY)?;
         let closed = read_i64(&self.part, CLOSED_KEY)?;
