@@ -289,6 +289,7 @@ pub struct App {
     pub(crate) topics: Vec<TopicDef>,
     pub(crate) tables: Vec<TableDef>,
     pub(crate) agents: Vec<AgentDef>,
+    pub(crate) globals: Vec<crate::global::GlobalDef>,
     pub(crate) producer: LazyProducer,
 }
 
@@ -317,6 +318,7 @@ impl App {
             topics: Vec::new(),
             tables: Vec::new(),
             agents: Vec::new(),
+            globals: Vec::new(),
             producer,
         }
     }
@@ -408,6 +410,37 @@ impl App {
         table
     }
 
+    /// A global table over `topic` (Kafka Streams' `GlobalKTable`, Faust's
+    /// `GlobalTable`): every worker reads every partition of the topic, to
+    /// its end before it starts processing and as it grows afterwards, so
+    /// every agent can read any key ([`Batch::global`]); missing keys read as
+    /// `default()`. A topic the app creates is created compacted. Write to
+    /// it by sending to the topic.
+    pub fn global_table<K, V>(
+        &mut self,
+        topic: &Topic<K, V>,
+        default: impl Fn() -> V + 'static,
+    ) -> crate::GlobalTable<K, V> {
+        let name = topic.name();
+        if let Some(t) = self.topics.iter_mut().find(|t| t.name == name) {
+            if !t.configs.iter().any(|(k, _)| k == "cleanup.policy") {
+                t.configs
+                    .push(("cleanup.policy".to_owned(), "compact".to_owned()));
+            }
+        }
+        let id = self.globals.len();
+        self.globals.push(crate::global::GlobalDef {
+            topic: Arc::from(name),
+        });
+        crate::GlobalTable {
+            inner: Arc::new(crate::global::GlobalInner {
+                id,
+                topic: topic.clone(),
+                default: Box::new(default),
+            }),
+        }
+    }
+
     /// Registers an agent over `topic` with default options: `f` is called
     /// with each batch of one partition's records, in order.
     pub fn agent<K, V, F>(&mut self, name: &str, topic: &Topic<K, V>, f: F) -> Agent<K, V>
@@ -468,6 +501,7 @@ impl App {
             self.topics.clone(),
             self.tables.iter().map(TableDef::frozen).collect(),
             self.agents.clone(),
+            self.globals.clone(),
         )
     }
 

@@ -161,6 +161,32 @@ impl<K, V> Batch<K, V> {
         ))
     }
 
+    /// A global table (see [`App::global_table`](crate::App::global_table)):
+    /// every key, whatever the batch's partition.
+    pub fn global<'b, GK, GV>(
+        &'b self,
+        table: &'b crate::GlobalTable<GK, GV>,
+    ) -> Result<crate::GlobalView<'b, GK, GV>> {
+        let cell = self
+            .input
+            .task
+            .globals
+            .get(table.inner.id)
+            .ok_or_else(|| Error::Table {
+                table: table.topic().to_owned(),
+                message: "not a global table of this app".into(),
+            })?;
+        let store = cell.try_borrow().map_err(|_| Error::Table {
+            table: table.topic().to_owned(),
+            message: "global table busy".into(),
+        })?;
+        Ok(crate::GlobalView {
+            store,
+            table,
+            key_buf: Vec::new(),
+        })
+    }
+
     /// Sends a record to a topic (a sink, or another agent's topic). It is
     /// produced when the agent returns, inside the transaction under
     /// exactly-once.

@@ -40,6 +40,7 @@ mod cli;
 pub mod codec;
 pub mod config;
 mod error;
+mod global;
 mod runtime;
 mod store;
 mod table;
@@ -54,6 +55,7 @@ pub use codec::{Codec, CodecError, Json, Raw, Utf8, WindowedText};
 pub use config::{EngineConfig, Guarantee, StoreKind};
 pub use error::{Error, Location, Result};
 pub use faustus_wire as wire;
+pub use global::{GlobalTable, GlobalView};
 pub use table::{Table, TableSpec, TableView};
 pub use topology::Topology;
 pub use windowed::{Emit, WindowedTable, WindowedView};
@@ -62,8 +64,9 @@ pub use windowed::{Emit, WindowedTable, WindowedView};
 pub mod prelude {
     pub use crate::window::{Window, Windowed};
     pub use crate::{
-        Agent, AgentOptions, App, Batch, Codec, Emit, ErrorPolicy, Event, Json, Raw, Table,
-        TableSpec, TableView, Topic, TopicSpec, Utf8, WindowedTable, WindowedText, WindowedView,
+        Agent, AgentOptions, App, Batch, Codec, Emit, ErrorPolicy, Event, GlobalTable, Json, Raw,
+        Table, TableSpec, TableView, Topic, TopicSpec, Utf8, WindowedTable, WindowedText,
+        WindowedView,
     };
     pub use faustus_wire::Properties;
 }

@@ -361,6 +361,9 @@ pub struct TestDriver {
     /// The committed input offsets.
     committed: BTreeMap<TopicPartition, i64>,
     clock: Instant,
+    /// The global tables' stores, and where their topics are read next.
+    globals: crate::global::Globals,
+    global_read: BTreeMap<TopicPartition, i64>,
 }
 
 impl std::fmt::Debug for TestDriver {
@@ -410,6 +413,32 @@ impl TestDriver {
                 read.insert(tp, 0);
             }
         }
+        let globals: crate::global::Globals = Rc::new(
+            topology
+                .globals
+                .iter()
+                .map(|g| {
+                    RefCell::new(crate::global::GlobalStore {
+                        topic: g.topic.clone(),
+                        store: Box::new(MemoryStore::default()),
+                    })
+                })
+                .collect(),
+        );
+        let mut global_read = BTreeMap::new();
+        for g in &topology.globals {
+            let count = declared
+                .get(&*g.topic)
+                .copied()
+                .unwrap_or(cfg.topic_partitions);
+            for p in 0..count {
+                let tp = TopicPartition {
+                    topic: g.topic.clone(),
+                    partition: p,
+                };
+                global_read.insert(tp, 0);
+            }
+        }
         let mut tasks = Tasks::new();
         for p in 0..n {
             let parts = topology
@@ -425,7 +454,10 @@ impl TestDriver {
                     .with_window(t.frozen_window, cfg.guarantee == Guarantee::ExactlyOnce)
                 })
                 .collect();
-            tasks.insert(p, Rc::new(TaskCtx::new(parts)));
+            tasks.insert(
+                p,
+                Rc::new(TaskCtx::new(parts).with_globals(globals.clone())),
+            );
         }
         let mut topics = BTreeMap::new();
         for (name, &count) in &declared {
@@ -447,6 +479,8 @@ impl TestDriver {
             read,
             committed: BTreeMap::new(),
             clock: Instant::now(),
+            globals,
+            global_read,
         })
     }
 
@@ -644,6 +678,21 @@ impl TestDriver {
 
     /// One round; returns whether anything was processed.
     async fn round(&mut self) -> Result<bool> {
+        // Global tables first: what their topics hold now, agents read.
+        for (tp, at) in &mut self.global_read {
+            *at = self.broker.skip_aborted(tp, *at);
+            if let Some(f) = self.broker.fetch(tp, *at)? {
+                *at = f.next_offset();
+                if let Some(i) = self
+                    .topology
+                    .globals
+                    .iter()
+                    .position(|g| g.topic == tp.topic)
+                {
+                    self.globals[i].borrow_mut().apply(&f)?;
+                }
+            }
+        }
         let mut fetched = Vec::new();
         for (tp, at) in &mut self.read {
             *at = self.broker.skip_aborted(tp, *at);
@@ -1437,6 +1486,76 @@ mod tests {
             .await
             .expect_err("refused");
         assert!(e.to_string().contains("relative_to_field"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn every_task_reads_every_key_of_a_global_table_as_its_topic_has_it() {
+        let mut app = app("exactly_once");
+        let clicks = app.topic_with::<String, String>("clicks", TopicSpec::new(Utf8, Utf8));
+        // One partition, where the clicks have four: a global table does
+        // not depend on co-partitioning.
+        let titles =
+            app.topic_with::<String, String>("titles", TopicSpec::new(Utf8, Utf8).partitions(1));
+        let out = app.topic_with::<String, String>("out", TopicSpec::new(Utf8, Utf8));
+        let table = app.global_table(&titles, String::new);
+        let (g, o) = (table.clone(), out.clone());
+        app.agent(
+            "enrich",
+            &clicks,
+            async move |batch: Batch<String, String>| {
+                let mut titles = batch.global(&g)?;
+                for item in batch.items() {
+                    let (k, v) = item?;
+                    let title = titles.get_opt(&k)?.unwrap_or_else(|| "null".into());
+                    batch.send(&o, Some(&k), &format!("{v}+{title}"))?;
+                }
+                Ok(())
+            },
+        );
+        let mut d = TestDriver::new(&app).expect("driver");
+        let keys: Vec<String> = (0..8).map(|i| format!("page{i}")).collect();
+        for k in &keys {
+            d.pipe(&titles, Some(k), &k.to_uppercase())
+                .await
+                .expect("title");
+        }
+        for k in &keys {
+            d.pipe(&clicks, Some(k), &"c".to_string())
+                .await
+                .expect("click");
+        }
+        let got = |d: &mut TestDriver| -> Vec<String> {
+            let mut v: Vec<String> = d
+                .read_records("out")
+                .into_iter()
+                .map(|r| String::from_utf8_lossy(&r.value.unwrap_or_default()).into_owned())
+                .collect();
+            v.sort();
+            v
+        };
+        let mut expected: Vec<String> = keys
+            .iter()
+            .map(|k| format!("c+{}", k.to_uppercase()))
+            .collect();
+        expected.sort();
+        assert_eq!(
+            got(&mut d),
+            expected,
+            "every partition's task sees every key"
+        );
+        // A tombstone removes the key; an update replaces it.
+        d.pipe_bytes("titles", Some(b"page1"), None)
+            .await
+            .expect("tombstone");
+        d.pipe(&titles, Some(&"page2".to_string()), &"NEW".to_string())
+            .await
+            .expect("update");
+        for k in ["page1", "page2"] {
+            d.pipe(&clicks, Some(&k.to_string()), &"c".to_string())
+                .await
+                .expect("click");
+        }
+        assert_eq!(got(&mut d), vec!["c+NEW".to_string(), "c+null".to_string()]);
     }
 
     #[tokio::test]

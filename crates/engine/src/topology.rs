@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use crate::app::{AgentDef, ErrorPolicy, TopicDef};
 use crate::config::EngineConfig;
 use crate::error::{Error, Result};
+use crate::global::GlobalDef;
 use crate::table::TableDef;
 
 /// An app's topics, tables and agents with its settings, checked and
@@ -19,6 +20,7 @@ pub struct Topology {
     pub(crate) topics: Vec<TopicDef>,
     pub(crate) tables: Vec<TableDef>,
     pub(crate) agents: Vec<AgentDef>,
+    pub(crate) globals: Vec<GlobalDef>,
 }
 
 impl std::fmt::Debug for Topology {
@@ -42,6 +44,7 @@ impl Topology {
         topics: Vec<TopicDef>,
         tables: Vec<TableDef>,
         agents: Vec<AgentDef>,
+        globals: Vec<GlobalDef>,
     ) -> Result<Self> {
         check_take_alone(
             agents
@@ -53,6 +56,7 @@ impl Topology {
             topics,
             tables,
             agents,
+            globals,
         })
     }
 

@@ -23,6 +23,7 @@
 
 pub(crate) mod commit;
 pub(crate) mod dispatch;
+pub(crate) mod global;
 pub(crate) mod rebalance;
 pub(crate) mod restore;
 pub(crate) mod setup;
@@ -51,6 +52,10 @@ use crate::topology::Topology;
 struct Worker<'t> {
     /// The app's tables, as the topology froze them.
     tables: &'t [crate::table::TableDef],
+    /// Follows the global tables' topics.
+    global: Option<global::GlobalFollower>,
+    /// The global tables' stores, handed to every task.
+    globals: crate::global::Globals,
     shared: Arc<Shared>,
     consumer: GroupConsumer<Listener>,
     restorer: Restorer<'t>,
@@ -109,11 +114,19 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
     // Well inside `max.poll.interval.ms`: a poll runs beside each step.
     let restore_budget =
         (group_cfg.max_poll_interval / 5).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    // Global tables reach their topics' ends before the worker joins: its
+    // agents never read an older table than the one at its start.
+    let global = global::GlobalFollower::restore(&topology.globals, cfg, client.clone()).await?;
+    let globals = global
+        .as_ref()
+        .map_or_else(Default::default, |g| g.stores.clone());
     let consumer = GroupConsumer::subscribe(group_cfg, &topics, Listener(shared.clone())).await?;
     shared.set_group_metadata(consumer.metadata_handle());
     tracing::info!(app = %cfg.app_id, worker = %id, guarantee = ?cfg.guarantee, ?topics, "worker starting");
     let mut w = Worker {
         tables: &topology.tables,
+        global,
+        globals,
         restorer: Restorer::new(&topology.tables, cfg, client, partitions)?,
         dispatcher: Dispatcher::new(topology.agents.clone()),
         shared,
@@ -148,7 +161,8 @@ impl Worker<'_> {
             );
             let (fetched, restored) = (fetched?, restored?);
             for (p, task) in restored {
-                self.tasks.insert(p, Rc::new(task));
+                self.tasks
+                    .insert(p, Rc::new(task.with_globals(self.globals.clone())));
                 self.set_paused(p, false);
             }
             if !self.apply_changes().await? {
@@ -170,6 +184,9 @@ impl Worker<'_> {
                 .chain(self.restorer.restoring())
                 .collect();
             self.restorer.standby_step(|p| owned.contains(&p)).await?;
+            if let Some(g) = &mut self.global {
+                g.step().await?;
+            }
             if last_commit.elapsed() >= self.commit_interval {
                 self.commit().await?;
                 last_commit = Instant::now();
@@ -321,7 +338,8 @@ impl Worker<'_> {
             }
             match self.restorer.open_task(p, kept).await? {
                 Opened::Ready(task) => {
-                    self.tasks.insert(p, Rc::new(task));
+                    self.tasks
+                        .insert(p, Rc::new(task.with_globals(self.globals.clone())));
                 }
                 Opened::Restoring => self.commit_before_restoring = true,
             }

@@ -61,7 +61,7 @@ pub(crate) fn apply_changelog(store: &mut dyn Store, f: &Fetched) -> Result<u64>
 /// Polls `consumer` (assigned to changelog partitions) until each partition
 /// of `ends` reaches its end, handing every fetch to `apply`; `progress` is
 /// called every few seconds with the partitions still behind.
-async fn replay(
+pub(crate) async fn replay(
     consumer: &mut Consumer,
     ends: &BTreeMap<TopicPartition, i64>,
     mut apply: impl FnMut(&Fetched) -> Result<()>,

@@ -21,6 +21,8 @@ pub(crate) struct TaskCtx {
     /// The wall clock (ms since the epoch) as the loop last read it: the
     /// virtual one under the test driver.
     pub(crate) wall_ms: std::cell::Cell<i64>,
+    /// The worker's global tables, shared by its tasks.
+    pub(crate) globals: crate::global::Globals,
 }
 
 impl TaskCtx {
@@ -30,7 +32,14 @@ impl TaskCtx {
             tables: tables.into_iter().map(RefCell::new).collect(),
             outbox: RefCell::new(Vec::new()),
             wall_ms: std::cell::Cell::new(0),
+            globals: crate::global::Globals::default(),
         }
+    }
+
+    /// The task, reading these global tables.
+    pub(crate) fn with_globals(mut self, globals: crate::global::Globals) -> Self {
+        self.globals = globals;
+        self
     }
 
     /// Closes the task, keeping its stores (by table id) as the last write
