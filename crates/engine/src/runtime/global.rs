@@ -57,6 +57,8 @@ impl GlobalFollower {
         let mut ends = BTreeMap::new();
         for def in defs {
             let topic = &*def.topic;
+            // Created a moment ago, perhaps: wait until the brokers know it.
+            admin.wait_for_topic(topic).await?;
             let end = admin
                 .list_offsets(topic, &[], OffsetSpec::Latest, true)
                 .await?;
