@@ -7,7 +7,9 @@
 //!
 //! `cargo bench --bench windowed_counts` (`FAUSTUS_WC_RECORDS` clicks,
 //! default 500000; `FAUSTUS_WC_SAMPLES` criterion samples per mode, default
-//! 10, the least criterion takes): each sample is one worker process
+//! 10, the least criterion takes; `FAUSTUS_WC_WINDOW`, the example's
+//! `WC_WINDOW`, default `tumbling:1000`; `FAUSTUS_WC_EMIT`, `update`,
+//! `final` or both, the default): each sample is one worker process
 //! counting every click from a fresh app id (so a fresh group, changelog,
 //! output and state directory), timed from the worker's start until its
 //! group has committed every input offset; criterion reports records/s.
@@ -90,13 +92,19 @@ fn main() {
     let mut g = c.benchmark_group("windowed_counts");
     g.sampling_mode(SamplingMode::Flat)
         .throughput(Throughput::Elements(n as u64));
-    let runs = [
+    let window = std::env::var("FAUSTUS_WC_WINDOW").unwrap_or_else(|_| "tumbling:1000".into());
+    let emits = std::env::var("FAUSTUS_WC_EMIT").unwrap_or_else(|_| "update,final".into());
+    let runs: Vec<(&str, &str)> = [
         ("update", "at_least_once"),
         ("update", "exactly_once"),
         ("final", "at_least_once"),
         ("final", "exactly_once"),
-    ];
-    for (emit, mode) in runs {
+    ]
+    .into_iter()
+    .filter(|(emit, _)| emits.split(',').any(|e| e == *emit))
+    .collect();
+    println!("window {window}, emit {emits}");
+    for &(emit, mode) in &runs {
         let name = format!("{emit}/{mode}");
         g.bench_function(&name, |b| {
             b.iter_custom(|iters| {
@@ -108,7 +116,7 @@ fn main() {
                         .env("WC_APP", &app)
                         .env("WC_INPUT", &topic)
                         .env("WC_OUTPUT", format!("{app}-out"))
-                        .env("WC_WINDOW", "tumbling:1000")
+                        .env("WC_WINDOW", &window)
                         .env("WC_EMIT", emit)
                         .env("KAFKA_BOOTSTRAP", &bootstrap)
                         .args(["-X", &format!("state.dir={}", state.display())])
@@ -135,7 +143,7 @@ fn main() {
     }
     g.finish();
     let _ = std::fs::remove_dir_all(&state);
-    for (emit, mode) in runs {
+    for &(emit, mode) in &runs {
         let name = format!("{emit}/{mode}");
         let max = peak
             .iter()

@@ -278,6 +278,10 @@ pub(crate) struct TablePart {
     /// changelog gets its latest value once per batch (Kafka Streams'
     /// record cache does the same per commit).
     pub(crate) batch: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Sliding and session windows (whose updates scan a key's windows):
+    /// the keys of `overlay` and `batch`, in order, so that a range of
+    /// changes is found without visiting every change since the commit.
+    ordered: Option<std::collections::BTreeSet<Vec<u8>>>,
 }
 
 impl std::fmt::Debug for TablePart {
@@ -308,6 +312,7 @@ impl TablePart {
             window: None,
             outputs: Vec::new(),
             batch: HashMap::new(),
+            ordered: None,
         }
     }
 
@@ -315,6 +320,9 @@ impl TablePart {
     /// `exactly_once` says when window closes may be persisted.
     pub(crate) fn with_window(mut self, spec: Option<WindowSpec>, exactly_once: bool) -> Self {
         self.window = spec.map(|s| WindowState::new(s, exactly_once));
+        self.ordered = spec
+            .filter(|s| s.gap().is_some() || s.diff().is_some())
+            .map(|_| std::collections::BTreeSet::new());
         self
     }
 
@@ -341,8 +349,46 @@ impl TablePart {
         self.overlay.iter().chain(self.batch.iter())
     }
 
+    /// The latest change of each key in `[lo, hi)`, in key order.
+    pub(crate) fn changes_in(&self, lo: &[u8], hi: &[u8]) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        let latest = |k: &Vec<u8>| self.batch.get(k).or_else(|| self.overlay.get(k)).cloned();
+        match &self.ordered {
+            Some(keys) => keys
+                .range::<[u8], _>((std::ops::Bound::Included(lo), std::ops::Bound::Excluded(hi)))
+                .filter_map(|k| latest(k).map(|v| (k.clone(), v)))
+                .collect(),
+            None => {
+                let mut out: Vec<(Vec<u8>, Option<Vec<u8>>)> = self
+                    .overlay
+                    .keys()
+                    .chain(self.batch.keys())
+                    .filter(|k| k.as_slice() >= lo && k.as_slice() < hi)
+                    .filter_map(|k| latest(k).map(|v| (k.clone(), v)))
+                    .collect();
+                out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                out.dedup_by(|a, b| a.0 == b.0);
+                out
+            }
+        }
+    }
+
+    /// The overlay, taken to be written to the store (its changelog
+    /// records are durable); changes not staged yet stay.
+    pub(crate) fn take_overlay(&mut self) -> HashMap<Vec<u8>, Option<Vec<u8>>> {
+        if let Some(keys) = &mut self.ordered {
+            keys.clear();
+            keys.extend(self.batch.keys().cloned());
+        }
+        std::mem::take(&mut self.overlay)
+    }
+
     pub(crate) fn put_raw(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
         if self.window.is_some() {
+            if let Some(keys) = &mut self.ordered {
+                if !keys.contains(&key) {
+                    keys.insert(key.clone());
+                }
+            }
             self.batch.insert(key, value);
             return;
         }
@@ -381,6 +427,9 @@ impl TablePart {
         self.staged.clear();
         self.outputs.clear();
         self.batch.clear();
+        if let Some(keys) = &mut self.ordered {
+            keys.clear();
+        }
         self.last_sent = None;
         if let Some(w) = &mut self.window {
             // Reloaded from the store on next use.

@@ -585,14 +585,12 @@ impl<'b, K, V> WindowedView<'b, K, V> {
                 out.insert(w, v);
             }
         }
-        for (k, v) in self.part.changes() {
-            if *k >= lo && *k < hi {
-                if let Some((_, w)) = parse_store_key(k) {
-                    match v {
-                        Some(v) => out.insert(w, v.clone()),
-                        None => out.remove(&w),
-                    };
-                }
+        for (k, v) in self.part.changes_in(&lo, &hi) {
+            if let Some((_, w)) = parse_store_key(&k) {
+                match v {
+                    Some(v) => out.insert(w, v),
+                    None => out.remove(&w),
+                };
             }
         }
         Ok(out)

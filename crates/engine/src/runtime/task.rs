@@ -138,7 +138,7 @@ pub(crate) async fn write_overlays(tasks: &Tasks) -> Result<()> {
                 if let Some(w) = part.window.as_mut() {
                     w.confirm();
                 }
-                (part.last_sent.take(), std::mem::take(&mut part.overlay))
+                (part.last_sent.take(), part.take_overlay())
             };
             let Some(last) = last else { continue };
             let offset = last.offset().await?;

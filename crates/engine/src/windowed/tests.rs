@@ -33,7 +33,7 @@ fn part(t: &WindowedTable<String, u64>) -> RefCell<TablePart> {
 fn commit_and_reload(part: &RefCell<TablePart>, offset: i64) {
     let mut p = part.borrow_mut();
     p.take_staged();
-    let overlay = std::mem::take(&mut p.overlay);
+    let overlay = p.take_overlay();
     p.store
         .apply(&mut overlay.into_iter(), offset)
         .expect("apply");
