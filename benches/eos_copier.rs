@@ -11,15 +11,9 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use faustus_suite::env_or;
 use faustus_testcontainers::{shared, unique_name};
 use faustus_wire::{Admin, NewTopic};
-
-fn env_or(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main() {
     let n = env_or("FAUSTUS_EOS_RECORDS", 200_000);

@@ -148,15 +148,7 @@ impl GlobalStore {
     /// Applies one fetch of the topic, with its partition's new offset, in
     /// one write. Records without a key are skipped (a table has none).
     pub(crate) fn apply(&mut self, f: &Fetched) -> Result<u64> {
-        let mut changes = Vec::new();
-        let mut last = None;
-        for rec in f.records() {
-            let rec = rec?;
-            if let Some(k) = rec.key() {
-                changes.push((k.to_vec(), rec.value().map(<[u8]>::to_vec)));
-            }
-            last = Some(rec.offset);
-        }
+        let (mut changes, last) = crate::runtime::restore::changes_of(f)?;
         let n = changes.len() as u64;
         if let Some(offset) = last {
             changes.push((

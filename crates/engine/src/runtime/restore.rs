@@ -40,8 +40,12 @@ pub(crate) fn must_rebuild(stored: Option<i64>, log_start: i64, end: i64) -> Opt
     }
 }
 
-/// Applies one fetch of changelog records to a store; returns how many.
-pub(crate) fn apply_changelog(store: &mut dyn Store, f: &Fetched) -> Result<u64> {
+/// A fetch's records as store changes (keyless records skipped), with the
+/// last offset it holds.
+pub(crate) type Changes = (Vec<(Vec<u8>, Option<Vec<u8>>)>, Option<i64>);
+
+/// Reads one fetch of changelog records as store changes.
+pub(crate) fn changes_of(f: &Fetched) -> Result<Changes> {
     let mut changes = Vec::new();
     let mut last = None;
     for rec in f.records() {
@@ -51,6 +55,12 @@ pub(crate) fn apply_changelog(store: &mut dyn Store, f: &Fetched) -> Result<u64>
         }
         last = Some(rec.offset);
     }
+    Ok((changes, last))
+}
+
+/// Applies one fetch of changelog records to a store; returns how many.
+pub(crate) fn apply_changelog(store: &mut dyn Store, f: &Fetched) -> Result<u64> {
+    let (changes, last) = changes_of(f)?;
     let n = changes.len() as u64;
     if let Some(offset) = last {
         store.apply(&mut changes.into_iter(), offset)?;
