@@ -137,6 +137,62 @@ impl Run {
     }
 }
 
+impl Run {
+    /// Sends probe round `round` and waits for all its answers (one per
+    /// probe): each worker's title for each key.
+    async fn answers(
+        &self,
+        round: usize,
+        deadline: &Deadline,
+    ) -> BTreeMap<String, BTreeMap<String, String>> {
+        self.probe(round).await;
+        loop {
+            let out = read_records(&self.bootstrap, &self.output, false).await;
+            let mut by_worker: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+            let mut answered = 0;
+            for r in &out {
+                let (worker, at, title) = parse(&r.value);
+                if at == round {
+                    by_worker
+                        .entry(worker)
+                        .or_default()
+                        .insert(r.key.clone(), title);
+                    answered += 1;
+                }
+            }
+            if answered == KEYS * INPUT_PARTITIONS as usize {
+                return by_worker;
+            }
+            assert!(
+                !deadline.passed(),
+                "round {round}: {answered} answers\n{}",
+                ["a", "b", "c"].map(|w| self.log(w)).join("\n---\n")
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The answers that differ from `expected(i)` for key `page{i}` (five at
+/// most).
+fn mismatches(
+    answers: &BTreeMap<String, BTreeMap<String, String>>,
+    expected: impl Fn(usize) -> String,
+) -> Vec<String> {
+    answers
+        .iter()
+        .flat_map(|(w, m)| {
+            m.iter()
+                .filter(|(k, t)| {
+                    let i: usize = k.trim_start_matches("page").parse().expect("key");
+                    **t != expected(i)
+                })
+                .map(move |(k, t)| format!("{w}: {k}={t}"))
+        })
+        .take(5)
+        .collect()
+}
+
 /// An output value `WORKER:rROUND+TITLE`, split.
 fn parse(value: &str) -> (String, usize, String) {
     let (worker, rest) = value.split_once(':').expect("worker tag");
@@ -167,71 +223,19 @@ async fn three_workers_read_the_same_global_table_and_a_late_one_catches_up_firs
     // c starts after the last change: it must have all of it before it
     // processes its first record.
     let c = run.worker("c");
-    let expected = |i: usize| format!("v2-{i}");
     let deadline = Deadline::new(
         "three workers reading v2 for every key",
         Duration::from_secs(120),
     );
     let mut round = 0;
     loop {
-        run.probe(round).await;
-        // Wait for this round's answers: one per probe (every key from
-        // every input partition).
-        let answers = loop {
-            let out = read_records(&run.bootstrap, &run.output, false).await;
-            let mut by_worker: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
-            let mut answered = 0;
-            for r in &out {
-                let (worker, at, title) = parse(&r.value);
-                if worker == "c" {
-                    assert!(
-                        title.starts_with("v2-"),
-                        "c processed {} before catching up: {title}\n{}",
-                        r.key,
-                        run.log("c")
-                    );
-                }
-                if at == round {
-                    by_worker
-                        .entry(worker)
-                        .or_default()
-                        .insert(r.key.clone(), title);
-                    answered += 1;
-                }
-            }
-            if answered == KEYS * INPUT_PARTITIONS as usize {
-                break by_worker;
-            }
-            assert!(
-                !deadline.passed(),
-                "round {round}: {answered} answers, keys by worker {:?}\n{}\n---\n{}\n---\n{}",
-                by_worker
-                    .iter()
-                    .map(|(w, m)| (w, m.len()))
-                    .collect::<Vec<_>>(),
-                run.log("a"),
-                run.log("b"),
-                run.log("c")
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let answers = run.answers(round, &deadline).await;
         // Answered by all three workers (the group may still be assigning
         // partitions to c: another round), each for every key, and every
         // answer, key by key, is the table's content (a and b may still be
         // reading the last changes: another round).
         let all_three = answers.len() == 3 && answers.values().all(|m| m.len() == KEYS);
-        let mismatched: Vec<String> = answers
-            .iter()
-            .flat_map(|(w, m)| {
-                m.iter()
-                    .filter(|(k, t)| {
-                        let i: usize = k.trim_start_matches("page").parse().expect("key");
-                        **t != expected(i)
-                    })
-                    .map(move |(k, t)| format!("{w}: {k}={t}"))
-            })
-            .take(5)
-            .collect();
+        let mismatched = mismatches(&answers, |i| format!("v2-{i}"));
         if all_three && mismatched.is_empty() {
             break;
         }
@@ -242,9 +246,75 @@ async fn three_workers_read_the_same_global_table_and_a_late_one_catches_up_firs
         );
         round += 1;
     }
+    // c never answered from an older table.
+    for r in read_records(&run.bootstrap, &run.output, false).await {
+        let (worker, _, title) = parse(&r.value);
+        assert!(
+            worker != "c" || title.starts_with("v2-"),
+            "c processed {} before catching up: {title}\n{}",
+            r.key,
+            run.log("c")
+        );
+    }
     let log = std::fs::read_to_string(run.dir.path().join("c.log")).unwrap_or_default();
     assert!(log.contains("global tables ready"), "{}", run.log("c"));
     stop(a);
     stop(b);
     stop(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_store_its_recreated_topic_cannot_continue_is_rebuilt() {
+    let run = Run::new().await;
+    run.titles("v1").await;
+    let a = run.worker("a");
+    let deadline = Deadline::new("the global table's answers", Duration::from_secs(120));
+    let answers = run.answers(0, &deadline).await;
+    assert_eq!(
+        mismatches(&answers, |i| format!("v1-{i}")),
+        Vec::<String>::new()
+    );
+    stop(a);
+    // The topic deleted and created again with ten keys: a's store holds
+    // offsets past the new topic's end and keys it no longer has.
+    let admin = Admin::new(run.producer().await.client().clone());
+    admin.delete_topics(&[&run.table]).await.expect("delete");
+    loop {
+        let created = admin
+            .create_topic(
+                NewTopic::new(&run.table, 3, 1).config("cleanup.policy", "compact"),
+                false,
+            )
+            .await;
+        if created.is_ok() {
+            break;
+        }
+        deadline.check(format!("recreating {}: {created:?}", run.table));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let p = run.producer().await;
+    for i in 0..10 {
+        let rec = ProducerRecord::new(&run.table)
+            .key(format!("page{i}"))
+            .value(format!("v3-{i}"));
+        p.send(rec).await.expect("queued").await.expect("delivered");
+    }
+    p.close().await.expect("close");
+    let a = run.worker("a");
+    let answers = run.answers(1, &deadline).await;
+    let expected = |i: usize| {
+        if i < 10 {
+            format!("v3-{i}")
+        } else {
+            "null".to_owned()
+        }
+    };
+    assert_eq!(mismatches(&answers, expected), Vec::<String>::new());
+    let log = std::fs::read_to_string(run.dir.path().join("a.log")).unwrap_or_default();
+    assert!(
+        log.contains("rebuilding it from its topic"),
+        "{}",
+        run.log("a")
+    );
+    stop(a);
 }
