@@ -121,19 +121,12 @@ impl Engine {
         let mut cmd = match self {
             Engine::Faustus => {
                 let mut c = Command::new(root.join("target/release/examples/page_views"));
-                c.env("PAGE_VIEWS_APP", app)
-                    .env("PAGE_VIEWS_TOPIC", topic)
-                    .env("KAFKA_BOOTSTRAP", &args.bootstrap)
-                    .args(["-X", &format!("state.dir={}", state.display())])
-                    .args(["-X", &format!("processing.guarantee={mode}")])
-                    .args(["-X", "topic.partitions=6", "worker", "-l", "warn"]);
+                c.env("PAGE_VIEWS_APP", app).env("PAGE_VIEWS_TOPIC", topic);
+                faustus_worker(&mut c, args, &state, mode);
                 c
             }
             Engine::KafkaStreams | Engine::KafkaStreamsNoCache => {
-                let dir = root.join("benches/compare/streams/target");
-                let cp = format!("{}:{}/lib/*", dir.join("classes").display(), dir.display());
-                let mut c = Command::new("java");
-                c.args(["-Xms512m", "-Xmx512m", "-cp", &cp, "faustus.compare.PageViews"]);
+                let mut c = streams_app(root, "PageViews");
                 if matches!(self, Engine::KafkaStreamsNoCache) {
                     c.env("CMP_STREAMS_CACHE_BYTES", "0");
                 }
@@ -147,13 +140,44 @@ impl Engine {
                 c
             }
         };
-        cmd.env("CMP_BOOTSTRAP", &args.bootstrap)
-            .env("CMP_APP", app)
-            .env("CMP_TOPIC", topic)
-            .env("CMP_GUARANTEE", mode)
-            .env("CMP_STATE_DIR", &state);
+        peer_env(&mut cmd, args, app, topic, mode, &state);
         cmd
     }
+}
+
+/// The settings every Faustus worker of the comparison gets.
+fn faustus_worker(c: &mut Command, args: &RunArgs, state: &std::path::Path, mode: &str) {
+    c.env("KAFKA_BOOTSTRAP", &args.bootstrap)
+        .args(["-X", &format!("state.dir={}", state.display())])
+        .args(["-X", &format!("processing.guarantee={mode}")])
+        .args(["-X", "topic.partitions=6", "worker", "-l", "warn"]);
+}
+
+/// The Kafka Streams app `class` of `benches/compare/streams`, on a 512 MB
+/// heap.
+fn streams_app(root: &std::path::Path, class: &str) -> Command {
+    let dir = root.join("benches/compare/streams/target");
+    let cp = format!("{}:{}/lib/*", dir.join("classes").display(), dir.display());
+    let mut c = Command::new("java");
+    c.args(["-Xms512m", "-Xmx512m", "-cp", &cp])
+        .arg(format!("faustus.compare.{class}"));
+    c
+}
+
+/// The environment the peers' apps read their settings from.
+fn peer_env(
+    cmd: &mut Command,
+    args: &RunArgs,
+    app: &str,
+    topic: &str,
+    mode: &str,
+    state: &std::path::Path,
+) {
+    cmd.env("CMP_BOOTSTRAP", &args.bootstrap)
+        .env("CMP_APP", app)
+        .env("CMP_TOPIC", topic)
+        .env("CMP_GUARANTEE", mode)
+        .env("CMP_STATE_DIR", state);
 }
 
 /// Runs every engine contender, alternating them round by round.
@@ -266,18 +290,12 @@ impl WindowedEngine {
                     .env("WC_INPUT", topic)
                     .env("WC_OUTPUT", &output)
                     .env("WC_WINDOW", "tumbling:1000")
-                    .env("WC_EMIT", emit)
-                    .env("KAFKA_BOOTSTRAP", &args.bootstrap)
-                    .args(["-X", &format!("state.dir={}", state.display())])
-                    .args(["-X", &format!("processing.guarantee={mode}")])
-                    .args(["-X", "topic.partitions=6", "worker", "-l", "warn"]);
+                    .env("WC_EMIT", emit);
+                faustus_worker(&mut c, args, &state, mode);
                 c
             }
             _ => {
-                let dir = root.join("benches/compare/streams/target");
-                let cp = format!("{}:{}/lib/*", dir.join("classes").display(), dir.display());
-                let mut c = Command::new("java");
-                c.args(["-Xms512m", "-Xmx512m", "-cp", &cp, "faustus.compare.WindowedCounts"]);
+                let mut c = streams_app(root, "WindowedCounts");
                 match self {
                     WindowedEngine::KafkaStreamsNoCache => {
                         c.env("CMP_STREAMS_CACHE_BYTES", "0");
@@ -290,12 +308,8 @@ impl WindowedEngine {
                 c
             }
         };
-        cmd.env("CMP_BOOTSTRAP", &args.bootstrap)
-            .env("CMP_APP", app)
-            .env("CMP_TOPIC", topic)
-            .env("CMP_OUTPUT", &output)
-            .env("CMP_GUARANTEE", mode)
-            .env("CMP_STATE_DIR", &state);
+        peer_env(&mut cmd, args, app, topic, mode, &state);
+        cmd.env("CMP_OUTPUT", &output);
         cmd
     }
 }

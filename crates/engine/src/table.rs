@@ -327,7 +327,11 @@ impl TablePart {
     }
 
     pub(crate) fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.read_raw(key, |v| Ok(v.map(<[u8]>::to_vec)))
+        match self.batch.get(key).or_else(|| self.overlay.get(key)) {
+            Some(v) => Ok(v.clone()),
+            // The store's value is ours already: no second copy.
+            None => self.store.get(key),
+        }
     }
 
     /// Reads `key`'s latest value (the batch's, the overlay's, or the

@@ -295,17 +295,6 @@ pub fn time_windows(ts: i64, size: i64, advance: i64) -> impl Iterator<Item = Wi
     })
 }
 
-/// Whether a `[start, end)` window is closed at `stream_time`.
-pub fn time_window_closed(w: Window, grace: i64, stream_time: i64) -> bool {
-    w.end.saturating_add(grace) <= stream_time
-}
-
-/// Whether a window with an inclusive end (sliding, session) is closed at
-/// `stream_time`.
-pub fn inclusive_window_closed(w: Window, grace: i64, stream_time: i64) -> bool {
-    w.end.saturating_add(grace) < stream_time
-}
-
 /// The sliding windows (KIP-450) of one key's records at `timestamps`, with
 /// `diff` ms between the first and the last millisecond of a window, each
 /// with the number of records it holds: for every record at `t`, the window
@@ -451,13 +440,16 @@ mod tests {
     #[test]
     fn closing_follows_kafka_streams() {
         let w = Window::new(0, 1000);
-        assert!(!time_window_closed(w, 0, 999));
-        assert!(time_window_closed(w, 0, 1000));
-        assert!(!time_window_closed(w, 500, 1499));
-        assert!(time_window_closed(w, 500, 1500));
+        let tumbling = WindowSpec::tumbling(Duration::from_millis(1000));
+        let graced = tumbling.grace(Duration::from_millis(500));
+        assert!(!tumbling.is_closed(w, 999));
+        assert!(tumbling.is_closed(w, 1000));
+        assert!(!graced.is_closed(w, 1499));
+        assert!(graced.is_closed(w, 1500));
         // Inclusive ends close one millisecond later.
-        assert!(!inclusive_window_closed(w, 0, 1000));
-        assert!(inclusive_window_closed(w, 0, 1001));
+        let session = WindowSpec::session(Duration::from_millis(10));
+        assert!(!session.is_closed(w, 1000));
+        assert!(session.is_closed(w, 1001));
     }
 
     #[test]
