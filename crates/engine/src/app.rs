@@ -290,6 +290,10 @@ pub struct App {
     pub(crate) tables: Vec<TableDef>,
     pub(crate) agents: Vec<AgentDef>,
     pub(crate) globals: Vec<crate::global::GlobalDef>,
+    /// Groups of topics read in timestamp order (the inputs of a join).
+    pub(crate) ordered: Vec<Vec<String>>,
+    /// What a declaration got wrong; [`App::topology`] refuses to start.
+    pub(crate) problems: Vec<String>,
     pub(crate) producer: LazyProducer,
 }
 
@@ -319,6 +323,8 @@ impl App {
             tables: Vec::new(),
             agents: Vec::new(),
             globals: Vec::new(),
+            ordered: Vec::new(),
+            problems: Vec::new(),
             producer,
         }
     }
@@ -441,6 +447,181 @@ impl App {
         }
     }
 
+    /// A table kept from `topic` (Kafka Streams' `builder.table(topic)`):
+    /// each record sets its key's value, a null value deletes the key; a
+    /// record without a key is skipped. Its local store and changelog
+    /// (`<app-id>-<name>-changelog`) are a table's: it recovers, has
+    /// standbys and survives restarts as tables do. Joins read it
+    /// ([`stream_table_join`](Self::stream_table_join),
+    /// [`table_table_join`](Self::table_table_join)), and so can agents
+    /// ([`Batch::topic_table`]). A topic the app creates is created
+    /// compacted.
+    pub fn table_from<K: std::fmt::Debug + 'static, V: std::fmt::Debug + 'static>(
+        &mut self,
+        name: &str,
+        topic: &Topic<K, V>,
+    ) -> crate::TopicTable<K, V> {
+        if let Some(t) = self.topics.iter_mut().find(|t| t.name == topic.name()) {
+            if !t.configs.iter().any(|(k, _)| k == "cleanup.policy") {
+                t.configs
+                    .push(("cleanup.policy".to_owned(), "compact".to_owned()));
+            }
+        }
+        let id = self.tables.len();
+        let changelog: Arc<str> = Arc::from(format!("{}-{name}-changelog", self.id));
+        let shown = topic.clone();
+        let show: crate::table::ShowEntry = Rc::new(move |k, v| {
+            let (ts, v) = crate::join::unstored(v);
+            let codecs = &shown.inner.codecs;
+            match (codecs.key.decode(Some(k)), codecs.value.decode(Some(v))) {
+                (Ok(k), Ok(v)) => format!("{k:?}\t{v:?}\t@{ts}"),
+                (k, v) => format!("<undecodable entry: {:?} {:?}>", k.err(), v.err()),
+            }
+        });
+        self.tables.push(TableDef::plain(name, changelog, show));
+        let feeder = Rc::new(crate::join::Feeder {
+            table: id,
+            empty_deletes: std::cell::Cell::new(false),
+            listeners: std::cell::RefCell::new(Vec::new()),
+        });
+        self.agents.push(AgentDef {
+            name: format!("{name}-table"),
+            topic: topic.name().to_owned(),
+            options: AgentOptions::default(),
+            run: feeder.clone(),
+        });
+        crate::TopicTable {
+            id,
+            name: Rc::from(name),
+            topic: topic.clone(),
+            feeder,
+        }
+    }
+
+    /// Notes a problem with keys the join passes through as bytes: both
+    /// sides and the output must encode keys alike.
+    fn check_join_keys(&mut self, what: &str, codecs: &[&str]) {
+        if codecs.windows(2).any(|w| w[0] != w[1]) {
+            self.problems.push(format!(
+                "{what}: the joined topics and the output must use one key codec, not {}",
+                codecs.join(", ")
+            ));
+        }
+    }
+
+    /// Joins each record of `stream` with `table`'s value for its key when
+    /// the record comes (Kafka Streams' `KStream#join(KTable)` with
+    /// [`JoinKind::Inner`](crate::JoinKind::Inner), `#leftJoin` with
+    /// [`JoinKind::Left`](crate::JoinKind::Left)) and sends
+    /// `joiner(value, table value)` to `out` with the record's key and
+    /// timestamp. Only stream records make results: a table change alone
+    /// makes none. A stream record without a key or a value is skipped.
+    /// Inner: a key the table does not have makes nothing; left: it makes
+    /// `joiner(value, None)`. Both topics are read in timestamp order, and
+    /// must be co-partitioned.
+    pub fn stream_table_join<K, V, T, O>(
+        &mut self,
+        stream: &Topic<K, V>,
+        table: &crate::TopicTable<K, T>,
+        kind: crate::JoinKind,
+        out: &Topic<K, O>,
+        joiner: impl Fn(&V, Option<&T>) -> O + 'static,
+    ) where
+        K: 'static,
+        V: 'static,
+        T: 'static,
+        O: 'static,
+    {
+        let what = format!("join of {} with table {}", stream.name(), table.name());
+        if kind == crate::JoinKind::Outer {
+            self.problems.push(format!(
+                "{what}: a stream–table join is inner or left, not outer"
+            ));
+        }
+        self.check_join_keys(
+            &what,
+            &[
+                stream.inner.codecs.key.name(),
+                table.topic.inner.codecs.key.name(),
+                out.inner.codecs.key.name(),
+            ],
+        );
+        self.ordered.push(vec![
+            table.topic.name().to_owned(),
+            stream.name().to_owned(),
+        ]);
+        self.agents.push(AgentDef {
+            name: format!("{}-join-{}", stream.name(), table.name()),
+            topic: stream.name().to_owned(),
+            options: AgentOptions::default(),
+            run: Rc::new(crate::join::StreamTableJoin {
+                stream: stream.clone(),
+                table: table.clone(),
+                kind,
+                out: out.clone(),
+                joiner: Box::new(joiner),
+            }),
+        });
+    }
+
+    /// Joins two tables kept from topics (Kafka Streams' `KTable#join`,
+    /// `#leftJoin`, `#outerJoin`): each change of either side is joined
+    /// with the other side's current value and `joiner(left, right)` is
+    /// sent to `out` with the key, at the larger of the two sides'
+    /// timestamps. Inner: a key both sides have; left: every key of the
+    /// left; outer: every key of either. A delete that ends a result sends
+    /// a tombstone for the key. Both topics are read in timestamp order,
+    /// and must be co-partitioned.
+    pub fn table_table_join<K, L, R, O>(
+        &mut self,
+        left: &crate::TopicTable<K, L>,
+        right: &crate::TopicTable<K, R>,
+        kind: crate::JoinKind,
+        out: &Topic<K, O>,
+        joiner: impl Fn(Option<&L>, Option<&R>) -> O + 'static,
+    ) where
+        K: 'static,
+        L: 'static,
+        R: 'static,
+        O: 'static,
+    {
+        let what = format!("join of tables {} and {}", left.name(), right.name());
+        self.check_join_keys(
+            &what,
+            &[
+                left.topic.inner.codecs.key.name(),
+                right.topic.inner.codecs.key.name(),
+                out.inner.codecs.key.name(),
+            ],
+        );
+        self.ordered.push(vec![
+            left.topic.name().to_owned(),
+            right.topic.name().to_owned(),
+        ]);
+        let join = Rc::new(crate::join::TableTableJoin {
+            left: left.clone(),
+            right: right.clone(),
+            kind,
+            out: out.clone(),
+            joiner: Box::new(joiner),
+        });
+        left.feeder
+            .listeners
+            .borrow_mut()
+            .push(Rc::new(crate::join::JoinSide {
+                join: join.clone(),
+                side: crate::join::Side::Left,
+            }));
+        right
+            .feeder
+            .listeners
+            .borrow_mut()
+            .push(Rc::new(crate::join::JoinSide {
+                join,
+                side: crate::join::Side::Right,
+            }));
+    }
+
     /// Registers an agent over `topic` with default options: `f` is called
     /// with each batch of one partition's records, in order.
     pub fn agent<K, V, F>(&mut self, name: &str, topic: &Topic<K, V>, f: F) -> Agent<K, V>
@@ -502,6 +683,8 @@ impl App {
             self.tables.iter().map(TableDef::frozen).collect(),
             self.agents.clone(),
             self.globals.clone(),
+            &self.ordered,
+            &self.problems,
         )
     }
 

@@ -23,7 +23,34 @@ pub(crate) struct BatchInput {
     /// Records before this offset were handled already (an earlier call
     /// failed on one and the error policy let the rest go on).
     pub(crate) from: i64,
+    /// Records from this offset on are not the batch's (a join reads its
+    /// inputs in timestamp order, so a fetch may be handed out in runs);
+    /// `i64::MAX`: all of the fetches.
+    pub(crate) until: i64,
     pub(crate) task: Rc<TaskCtx>,
+}
+
+impl BatchInput {
+    /// The batch's records, undecoded, in offset order.
+    pub(crate) fn records(&self) -> impl Iterator<Item = Result<Record<'_>>> + '_ {
+        let (from, until) = (self.from, self.until);
+        self.fetched
+            .iter()
+            .flat_map(|f| f.records())
+            .map(|r| r.map_err(Error::from))
+            .filter(move |r| r.as_ref().map_or(true, |r| r.offset >= from))
+            .take_while(move |r| r.as_ref().map_or(true, |r| r.offset < until))
+    }
+
+    /// The partition.
+    pub(crate) fn partition(&self) -> i32 {
+        self.fetched.first().map_or(-1, |f| f.partition())
+    }
+
+    /// The topic.
+    pub(crate) fn topic(&self) -> &str {
+        self.fetched.first().map_or("", |f| f.topic())
+    }
 }
 
 /// One partition's records from one fetch, for an agent.
@@ -61,19 +88,18 @@ impl<K, V> Batch<K, V> {
     }
     /// The offset after the batch's last record.
     pub fn next_offset(&self) -> i64 {
-        self.input.fetched.last().map_or(-1, |f| f.next_offset())
+        self.input
+            .fetched
+            .last()
+            .map_or(-1, |f| f.next_offset().min(self.input.until))
     }
 
     /// The records, as views that decode on demand. A malformed record (a
     /// corrupt batch) ends the iteration with an error.
     pub fn events(&self) -> impl Iterator<Item = Result<Event<'_, K, V>>> + '_ {
-        let from = self.input.from;
         self.input
-            .fetched
-            .iter()
-            .flat_map(|f| f.records())
-            .filter(move |r| r.as_ref().map_or(true, |r| r.offset >= from))
-            .map(move |r| r.map(|rec| Event { rec, batch: self }).map_err(Error::from))
+            .records()
+            .map(move |r| r.map(|rec| Event { rec, batch: self }))
     }
 
     /// Keys and values, decoded (Faust's `stream.items()`).
@@ -159,6 +185,32 @@ impl<K, V> Batch<K, V> {
             table,
             self.input.task.wall_ms.get(),
         ))
+    }
+
+    /// This batch's partition of a table kept from a topic (see
+    /// [`App::table_from`](crate::App::table_from)), to read.
+    pub fn topic_table<'b, TK, TV>(
+        &'b self,
+        table: &'b crate::TopicTable<TK, TV>,
+    ) -> Result<crate::TopicTableView<'b, TK, TV>> {
+        let cell = self
+            .input
+            .task
+            .tables
+            .get(table.id)
+            .ok_or_else(|| Error::Table {
+                table: table.name().to_owned(),
+                message: "not a table of this app".into(),
+            })?;
+        let part = cell.try_borrow().map_err(|_| Error::Table {
+            table: table.name().to_owned(),
+            message: format!("partition {} is being written", self.partition()),
+        })?;
+        Ok(crate::TopicTableView {
+            part,
+            table,
+            key_buf: Vec::new(),
+        })
     }
 
     /// A global table (see [`App::global_table`](crate::App::global_table)):

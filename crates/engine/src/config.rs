@@ -12,6 +12,7 @@
 //! | `state.dir` | `./<app-id>-data` | where tables keep their local stores |
 //! | `store` | `rocksdb` | table store: `rocksdb` or `memory` |
 //! | `table.standby.replicas` | 0 | 1 or more: every worker keeps a standby copy of each table partition it does not own, kept current from the changelog, so that taking a partition over replays only the last records (RocksDB stores only) |
+//! | `max.task.idle.ms` | 0 | joined inputs: how long a task waits for an input that is caught up before it processes the others' records (it always waits for one whose records are on the broker and not fetched yet); `-1`: never wait (see `docs/joins.md`) |
 //! | `transaction.timeout.ms` | 10000 | as Kafka Streams under exactly-once: a crashed worker's open transaction is aborted after this |
 //!
 //! The consumer group is the app id (`group.id` may override it), assigned
@@ -65,6 +66,8 @@ pub struct EngineConfig {
     pub store: StoreKind,
     /// `table.standby.replicas`.
     pub standby_replicas: u32,
+    /// `max.task.idle.ms` (`-1`: never wait).
+    pub max_task_idle_ms: i64,
 }
 
 impl EngineConfig {
@@ -120,6 +123,7 @@ impl EngineConfig {
                 .unwrap_or_else(|| PathBuf::from(format!("{app_id}-data"))),
             store,
             standby_replicas,
+            max_task_idle_ms: p.parse_or("max.task.idle.ms", 0)?,
         })
     }
 }

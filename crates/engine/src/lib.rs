@@ -41,6 +41,7 @@ pub mod codec;
 pub mod config;
 mod error;
 mod global;
+mod join;
 mod runtime;
 mod store;
 mod table;
@@ -56,6 +57,7 @@ pub use config::{EngineConfig, Guarantee, StoreKind};
 pub use error::{Error, Location, Result};
 pub use faustus_wire as wire;
 pub use global::{GlobalTable, GlobalView};
+pub use join::{JoinKind, TopicTable, TopicTableView};
 pub use table::{Table, TableSpec, TableView};
 pub use topology::Topology;
 pub use windowed::{Emit, WindowedTable, WindowedView};
@@ -64,9 +66,9 @@ pub use windowed::{Emit, WindowedTable, WindowedView};
 pub mod prelude {
     pub use crate::window::{Window, Windowed};
     pub use crate::{
-        Agent, AgentOptions, App, Batch, Codec, Emit, ErrorPolicy, Event, GlobalTable, Json, Raw,
-        Table, TableSpec, TableView, Topic, TopicSpec, Utf8, WindowedTable, WindowedText,
-        WindowedView,
+        Agent, AgentOptions, App, Batch, Codec, Emit, ErrorPolicy, Event, GlobalTable, JoinKind,
+        Json, Raw, Table, TableSpec, TableView, Topic, TopicSpec, TopicTable, Utf8, WindowedTable,
+        WindowedText, WindowedView,
     };
     pub use faustus_wire::Properties;
 }

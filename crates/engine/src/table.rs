@@ -121,6 +121,18 @@ pub(crate) struct TableDef {
 }
 
 impl TableDef {
+    /// A table that is not windowed, its entries shown by `show`.
+    pub(crate) fn plain(name: &str, changelog: Arc<str>, show: ShowEntry) -> Self {
+        Self {
+            name: name.to_owned(),
+            changelog,
+            show,
+            window: WindowCell::default(),
+            frozen_window: None,
+            tick: std::rc::Rc::new(|_, _| Ok(())),
+        }
+    }
+
     /// The definition as the topology keeps it: the window spec fixed.
     pub(crate) fn frozen(&self) -> Self {
         let mut def = self.clone();

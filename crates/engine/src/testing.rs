@@ -59,6 +59,7 @@ use crate::config::Guarantee;
 use crate::error::{Error, Result};
 use crate::runtime::commit::{CommitAction, CommitEvent, CommitMachine, TxnEnd};
 use crate::runtime::dispatch::Dispatcher;
+use crate::runtime::order::TaskIdle;
 use crate::runtime::setup::task_partitions;
 use crate::runtime::task::{
     set_wall_clock, tick_wall_clock, wall_clock_due, write_overlays, Delivery, Sink, TaskCtx, Tasks,
@@ -464,7 +465,13 @@ impl TestDriver {
             topics.insert(name.clone(), MemTopic::new(count));
         }
         Ok(Self {
-            dispatcher: Dispatcher::new(topology.agents.clone()),
+            dispatcher: Dispatcher::new(
+                topology.agents.clone(),
+                topology.ordered.clone(),
+                // Everything piped is fetched each round: joined inputs are
+                // always caught up, and wait for nothing.
+                TaskIdle::Wait(Duration::ZERO),
+            ),
             machine: CommitMachine::new(cfg.guarantee),
             broker: Broker {
                 topics: RefCell::new(topics),
@@ -521,11 +528,46 @@ impl TestDriver {
     }
 
     async fn pipe_raw(&mut self, rec: ProducerRecord) -> Result<()> {
-        // Written by an outside producer: visible at once.
+        self.append_outside(rec)?;
+        self.run().await
+    }
+
+    /// Written by an outside producer: visible at once.
+    fn append_outside(&mut self, rec: ProducerRecord) -> Result<()> {
         let in_txn = self.broker.in_txn.replace(false);
         let appended = self.broker.append(rec);
         self.broker.in_txn.replace(in_txn);
-        appended?;
+        appended.map(|_| ())
+    }
+
+    /// Writes a record to a topic without running the app: records queued
+    /// in several topics are read as a worker finds them in Kafka, all at
+    /// once, joined topics in timestamp order ([`run_queued`](Self::run_queued)).
+    pub fn queue_record<K, V>(&mut self, topic: &Topic<K, V>, rec: TestRecord<K, V>) -> Result<()> {
+        let mut out = topic.record(rec.key.as_ref(), &rec.value)?;
+        out.headers = rec.headers;
+        out.timestamp = rec.timestamp;
+        self.append_outside(out)
+    }
+
+    /// [`queue_record`](Self::queue_record) for a tombstone (a null value)
+    /// or raw bytes.
+    pub fn queue_bytes(
+        &mut self,
+        topic: &str,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        timestamp: i64,
+    ) -> Result<()> {
+        let mut rec = ProducerRecord::new(topic);
+        rec.key = key.map(Bytes::copy_from_slice);
+        rec.value = value.map(Bytes::copy_from_slice);
+        rec.timestamp = Some(timestamp);
+        self.append_outside(rec)
+    }
+
+    /// Runs the app until it has read everything queued.
+    pub async fn run_queued(&mut self) -> Result<()> {
         self.run().await
     }
 
@@ -711,7 +753,7 @@ impl TestDriver {
         set_wall_clock(&self.tasks, wall);
         let mut progress = self
             .dispatcher
-            .process(&self.tasks, fetched, &self.broker, self.clock)
+            .process(&self.tasks, fetched, &self.broker, self.clock, &|_| Some(0))
             .await?;
         progress.extend(
             self.dispatcher

@@ -21,6 +21,9 @@ pub struct Topology {
     pub(crate) tables: Vec<TableDef>,
     pub(crate) agents: Vec<AgentDef>,
     pub(crate) globals: Vec<GlobalDef>,
+    /// Groups of topics a task reads in timestamp order (joined inputs),
+    /// each in the order that breaks timestamp ties; no topic in two.
+    pub(crate) ordered: Vec<Vec<String>>,
 }
 
 impl std::fmt::Debug for Topology {
@@ -45,19 +48,39 @@ impl Topology {
         tables: Vec<TableDef>,
         agents: Vec<AgentDef>,
         globals: Vec<GlobalDef>,
+        ordered: &[Vec<String>],
+        problems: &[String],
     ) -> Result<Self> {
+        if !problems.is_empty() {
+            return Err(Error::Config(problems.join("; ")));
+        }
         check_take_alone(
             agents
                 .iter()
                 .map(|a| (a.name.as_str(), a.topic.as_str(), a.options.take.is_some())),
         )?;
+        let ordered = merge_groups(ordered);
+        for a in &agents {
+            if a.options.take.is_some() && ordered.iter().flatten().any(|t| *t == a.topic) {
+                return Err(Error::Config(format!(
+                    "agent {} uses take() on topic {}, which a join reads in timestamp order",
+                    a.name, a.topic
+                )));
+            }
+        }
         Ok(Self {
             config,
             topics,
             tables,
             agents,
             globals,
+            ordered,
         })
+    }
+
+    /// The groups of topics read in timestamp order.
+    pub fn ordered_groups(&self) -> &[Vec<String>] {
+        &self.ordered
     }
 
     /// The settings.
@@ -96,6 +119,35 @@ impl Topology {
     }
 }
 
+/// Joins that share a topic read all their topics in one timestamp order:
+/// overlapping groups are merged, each topic kept where it first appeared.
+fn merge_groups(groups: &[Vec<String>]) -> Vec<Vec<String>> {
+    let mut merged: Vec<Vec<String>> = Vec::new();
+    for g in groups {
+        let mut group: Vec<String> = Vec::new();
+        let mut rest = Vec::new();
+        for m in merged {
+            if m.iter().any(|t| g.contains(t)) {
+                for t in m {
+                    if !group.contains(&t) {
+                        group.push(t);
+                    }
+                }
+            } else {
+                rest.push(m);
+            }
+        }
+        for t in g {
+            if !group.contains(t) {
+                group.push(t.clone());
+            }
+        }
+        rest.push(group);
+        merged = rest;
+    }
+    merged
+}
+
 /// A `take` agent holds records back across fetches, while the input
 /// position is one per partition: another agent on the same topic would let
 /// a commit pass records the `take` agent still holds. Refused at start.
@@ -125,7 +177,14 @@ fn check_take_alone<'a>(agents: impl IntoIterator<Item = (&'a str, &'a str, bool
 
 #[cfg(test)]
 mod tests {
-    use super::check_take_alone;
+    use super::{check_take_alone, merge_groups};
+
+    #[test]
+    fn joins_sharing_a_topic_read_their_topics_in_one_order() {
+        let g = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let merged = merge_groups(&[g(&["t", "s"]), g(&["a", "b"]), g(&["u", "t"])]);
+        assert_eq!(merged, vec![g(&["a", "b"]), g(&["t", "s", "u"])]);
+    }
 
     #[test]
     fn a_take_agent_must_be_alone_on_its_topic() {

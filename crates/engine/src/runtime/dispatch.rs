@@ -3,7 +3,7 @@
 //! policy and dead letters.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -11,6 +11,7 @@ use faustus_wire::consumer::{Fetched, TopicPartition};
 use faustus_wire::producer::ProducerRecord;
 use futures::StreamExt;
 
+use super::order::{self, Choice, TaskIdle};
 use super::task::{send_staged, Sink, TaskCtx, Tasks};
 use crate::app::{AgentDef, ErrorPolicy};
 use crate::batch::BatchInput;
@@ -21,6 +22,84 @@ struct Gather {
     fetched: Vec<Rc<Fetched>>,
     records: usize,
     since: Instant,
+}
+
+/// How many records a task holds of one joined input, waiting for the
+/// other input, before that input is paused (Kafka Streams'
+/// `buffered.records.per.partition`).
+pub(crate) const MAX_HELD: usize = 1000;
+
+/// What a task holds of one input of a join: fetched, not processed yet.
+struct Held {
+    tp: TopicPartition,
+    fetched: VecDeque<Rc<Fetched>>,
+    /// Offset and timestamp of each record not processed yet.
+    records: VecDeque<(i64, i64)>,
+    /// The offset after the last record handed to the task.
+    next: Option<i64>,
+}
+
+/// One task's joined inputs, read in timestamp order (see [`order`]).
+struct Merge {
+    inputs: Vec<Held>,
+    deadlines: Vec<Option<Instant>>,
+}
+
+impl Merge {
+    fn new(topics: &[String], partition: i32) -> Self {
+        Self {
+            inputs: topics
+                .iter()
+                .map(|t| Held {
+                    tp: TopicPartition {
+                        topic: t.as_str().into(),
+                        partition,
+                    },
+                    fetched: VecDeque::new(),
+                    records: VecDeque::new(),
+                    next: None,
+                })
+                .collect(),
+            deadlines: vec![None; topics.len()],
+        }
+    }
+
+    fn holds(&self) -> bool {
+        self.inputs.iter().any(|h| !h.records.is_empty())
+    }
+
+    fn choose(
+        &mut self,
+        lag: &dyn Fn(&TopicPartition) -> Option<i64>,
+        idle: TaskIdle,
+        now: Instant,
+    ) -> Choice {
+        let heads: Vec<Option<i64>> = self
+            .inputs
+            .iter()
+            .map(|h| h.records.front().map(|r| r.1))
+            .collect();
+        let lags: Vec<Option<i64>> = self.inputs.iter().map(|h| lag(&h.tp)).collect();
+        order::choose(&heads, &lags, idle, &mut self.deadlines, now)
+    }
+}
+
+/// Offset and timestamp of each record of a fetch; a record that cannot
+/// be read ends the list with the smallest timestamp, so that it is handed
+/// out (and its error met) at once.
+fn index_records(f: &Fetched) -> Vec<(i64, i64)> {
+    let mut out = Vec::new();
+    for r in f.records() {
+        match r {
+            Ok(r) => out.push((r.offset, r.timestamp)),
+            Err(_) => {
+                let at = out.last().map_or(f.start_offset(), |&(o, _)| o + 1);
+                out.push((at, i64::MIN));
+                break;
+            }
+        }
+    }
+    out
 }
 
 /// How far one partition's input got in a dispatch.
@@ -42,11 +121,21 @@ pub(crate) struct Dispatcher {
     concurrency: usize,
     /// Fetches gathered for agents with `take`, by agent and partition.
     gathered: RefCell<HashMap<(usize, TopicPartition), Gather>>,
+    /// Groups of topics read in timestamp order (joined inputs), each in
+    /// the order that breaks timestamp ties.
+    groups: Vec<Vec<String>>,
+    /// The group of each joined topic, and its place in it.
+    ordered: HashMap<String, (usize, usize)>,
+    /// What each task holds of its joined inputs, by group and partition.
+    merges: RefCell<BTreeMap<(usize, i32), Merge>>,
+    /// `max.task.idle.ms`.
+    idle: TaskIdle,
 }
 
 impl Dispatcher {
-    /// A dispatcher for these agents.
-    pub(crate) fn new(agents: Vec<AgentDef>) -> Self {
+    /// A dispatcher for these agents; the topics of each of `groups` are
+    /// read in timestamp order.
+    pub(crate) fn new(agents: Vec<AgentDef>, groups: Vec<Vec<String>>, idle: TaskIdle) -> Self {
         let mut by_topic: HashMap<String, Vec<usize>> = HashMap::new();
         for (i, a) in agents.iter().enumerate() {
             by_topic.entry(a.topic.clone()).or_default().push(i);
@@ -56,24 +145,70 @@ impl Dispatcher {
             .map(|a| a.options.concurrency)
             .max()
             .unwrap_or(1);
+        let ordered = groups
+            .iter()
+            .enumerate()
+            .flat_map(|(g, topics)| {
+                topics
+                    .iter()
+                    .enumerate()
+                    .map(move |(i, t)| (t.clone(), (g, i)))
+            })
+            .collect();
         Self {
             agents,
             by_topic,
             concurrency,
             gathered: RefCell::new(HashMap::new()),
+            groups,
+            ordered,
+            merges: RefCell::new(BTreeMap::new()),
+            idle,
         }
     }
 
-    /// Drops everything gathered (a rollback or a rewind: it is read again).
+    /// Drops everything gathered and held (a rollback or a rewind: it is
+    /// read again).
     pub(crate) fn clear(&self) {
         self.gathered.borrow_mut().clear();
+        self.merges.borrow_mut().clear();
     }
 
-    /// Drops what was gathered of partitions this worker no longer has.
+    /// Drops what was gathered and held of partitions this worker no
+    /// longer has.
     pub(crate) fn forget(&self, gone: &[TopicPartition]) {
         self.gathered
             .borrow_mut()
             .retain(|(_, tp), _| !gone.contains(tp));
+        self.merges
+            .borrow_mut()
+            .retain(|_, m| !m.inputs.iter().any(|h| gone.contains(&h.tp)));
+    }
+
+    /// Whether some task holds joined records it can process now (the
+    /// input it waited for was fetched, or turned out caught up).
+    pub(crate) fn ordered_ready(
+        &self,
+        lag: &dyn Fn(&TopicPartition) -> Option<i64>,
+        now: Instant,
+    ) -> bool {
+        self.merges
+            .borrow_mut()
+            .values_mut()
+            .filter(|m| m.holds())
+            .any(|m| matches!(m.choose(lag, self.idle, now), Choice::Run { .. }))
+    }
+
+    /// Joined inputs of which a task holds more than [`MAX_HELD`]
+    /// records: to pause until the other inputs catch up.
+    pub(crate) fn over_full(&self) -> BTreeSet<TopicPartition> {
+        self.merges
+            .borrow()
+            .values()
+            .flat_map(|m| m.inputs.iter())
+            .filter(|h| h.records.len() > MAX_HELD)
+            .map(|h| h.tp.clone())
+            .collect()
     }
 
     /// Feeds one poll's batches to the agents: partitions in parallel (up to
@@ -84,13 +219,37 @@ impl Dispatcher {
         fetched: Vec<Fetched>,
         sink: &S,
         now: Instant,
+        lag: &dyn Fn(&TopicPartition) -> Option<i64>,
     ) -> Result<Vec<Progress>> {
         let mut by_partition: BTreeMap<i32, Vec<Rc<Fetched>>> = BTreeMap::new();
+        let mut held = Vec::new();
         for f in fetched {
-            by_partition
-                .entry(f.partition())
-                .or_default()
-                .push(Rc::new(f));
+            let p = f.partition();
+            let f = Rc::new(f);
+            match self.ordered.get(f.topic()) {
+                Some(&(g, i)) => {
+                    held.push(Progress {
+                        tp: f.topic_partition().clone(),
+                        at: f.next_offset(),
+                        records: f.next_offset().saturating_sub(f.start_offset()) as u64,
+                    });
+                    let mut merges = self.merges.borrow_mut();
+                    let m = merges
+                        .entry((g, p))
+                        .or_insert_with(|| Merge::new(&self.groups[g], p));
+                    let h = &mut m.inputs[i];
+                    h.records.extend(index_records(&f));
+                    h.next = Some(f.next_offset());
+                    h.fetched.push_back(f);
+                    by_partition.entry(p).or_default();
+                }
+                None => by_partition.entry(p).or_default().push(f),
+            }
+        }
+        for (&(_, p), m) in self.merges.borrow().iter() {
+            if m.holds() {
+                by_partition.entry(p).or_default();
+            }
         }
         let jobs = by_partition.into_iter().map(|(p, fs)| async move {
             let task = tasks
@@ -106,32 +265,116 @@ impl Dispatcher {
                     records: f.next_offset().saturating_sub(f.start_offset()) as u64,
                 });
             }
+            for g in 0..self.groups.len() {
+                done.extend(self.drain(g, p, &task, sink, lag, now).await?);
+            }
             Ok::<_, Error>(done)
         });
         let results: Vec<Result<_>> = futures::stream::iter(jobs)
             .buffer_unordered(self.concurrency)
             .collect()
             .await;
-        let mut progress = Vec::new();
+        let mut progress = held;
         for r in results {
-            for mut p in r? {
-                p.at = self.position(&p.tp, p.at);
-                progress.push(p);
-            }
+            progress.extend(r?);
+        }
+        for p in &mut progress {
+            p.at = self.position(&p.tp, p.at);
         }
         Ok(progress)
     }
 
+    /// Processes what task `p` holds of group `g`'s inputs, in timestamp
+    /// order, until it must wait for an input or holds nothing. Returns
+    /// how far each input it read got.
+    async fn drain<S: Sink>(
+        &self,
+        g: usize,
+        p: i32,
+        task: &Rc<TaskCtx>,
+        sink: &S,
+        lag: &dyn Fn(&TopicPartition) -> Option<i64>,
+        now: Instant,
+    ) -> Result<Vec<Progress>> {
+        // Out of the map while agents run: other partitions' jobs use it
+        // meanwhile.
+        let Some(mut m) = self.merges.borrow_mut().remove(&(g, p)) else {
+            return Ok(Vec::new());
+        };
+        let result = self.drain_merge(g, &mut m, task, sink, lag, now).await;
+        self.merges.borrow_mut().insert((g, p), m);
+        result
+    }
+
+    async fn drain_merge<S: Sink>(
+        &self,
+        g: usize,
+        m: &mut Merge,
+        task: &Rc<TaskCtx>,
+        sink: &S,
+        lag: &dyn Fn(&TopicPartition) -> Option<i64>,
+        now: Instant,
+    ) -> Result<Vec<Progress>> {
+        let mut ran = vec![false; m.inputs.len()];
+        while let Choice::Run { input, bound } = m.choose(lag, self.idle, now) {
+            let h = &mut m.inputs[input];
+            let n = order::run_len(h.records.iter().map(|r| r.1), input, bound);
+            let from = h.records.front().map_or(0, |r| r.0);
+            let until = h
+                .records
+                .get(n)
+                .map_or_else(|| h.next.unwrap_or(i64::MAX), |r| r.0);
+            let fs: Vec<Rc<Fetched>> = h
+                .fetched
+                .iter()
+                .filter(|f| f.next_offset() > from && f.start_offset() < until)
+                .cloned()
+                .collect();
+            if let Some(agents) = self.by_topic.get(&self.groups[g][input]) {
+                for &i in agents {
+                    self.call_agent(i, fs.clone(), from, until, task).await?;
+                }
+            }
+            send_staged(task, sink).await?;
+            let h = &mut m.inputs[input];
+            h.records.drain(..n);
+            while h.fetched.front().is_some_and(|f| f.next_offset() <= until) {
+                h.fetched.pop_front();
+            }
+            ran[input] = true;
+        }
+        Ok(m.inputs
+            .iter()
+            .zip(ran)
+            .filter(|(_, ran)| *ran)
+            .filter_map(|(h, _)| {
+                h.next.map(|at| Progress {
+                    tp: h.tp.clone(),
+                    at,
+                    records: 0,
+                })
+            })
+            .collect())
+    }
+
     /// Where a partition's input is processed up to: `next`, or the first
-    /// record an agent still gathers for a `take`.
+    /// record an agent still gathers for a `take`, or the first a join
+    /// holds.
     fn position(&self, tp: &TopicPartition, next: i64) -> i64 {
-        self.gathered
+        let gathered = self
+            .gathered
             .borrow()
             .iter()
             .filter(|((_, t), g)| t == tp && !g.fetched.is_empty())
             .filter_map(|(_, g)| g.fetched.first().map(|f| f.start_offset()))
-            .min()
-            .unwrap_or(next)
+            .min();
+        let held = self.ordered.get(&*tp.topic).and_then(|&(g, i)| {
+            self.merges
+                .borrow()
+                .get(&(g, tp.partition))
+                .and_then(|m| m.inputs[i].records.front().map(|r| r.0))
+        });
+        gathered.into_iter().chain(held).min().unwrap_or(next)
     }
 
     /// Hands one fetch to each agent of its topic (or to its gathering, for
@@ -172,7 +415,8 @@ impl Dispatcher {
                 }
             };
             if let Some(fs) = ready {
-                self.call_agent(i, fs, task).await?;
+                let from = fs.first().map_or(0, |f| f.start_offset());
+                self.call_agent(i, fs, from, i64::MAX, task).await?;
             }
         }
         send_staged(task, sink).await
@@ -221,7 +465,8 @@ impl Dispatcher {
             let Some(task) = tasks.get(&tp.partition).cloned() else {
                 continue;
             };
-            self.call_agent(i, fs, &task).await?;
+            let from = fs.first().map_or(0, |f| f.start_offset());
+            self.call_agent(i, fs, from, i64::MAX, &task).await?;
             send_staged(&task, sink).await?;
             let at = self.position(&tp, next);
             // Counted when fetched.
@@ -230,26 +475,39 @@ impl Dispatcher {
         Ok(progress)
     }
 
-    /// Calls agent `i` with the records of `fs`, applying its error policy:
-    /// after a failed record it is called again with the rest.
-    async fn call_agent(&self, i: usize, fs: Vec<Rc<Fetched>>, task: &Rc<TaskCtx>) -> Result<()> {
+    /// Calls agent `i` with the records of `fs` in `[from, until)`,
+    /// applying its error policy: after a failed record it is called again
+    /// with the rest.
+    async fn call_agent(
+        &self,
+        i: usize,
+        fs: Vec<Rc<Fetched>>,
+        mut from: i64,
+        until: i64,
+        task: &Rc<TaskCtx>,
+    ) -> Result<()> {
         let agent = &self.agents[i];
         let Some(first) = fs.first() else {
             return Ok(());
         };
         let (topic, partition) = (first.topic().to_owned(), first.partition());
-        let mut from = first.start_offset();
         loop {
             let input = BatchInput {
                 fetched: fs.clone(),
                 from,
+                until,
                 task: task.clone(),
             };
             let Err(e) = agent.run.call(input).await else {
                 return Ok(());
             };
             let at = match e.location() {
-                Some(at) if at.topic == topic && at.partition == partition && at.offset >= from => {
+                Some(at)
+                    if at.topic == topic
+                        && at.partition == partition
+                        && at.offset >= from
+                        && at.offset < until =>
+                {
                     at.clone()
                 }
                 _ => return Err(e),

@@ -24,6 +24,7 @@
 pub(crate) mod commit;
 pub(crate) mod dispatch;
 pub(crate) mod global;
+pub(crate) mod order;
 pub(crate) mod rebalance;
 pub(crate) mod restore;
 pub(crate) mod setup;
@@ -69,6 +70,8 @@ struct Worker<'t> {
     commit_before_restoring: bool,
     processed: u64,
     lag: BTreeMap<TopicPartition, i64>,
+    /// Joined inputs paused because a task holds too much of them.
+    held_paused: std::collections::BTreeSet<TopicPartition>,
 }
 
 /// Runs a worker until `shutdown` resolves (or an error stops it), then
@@ -128,7 +131,12 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
         global,
         globals,
         restorer: Restorer::new(&topology.tables, cfg, client, partitions)?,
-        dispatcher: Dispatcher::new(topology.agents.clone()),
+        dispatcher: Dispatcher::new(
+            topology.agents.clone(),
+            topology.ordered.clone(),
+            order::TaskIdle::from_ms(cfg.max_task_idle_ms),
+        ),
+        held_paused: std::collections::BTreeSet::new(),
         shared,
         consumer,
         tasks: Tasks::new(),
@@ -172,7 +180,11 @@ impl Worker<'_> {
             if std::mem::take(&mut self.commit_before_restoring) {
                 self.commit().await?;
             }
-            if !fetched.is_empty() {
+            let consumer = &self.consumer;
+            let held_ready = self
+                .dispatcher
+                .ordered_ready(&|tp| consumer.lag(tp), Instant::now());
+            if !fetched.is_empty() || held_ready {
                 self.process(fetched).await?;
             }
             self.flush_gathered(false).await?;
@@ -413,9 +425,6 @@ impl Worker<'_> {
         for (tp, from) in early {
             self.consumer.seek(&tp, Offset::At(from))?;
         }
-        if fetched.is_empty() {
-            return Ok(());
-        }
         self.begin().await?;
         set_wall_clock(&self.tasks, wall_clock_ms());
         for f in &fetched {
@@ -424,12 +433,31 @@ impl Worker<'_> {
                 f.high_watermark() - f.next_offset(),
             );
         }
+        let consumer = &self.consumer;
         let progress = self
             .dispatcher
-            .process(&self.tasks, fetched, &*self.shared, Instant::now())
+            .process(&self.tasks, fetched, &*self.shared, Instant::now(), &|tp| {
+                consumer.lag(tp)
+            })
             .await?;
         self.progressed(progress);
+        self.pause_held();
         Ok(())
+    }
+
+    /// Pauses the joined inputs a task holds too much of (it waits for the
+    /// others), and resumes those it has worked through.
+    fn pause_held(&mut self) {
+        let full = self.dispatcher.over_full();
+        for tp in full.difference(&self.held_paused) {
+            self.consumer.pause(tp);
+        }
+        for tp in self.held_paused.difference(&full) {
+            if !self.restorer.is_restoring(tp.partition) {
+                self.consumer.resume(tp);
+            }
+        }
+        self.held_paused = full;
     }
 
     /// Calls the `take` agents whose gathering is due (all with `all`).

@@ -288,6 +288,9 @@ struct PartState {
     retry_at: Option<Instant>,
     /// The high watermark the last fetch reported (-1 before the first).
     high_watermark: i64,
+    /// Where reading ends as the last fetch reported: the high watermark,
+    /// or the last stable offset under read_committed (-1 before the first).
+    end: i64,
 }
 
 /// Whether to hold back a fetch to a broker: it would list only partitions
@@ -420,6 +423,7 @@ impl Consumer {
                     max_bytes: self.cfg.max_partition_fetch_bytes,
                     retry_at: None,
                     high_watermark: -1,
+                    end: -1,
                 },
             );
         }
@@ -485,6 +489,19 @@ impl Consumer {
             .get(tp)
             .filter(|s| s.reset.is_none())
             .map(|s| s.position)
+    }
+
+    /// How many records a partition has past its position, as the last
+    /// fetch response told (its high watermark, or its last stable offset
+    /// under read_committed, minus the position): `Some(0)` once everything
+    /// readable was handed out; `None` before the first response or while
+    /// the position is being looked up. Kafka Streams waits for a joined
+    /// partition only while this is unknown or positive (KIP-695).
+    pub fn lag(&self, tp: &TopicPartition) -> Option<i64> {
+        self.parts
+            .get(tp)
+            .filter(|s| s.reset.is_none() && s.end >= 0)
+            .map(|s| (s.end - s.position).max(0))
     }
 
     /// Returns fetched data: at least one partition's worth, or an empty list
@@ -856,6 +873,11 @@ impl Consumer {
                     continue;
                 }
                 st.high_watermark = p.high_watermark;
+                st.end = if self.cfg.read_committed && p.last_stable_offset >= 0 {
+                    p.last_stable_offset
+                } else {
+                    p.high_watermark
+                };
                 tracing::trace!(
                     topic,
                     partition = p.partition_index,
@@ -982,6 +1004,7 @@ mod tests {
             max_bytes: 1 << 20,
             retry_at: None,
             high_watermark,
+            end: high_watermark,
         }
     }
 

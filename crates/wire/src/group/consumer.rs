@@ -642,6 +642,12 @@ impl<L: RebalanceListener> GroupConsumer<L> {
         self.consumer.position(tp)
     }
 
+    /// How many records an owned partition has past its position, as the
+    /// last fetch response told (see [`Consumer::lag`](crate::consumer::Consumer::lag)).
+    pub fn lag(&self, tp: &TopicPartition) -> Option<i64> {
+        self.consumer.lag(tp)
+    }
+
     /// Moves an owned partition's position: the next poll returns records
     /// from there (after an aborted transaction, back to what was
     /// committed). Records handed out before no longer count as processed.

@@ -1,0 +1,246 @@
+use super::*;
+use crate::prelude::*;
+use crate::testing::{TestDriver, TestRecord};
+
+#[test]
+fn a_stream_record_joins_when_the_table_has_its_key_or_the_join_is_left() {
+    assert_eq!(stream_table(JoinKind::Inner, true, 7), Outcome::Join(7));
+    assert_eq!(stream_table(JoinKind::Inner, false, 7), Outcome::Nothing);
+    assert_eq!(stream_table(JoinKind::Left, false, 7), Outcome::Join(7));
+    assert_eq!(stream_table(JoinKind::Left, true, 7), Outcome::Join(7));
+}
+
+#[test]
+fn table_changes_follow_kafka_streams_join_processors() {
+    use JoinKind::{Inner, Left, Outer};
+    use Outcome::{Delete, Join, Nothing};
+    use Side::{Left as L, Right as R};
+    // (kind, side, new, old, other's timestamp, expected); the change is at 5.
+    let cases = [
+        // Inner: nothing unless the other side has the key; then the
+        // larger timestamp, and a tombstone for a delete.
+        (Inner, L, true, false, None, Nothing),
+        (Inner, R, false, true, None, Nothing),
+        (Inner, L, true, true, Some(9), Join(9)),
+        (Inner, R, true, false, Some(2), Join(5)),
+        (Inner, L, false, true, Some(2), Delete(5)),
+        // Left join, a left change: the row follows the left side.
+        (Left, L, true, false, None, Join(5)),
+        (Left, L, false, true, None, Delete(5)),
+        (Left, L, false, false, None, Nothing),
+        (Left, L, true, true, Some(8), Join(8)),
+        (Left, L, false, true, Some(8), Delete(8)),
+        // Left join, a right change: only where the left has the key, and
+        // a right delete keeps the row (with no right value).
+        (Left, R, true, false, None, Nothing),
+        (Left, R, true, false, Some(3), Join(5)),
+        (Left, R, false, true, Some(3), Join(5)),
+        // Outer: a row while either side has the key.
+        (Outer, R, true, false, None, Join(5)),
+        (Outer, L, false, true, None, Delete(5)),
+        (Outer, L, false, false, None, Nothing),
+        (Outer, R, false, true, Some(6), Join(6)),
+        (Outer, L, true, true, Some(6), Join(6)),
+    ];
+    for (kind, side, new, old, other, expected) in cases {
+        assert_eq!(
+            table_table(kind, side, new, old, other, 5),
+            expected,
+            "{kind:?} {side:?} new={new} old={old} other={other:?}"
+        );
+    }
+}
+
+#[test]
+fn stored_values_carry_their_timestamp() {
+    let raw = stored(-3, b"abc");
+    assert_eq!(unstored(&raw), (-3, &b"abc"[..]));
+}
+
+fn app() -> App {
+    App::new(
+        "j",
+        Properties::new()
+            .set("bootstrap.servers", "unused:9092")
+            .set("processing.guarantee", "exactly_once")
+            .set("topic.partitions", "2"),
+    )
+}
+
+fn utf8(app: &mut App, name: &str) -> Topic<String, String> {
+    app.topic_with(name, TopicSpec::new(Utf8, Utf8))
+}
+
+fn show(v: Option<&String>) -> String {
+    v.cloned().unwrap_or_else(|| "null".into())
+}
+
+/// (key, value or None for a tombstone, timestamp) of each result.
+fn results(d: &mut TestDriver, topic: &str) -> Vec<(String, Option<String>, i64)> {
+    d.read_records(topic)
+        .into_iter()
+        .map(|r| {
+            let k = String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned();
+            let v = r
+                .value
+                .as_deref()
+                .map(|v| String::from_utf8_lossy(v).into_owned());
+            (k, v, r.timestamp)
+        })
+        .collect()
+}
+
+fn row(k: &str, v: Option<&str>, ts: i64) -> (String, Option<String>, i64) {
+    (k.to_owned(), v.map(str::to_owned), ts)
+}
+
+fn stream_table_app(kind: JoinKind) -> (App, Topic<String, String>, Topic<String, String>) {
+    let mut app = app();
+    let clicks = utf8(&mut app, "clicks");
+    let users = utf8(&mut app, "users");
+    let out = utf8(&mut app, "out");
+    let table = app.table_from("users", &users).empty_values_delete();
+    app.stream_table_join(&clicks, &table, kind, &out, |c: &String, u| {
+        format!("{c}+{}", show(u))
+    });
+    (app, clicks, users)
+}
+
+#[tokio::test]
+async fn a_stream_record_meets_the_table_as_it_was_at_its_timestamp_whatever_order_they_were_written_in(
+) {
+    let (app, clicks, users) = stream_table_app(JoinKind::Left);
+    let mut d = TestDriver::new(&app).expect("driver");
+    let rec = |k: &str, v: &str, ts| TestRecord::new(k.to_owned(), v.to_owned()).timestamp(ts);
+    // Written stream first, but the table's records at 5 and 20 come
+    // between the clicks at 3, 10 and 30 by time.
+    d.queue_record(&clicks, rec("u1", "c3", 3)).expect("queue");
+    d.queue_record(&clicks, rec("u1", "c10", 10))
+        .expect("queue");
+    d.queue_record(&clicks, rec("u1", "c30", 30))
+        .expect("queue");
+    d.queue_record(&users, rec("u1", "ann", 5)).expect("queue");
+    d.queue_record(&users, rec("u1", "", 20)).expect("queue");
+    d.run_queued().await.expect("run");
+    assert_eq!(
+        results(&mut d, "out"),
+        vec![
+            row("u1", Some("c3+null"), 3),
+            row("u1", Some("c10+ann"), 10),
+            // Deleted at 20 (an empty value, with empty_values_delete).
+            row("u1", Some("c30+null"), 30),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_inner_stream_table_join_skips_unmatched_keyless_and_valueless_records() {
+    let (app, clicks, users) = stream_table_app(JoinKind::Inner);
+    let mut d = TestDriver::new(&app).expect("driver");
+    let rec = |k: &str, v: &str, ts| TestRecord::new(k.to_owned(), v.to_owned()).timestamp(ts);
+    d.queue_record(&users, rec("u1", "ann", 1)).expect("queue");
+    d.queue_record(&clicks, rec("u2", "x", 2)).expect("queue");
+    d.queue_bytes("clicks", None, Some(b"keyless"), 3)
+        .expect("queue");
+    d.queue_bytes("clicks", Some(b"u1"), None, 4)
+        .expect("queue");
+    d.queue_record(&clicks, rec("u1", "y", 5)).expect("queue");
+    d.run_queued().await.expect("run");
+    assert_eq!(results(&mut d, "out"), vec![row("u1", Some("y+ann"), 5)]);
+    // A table update alone makes nothing.
+    d.pipe_record(&users, rec("u1", "bob", 6))
+        .await
+        .expect("pipe");
+    assert!(results(&mut d, "out").is_empty());
+}
+
+fn table_table_app(kind: JoinKind) -> (App, Topic<String, String>, Topic<String, String>) {
+    let mut app = app();
+    let l = utf8(&mut app, "left");
+    let r = utf8(&mut app, "right");
+    let out = utf8(&mut app, "out");
+    let lt = app.table_from("left", &l).empty_values_delete();
+    let rt = app.table_from("right", &r).empty_values_delete();
+    app.table_table_join(
+        &lt,
+        &rt,
+        kind,
+        &out,
+        |a: Option<&String>, b: Option<&String>| format!("{}+{}", show(a), show(b)),
+    );
+    (app, l, r)
+}
+
+#[tokio::test]
+async fn table_table_joins_emit_on_both_sides_at_the_larger_timestamp_with_tombstones() {
+    let rec = |k: &str, v: &str, ts| TestRecord::new(k.to_owned(), v.to_owned()).timestamp(ts);
+    // left a@1, right x@2, left b@3, right delete@4, left delete@5.
+    let expected = [
+        (
+            JoinKind::Inner,
+            vec![
+                row("k", Some("a+x"), 2),
+                row("k", Some("b+x"), 3),
+                row("k", None, 4),
+            ],
+        ),
+        (
+            JoinKind::Left,
+            vec![
+                row("k", Some("a+null"), 1),
+                row("k", Some("a+x"), 2),
+                row("k", Some("b+x"), 3),
+                row("k", Some("b+null"), 4),
+                row("k", None, 5),
+            ],
+        ),
+        (
+            JoinKind::Outer,
+            vec![
+                row("k", Some("a+null"), 1),
+                row("k", Some("a+x"), 2),
+                row("k", Some("b+x"), 3),
+                row("k", Some("b+null"), 4),
+                row("k", None, 5),
+            ],
+        ),
+    ];
+    for (kind, want) in expected {
+        let (app, l, r) = table_table_app(kind);
+        let mut d = TestDriver::new(&app).expect("driver");
+        d.queue_record(&r, rec("k", "x", 2)).expect("queue");
+        d.queue_record(&r, rec("k", "", 4)).expect("queue");
+        d.queue_record(&l, rec("k", "a", 1)).expect("queue");
+        d.queue_record(&l, rec("k", "b", 3)).expect("queue");
+        d.queue_record(&l, rec("k", "", 5)).expect("queue");
+        d.run_queued().await.expect("run");
+        assert_eq!(results(&mut d, "out"), want, "{kind:?}");
+    }
+}
+
+#[tokio::test]
+async fn joined_tables_survive_a_restart_and_results_are_not_repeated() {
+    let rec = |k: &str, v: &str, ts| TestRecord::new(k.to_owned(), v.to_owned()).timestamp(ts);
+    let (app, l, r) = table_table_app(JoinKind::Inner);
+    let mut d = TestDriver::new(&app).expect("driver");
+    d.pipe_record(&l, rec("k", "a", 1)).await.expect("pipe");
+    d.restart().await;
+    d.pipe_record(&r, rec("k", "x", 2)).await.expect("pipe");
+    assert_eq!(results(&mut d, "out"), vec![row("k", Some("a+x"), 2)]);
+}
+
+#[test]
+fn a_stream_table_join_is_inner_or_left_and_keys_pass_through_one_codec() {
+    let mut a = app();
+    let s = utf8(&mut a, "s");
+    let t = utf8(&mut a, "t");
+    let out = a.topic_with::<String, String>("o", TopicSpec::new(Json, Utf8));
+    let table = a.table_from("t", &t);
+    a.stream_table_join(&s, &table, JoinKind::Outer, &out, |v: &String, _| v.clone());
+    let err = a
+        .topology()
+        .expect_err("outer and mixed codecs")
+        .to_string();
+    assert!(err.contains("not outer"), "{err}");
+    assert!(err.contains("one key codec"), "{err}");
+}
