@@ -622,6 +622,84 @@ impl App {
             }));
     }
 
+    /// Joins two streams within a time window (Kafka Streams'
+    /// `KStream#join(KStream, JoinWindows)`, `#leftJoin`, `#outerJoin`): a
+    /// left record at `t` matches each right record with the same key
+    /// from `t - before` to `t + after` (inclusive), and each match sends
+    /// `joiner(Some(left), Some(right))` to `out` at the larger timestamp.
+    /// Left and outer joins also send `joiner(value, None)` (or
+    /// `(None, value)`) for a record that matched nothing, once its window
+    /// has closed (stream time past its end plus the grace period), never
+    /// earlier (KIP-633). Waiting records live in a store with a changelog
+    /// (`<app-id>-<left>-<right>-join-changelog`) and expire after
+    /// `before + after + grace`. A record without a value is skipped, as
+    /// is one without a key unless its side is outer (then it gets its
+    /// unmatched result at once). Both topics are read in timestamp order,
+    /// and must be co-partitioned.
+    pub fn stream_stream_join<K, L, R, O>(
+        &mut self,
+        left: &Topic<K, L>,
+        right: &Topic<K, R>,
+        kind: crate::JoinKind,
+        window: crate::JoinWindow,
+        out: &Topic<K, O>,
+        joiner: impl Fn(Option<&L>, Option<&R>) -> O + 'static,
+    ) where
+        K: 'static,
+        L: 'static,
+        R: 'static,
+        O: 'static,
+    {
+        let what = format!("join of streams {} and {}", left.name(), right.name());
+        self.check_join_keys(
+            &what,
+            &[
+                left.inner.codecs.key.name(),
+                right.inner.codecs.key.name(),
+                out.inner.codecs.key.name(),
+            ],
+        );
+        let name = format!("{}-{}-join", left.name(), right.name());
+        let id = self.tables.len();
+        let changelog: Arc<str> = Arc::from(format!("{}-{name}-changelog", self.id));
+        let show: crate::table::ShowEntry = Rc::new(|k, v| format!("{k:?}\t{} bytes", v.len()));
+        let mut def = TableDef::plain(&name, changelog, show);
+        def.ordered = true;
+        self.tables.push(def);
+        self.ordered
+            .push(vec![left.name().to_owned(), right.name().to_owned()]);
+        let join = Rc::new(crate::join::StreamStreamJoin {
+            left: left.clone(),
+            right: right.clone(),
+            kind,
+            window,
+            out: out.clone(),
+            joiner: Box::new(joiner),
+            buffer: id,
+        });
+        for (topic, side) in [
+            (left.name(), crate::join::Side::Left),
+            (right.name(), crate::join::Side::Right),
+        ] {
+            self.agents.push(AgentDef {
+                name: format!(
+                    "{name}-{}",
+                    if side == crate::join::Side::Left {
+                        "left"
+                    } else {
+                        "right"
+                    }
+                ),
+                topic: topic.to_owned(),
+                options: AgentOptions::default(),
+                run: Rc::new(crate::join::StreamSide {
+                    join: join.clone(),
+                    side,
+                }),
+            });
+        }
+    }
+
     /// Registers an agent over `topic` with default options: `f` is called
     /// with each batch of one partition's records, in order.
     pub fn agent<K, V, F>(&mut self, name: &str, topic: &Topic<K, V>, f: F) -> Agent<K, V>

@@ -11,6 +11,9 @@
 //! - [`App::table_table_join`](crate::App::table_table_join): each change of
 //!   either table is joined with the other's current value
 //!   (`KTable#join(KTable)`, `#leftJoin`, `#outerJoin`).
+//! - [`App::stream_stream_join`](crate::App::stream_stream_join): records
+//!   of two streams close enough in time (`KStream#join(KStream,
+//!   JoinWindows)`, `#leftJoin`, `#outerJoin`); see `join/stream.rs`.
 //!
 //! The joined topics are read in timestamp order (see `runtime/order.rs`),
 //! so that a replay gives the joins the live run gave. What a join does
@@ -54,7 +57,7 @@ impl std::str::FromStr for JoinKind {
     }
 }
 
-/// Which side of a table–table join changed.
+/// Which side of a join a change or record is on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Side {
     Left,
@@ -473,6 +476,11 @@ impl<K, L, R, O> Listener for JoinSide<K, L, R, O> {
         Ok(())
     }
 }
+
+mod stream;
+
+pub use stream::JoinWindow;
+pub(crate) use stream::{BufferState, StreamSide, StreamStreamJoin};
 
 #[cfg(test)]
 mod tests;

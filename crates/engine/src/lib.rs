@@ -57,7 +57,7 @@ pub use config::{EngineConfig, Guarantee, StoreKind};
 pub use error::{Error, Location, Result};
 pub use faustus_wire as wire;
 pub use global::{GlobalTable, GlobalView};
-pub use join::{JoinKind, TopicTable, TopicTableView};
+pub use join::{JoinKind, JoinWindow, TopicTable, TopicTableView};
 pub use table::{Table, TableSpec, TableView};
 pub use topology::Topology;
 pub use windowed::{Emit, WindowedTable, WindowedView};
@@ -67,8 +67,8 @@ pub mod prelude {
     pub use crate::window::{Window, Windowed};
     pub use crate::{
         Agent, AgentOptions, App, Batch, Codec, Emit, ErrorPolicy, Event, GlobalTable, JoinKind,
-        Json, Raw, Table, TableSpec, TableView, Topic, TopicSpec, TopicTable, Utf8, WindowedTable,
-        WindowedText, WindowedView,
+        JoinWindow, Json, Raw, Table, TableSpec, TableView, Topic, TopicSpec, TopicTable, Utf8,
+        WindowedTable, WindowedText, WindowedView,
     };
     pub use faustus_wire::Properties;
 }

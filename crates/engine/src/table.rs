@@ -118,6 +118,9 @@ pub(crate) struct TableDef {
     pub(crate) frozen_window: Option<WindowSpec>,
     /// Windowed tables: handles what falls due by the wall clock.
     pub(crate) tick: crate::windowed::Tick,
+    /// Whether its partitions keep their pending changes in key order
+    /// (range scans of a stream–stream join's buffers).
+    pub(crate) ordered: bool,
 }
 
 impl TableDef {
@@ -130,6 +133,7 @@ impl TableDef {
             window: WindowCell::default(),
             frozen_window: None,
             tick: std::rc::Rc::new(|_, _| Ok(())),
+            ordered: false,
         }
     }
 
@@ -186,6 +190,7 @@ impl<K: std::fmt::Debug + 'static, V: std::fmt::Debug + 'static> Table<K, V> {
             window,
             frozen_window: None,
             tick: crate::windowed::tick_fn(&table_handle),
+            ordered: false,
         };
         (table_handle, def)
     }
@@ -290,10 +295,14 @@ pub(crate) struct TablePart {
     /// changelog gets its latest value once per batch (Kafka Streams'
     /// record cache does the same per commit).
     pub(crate) batch: HashMap<Vec<u8>, Option<Vec<u8>>>,
-    /// Sliding and session windows (whose updates scan a key's windows):
-    /// the keys of `overlay` and `batch`, in order, so that a range of
-    /// changes is found without visiting every change since the commit.
+    /// Sliding and session windows (whose updates scan a key's windows),
+    /// and stream–stream join buffers: the keys of `overlay` and `batch`,
+    /// in order, so that a range of changes is found without visiting
+    /// every change since the commit.
     ordered: Option<std::collections::BTreeSet<Vec<u8>>>,
+    /// A stream–stream join's buffers: what is kept in memory beside the
+    /// store (loaded on first use, dropped on roll-back).
+    pub(crate) join: Option<crate::join::BufferState>,
 }
 
 impl std::fmt::Debug for TablePart {
@@ -325,7 +334,17 @@ impl TablePart {
             outputs: Vec::new(),
             batch: HashMap::new(),
             ordered: None,
+            join: None,
         }
+    }
+
+    /// Keeps pending changes in key order too, for range scans (`ordered`
+    /// true).
+    pub(crate) fn with_ordered(mut self, ordered: bool) -> Self {
+        if ordered && self.ordered.is_none() {
+            self.ordered = Some(std::collections::BTreeSet::new());
+        }
+        self
     }
 
     /// Makes the partition windowed by `spec` (`None`: a plain table);
@@ -399,12 +418,12 @@ impl TablePart {
     }
 
     pub(crate) fn put_raw(&mut self, key: Vec<u8>, value: Option<Vec<u8>>) {
-        if self.window.is_some() {
-            if let Some(keys) = &mut self.ordered {
-                if !keys.contains(&key) {
-                    keys.insert(key.clone());
-                }
+        if let Some(keys) = &mut self.ordered {
+            if !keys.contains(&key) {
+                keys.insert(key.clone());
             }
+        }
+        if self.window.is_some() {
             self.batch.insert(key, value);
             return;
         }
@@ -447,6 +466,7 @@ impl TablePart {
             keys.clear();
         }
         self.last_sent = None;
+        self.join = None;
         if let Some(w) = &mut self.window {
             // Reloaded from the store on next use.
             w.reset();

@@ -453,6 +453,7 @@ impl TestDriver {
                         Box::new(MemoryStore::default()),
                     )
                     .with_window(t.frozen_window, cfg.guarantee == Guarantee::ExactlyOnce)
+                    .with_ordered(t.ordered)
                 })
                 .collect();
             tasks.insert(

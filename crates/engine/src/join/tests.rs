@@ -244,3 +244,158 @@ fn a_stream_table_join_is_inner_or_left_and_keys_pass_through_one_codec() {
     assert!(err.contains("not outer"), "{err}");
     assert!(err.contains("one key codec"), "{err}");
 }
+
+fn stream_stream_app(
+    kind: JoinKind,
+    window: JoinWindow,
+) -> (App, Topic<String, String>, Topic<String, String>) {
+    let mut app = app();
+    let l = utf8(&mut app, "left");
+    let r = utf8(&mut app, "right");
+    let out = utf8(&mut app, "out");
+    app.stream_stream_join(
+        &l,
+        &r,
+        kind,
+        window,
+        &out,
+        |a: Option<&String>, b: Option<&String>| format!("{}+{}", show(a), show(b)),
+    );
+    (app, l, r)
+}
+
+fn ms(n: u64) -> std::time::Duration {
+    std::time::Duration::from_millis(n)
+}
+
+/// Pipes `(side, value, timestamp)` records, all with key `k`, one at a
+/// time.
+async fn pipe_sides(
+    d: &mut TestDriver,
+    l: &Topic<String, String>,
+    r: &Topic<String, String>,
+    records: &[(char, &str, i64)],
+) {
+    for &(side, v, ts) in records {
+        let t = if side == 'L' { l } else { r };
+        let rec = TestRecord::new("k".to_owned(), v.to_owned()).timestamp(ts);
+        d.pipe_record(t, rec).await.expect("pipe");
+    }
+}
+
+#[tokio::test]
+async fn stream_records_join_within_the_window_at_the_larger_timestamp() {
+    let (app, l, r) = stream_stream_app(JoinKind::Inner, JoinWindow::symmetric(ms(10)));
+    let mut d = TestDriver::new(&app).expect("driver");
+    pipe_sides(
+        &mut d,
+        &l,
+        &r,
+        &[
+            ('L', "a", 100),
+            ('R', "x", 110),
+            ('R', "y", 111),
+            ('L', "b", 95),
+        ],
+    )
+    .await;
+    assert_eq!(
+        results(&mut d, "out"),
+        vec![
+            row("k", Some("a+x"), 110),
+            // b at 95 is late (stream time 111) but x at 110 is 15 away;
+            // a joins x only.
+        ]
+    );
+    pipe_sides(&mut d, &l, &r, &[('L', "c", 105)]).await;
+    assert_eq!(
+        results(&mut d, "out"),
+        vec![row("k", Some("c+x"), 110), row("k", Some("c+y"), 111)]
+    );
+}
+
+#[tokio::test]
+async fn unmatched_records_of_outer_sides_come_out_once_their_window_closes_and_never_early() {
+    let w = JoinWindow::symmetric(ms(10));
+    // A left join: a waits; x at 200 closes a's window (110 < 200), and
+    // x itself is not outer.
+    let (app, l, r) = stream_stream_app(JoinKind::Left, w);
+    let mut d = TestDriver::new(&app).expect("driver");
+    pipe_sides(&mut d, &l, &r, &[('L', "a", 100)]).await;
+    assert!(
+        results(&mut d, "out").is_empty(),
+        "nothing before the window closes"
+    );
+    pipe_sides(
+        &mut d,
+        &l,
+        &r,
+        &[('R', "x", 200), ('L', "b", 300), ('R', "z", 305)],
+    )
+    .await;
+    assert_eq!(
+        results(&mut d, "out"),
+        vec![row("k", Some("a+null"), 100), row("k", Some("b+z"), 305)]
+    );
+    // An outer join: both sides' unmatched records.
+    let (app, l, r) = stream_stream_app(JoinKind::Outer, w);
+    let mut d = TestDriver::new(&app).expect("driver");
+    pipe_sides(
+        &mut d,
+        &l,
+        &r,
+        &[('L', "a", 100), ('R', "x", 150), ('L', "c", 300)],
+    )
+    .await;
+    assert_eq!(
+        results(&mut d, "out"),
+        vec![row("k", Some("a+null"), 100), row("k", Some("null+x"), 150)]
+    );
+}
+
+#[tokio::test]
+async fn a_late_record_within_the_grace_period_still_matches_and_cancels_the_unmatched_result() {
+    let w = JoinWindow::symmetric(ms(10)).grace(ms(50));
+    let (app, l, r) = stream_stream_app(JoinKind::Left, w);
+    let mut d = TestDriver::new(&app).expect("driver");
+    pipe_sides(&mut d, &l, &r, &[('L', "a", 100), ('R', "x", 150)]).await;
+    // Restarted while a waits: its buffers come back from the changelog.
+    d.restart().await;
+    pipe_sides(&mut d, &l, &r, &[('R', "y", 105), ('L', "z", 400)]).await;
+    assert_eq!(
+        results(&mut d, "out"),
+        vec![row("k", Some("a+y"), 105)],
+        "a matched late, so no a+null; z waits for its window"
+    );
+}
+
+#[tokio::test]
+async fn buffered_records_expire_after_before_plus_after_plus_grace() {
+    let (app, l, r) = stream_stream_app(JoinKind::Inner, JoinWindow::symmetric(ms(10)));
+    let mut d = TestDriver::new(&app).expect("driver");
+    // Stream time 120 keeps a (100 >= 120 - 20); 200 drops it.
+    pipe_sides(
+        &mut d,
+        &l,
+        &r,
+        &[('L', "a", 100), ('L', "b", 120), ('R', "x", 105)],
+    )
+    .await;
+    assert_eq!(results(&mut d, "out"), vec![row("k", Some("a+x"), 105)]);
+    pipe_sides(&mut d, &l, &r, &[('L', "c", 200), ('R', "y", 101)]).await;
+    assert!(results(&mut d, "out").is_empty(), "a expired before y came");
+}
+
+#[test]
+fn buffer_keys_sort_by_key_then_time_and_outer_keys_by_time() {
+    use super::stream::{buffer_key, outer_key, parse_buffer_key, parse_outer_key};
+    let a = buffer_key(Side::Left, b"k", -5, 3);
+    let b = buffer_key(Side::Left, b"k", 7, 1);
+    let c = buffer_key(Side::Left, b"kk", -100, 0);
+    assert!(a < b && b < c);
+    assert_eq!(parse_buffer_key(&a), Some((-5, 3)));
+    let o1 = outer_key(Side::Right, b"zz", -1, 9);
+    let o2 = outer_key(Side::Left, b"a", 4, 0);
+    assert!(o1 < o2);
+    assert_eq!(parse_outer_key(&o1), Some((-1, Side::Right, &b"zz"[..])));
+}

@@ -379,10 +379,12 @@ impl<'t> Restorer<'t> {
                 .map_or(Offset::Beginning, |o| Offset::At(o + 1));
             (start, end)
         });
-        let part = TablePart::new(def.name.clone(), def.changelog.clone(), p, store).with_window(
-            def.frozen_window,
-            self.cfg.guarantee == crate::config::Guarantee::ExactlyOnce,
-        );
+        let part = TablePart::new(def.name.clone(), def.changelog.clone(), p, store)
+            .with_window(
+                def.frozen_window,
+                self.cfg.guarantee == crate::config::Guarantee::ExactlyOnce,
+            )
+            .with_ordered(def.ordered);
         Ok((part, behind))
     }
 
