@@ -207,7 +207,7 @@ fn inputs(n: u64, tombstones: bool) -> Vec<Input> {
             x ^= x << 17;
             let left = x & 1 == 0;
             let key = format!("k{}", (x >> 8) % KEYS);
-            let value = (!tombstones || (x >> 32) % 8 != 0).then(|| format!("v{i}"));
+            let value = (!tombstones || !(x >> 32).is_multiple_of(8)).then(|| format!("v{i}"));
             Input {
                 left,
                 key,
