@@ -347,6 +347,119 @@ pub fn run_windowed(
     Ok(())
 }
 
+/// A title for each of the 1000 URLs into a new 6-partition topic, stamped
+/// before every click (`clicks` stamps from an hour ago).
+async fn titles(admin: &Admin, bootstrap: &str) -> Result<String, String> {
+    use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
+    let topic = fresh_topic(admin, "cmp-titles", 6).await?;
+    let props = faustus_wire::Properties::new().set("bootstrap.servers", bootstrap);
+    let cfg = ProducerConfig::from_properties(&props).map_err(|e| e.to_string())?;
+    let p = Producer::connect(cfg).await.map_err(|e| e.to_string())?;
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+        - 3_601_000;
+    let mut pending = Vec::new();
+    for i in 0..1000 {
+        let mut rec = ProducerRecord::new(&topic)
+            .key(format!("/page/{i}"))
+            .value(format!("title-{i}"));
+        rec.timestamp = Some(base);
+        pending.push(p.send(rec).await.map_err(|e| e.to_string())?);
+    }
+    for d in pending {
+        d.await.map_err(|e| e.to_string())?;
+    }
+    p.close().await.map_err(|e| e.to_string())?;
+    Ok(topic)
+}
+
+/// The stream–table join contenders: each click joined with its URL's
+/// title (a left join), results to an output topic.
+#[derive(Debug, Clone, Copy)]
+enum JoinEngine {
+    /// `examples/joins` with `JOIN_KIND=stream-table:left`.
+    Faustus,
+    /// `stream.leftJoin(builder.table(titles), joiner)`.
+    KafkaStreams,
+}
+
+impl JoinEngine {
+    fn name(self) -> &'static str {
+        match self {
+            JoinEngine::Faustus => "faustus",
+            JoinEngine::KafkaStreams => "kafka-streams",
+        }
+    }
+
+    fn command(self, args: &RunArgs, app: &str, clicks: &str, titles: &str, mode: &str) -> Command {
+        let state = args.out.join("state").join(app);
+        let output = format!("{app}-out");
+        let mut cmd = match self {
+            JoinEngine::Faustus => {
+                let mut c = Command::new(args.root.join("target/release/examples/joins"));
+                c.env("JOIN_APP", app)
+                    .env("JOIN_KIND", "stream-table:left")
+                    .env("JOIN_LEFT", clicks)
+                    .env("JOIN_RIGHT", titles)
+                    .env("JOIN_OUTPUT", &output);
+                faustus_worker(&mut c, args, &state, mode);
+                c
+            }
+            JoinEngine::KafkaStreams => streams_app(&args.root, "StreamTableJoin"),
+        };
+        peer_env(&mut cmd, args, app, clicks, mode, &state);
+        cmd.env("CMP_TABLE", titles).env("CMP_OUTPUT", &output);
+        cmd
+    }
+}
+
+/// The stream–table join, both contenders, alternating them round by
+/// round. A run is done when the group has committed every click and
+/// every title.
+pub fn run_join(
+    args: &RunArgs,
+    rt: &tokio::runtime::Runtime,
+    admin: &Admin,
+    samples: &mut Vec<Sample>,
+    started: Instant,
+) -> Result<(), String> {
+    let n = args.engine_records;
+    let titles = rt.block_on(titles(admin, &args.bootstrap))?;
+    let clicks = rt.block_on(clicks(admin, &args.bootstrap, n, true))?;
+    let mut runs: Vec<(JoinEngine, &str)> = Vec::new();
+    for mode in ["at_least_once", "exactly_once"] {
+        for e in [JoinEngine::Faustus, JoinEngine::KafkaStreams] {
+            runs.push((e, mode));
+        }
+    }
+    for round in 0..args.rounds {
+        if round % 2 == 1 {
+            runs.reverse();
+        }
+        for &(engine, mode) in &runs {
+            let app = unique(&format!("cmp-j-{}", engine.name()));
+            let cmd = engine.command(args, &app, &clicks, &titles, mode);
+            let s = rt.block_on(count(
+                args,
+                admin,
+                "join",
+                engine.name(),
+                cmd,
+                &app,
+                n + 1000,
+                mode,
+            ))?;
+            samples.push(s);
+            report::progress(samples.last().expect("pushed"), started);
+            rt.block_on(delete_topic(admin, &format!("{app}-out")));
+        }
+    }
+    rt.block_on(delete_topic(admin, &clicks));
+    rt.block_on(delete_topic(admin, &titles));
+    Ok(())
+}
+
 /// One counting run: spawn, watch the group's commits, stop, measure.
 #[allow(clippy::too_many_arguments)]
 async fn count(

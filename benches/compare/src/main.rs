@@ -83,11 +83,11 @@ pub struct RunArgs {
     /// The Python of the faust-streaming virtualenv (skipped when absent).
     #[arg(long)]
     pub faust_python: Option<PathBuf>,
-    /// Only these parts: any of producer, consumer, engine, windowed.
+    /// Only these parts: any of producer, consumer, engine, windowed, join.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "producer,consumer,engine,windowed"
+        default_value = "producer,consumer,engine,windowed,join"
     )]
     pub parts: Vec<String>,
 }
@@ -251,6 +251,9 @@ fn run(args: &RunArgs) -> Result<(), String> {
     }
     if args.parts.iter().any(|p| p == "windowed") {
         engine::run_windowed(args, &rt, &admin, &mut samples, started)?;
+    }
+    if args.parts.iter().any(|p| p == "join") {
+        engine::run_join(args, &rt, &admin, &mut samples, started)?;
     }
     report::write(args, &samples, started.elapsed().as_secs_f64())
 }

@@ -161,6 +161,17 @@ fn windowed_tables(out: &mut String, samples: &[Sample]) {
     );
 }
 
+fn join_tables(out: &mut String, samples: &[Sample]) {
+    rate_tables(
+        out,
+        samples,
+        "join",
+        "join: each click left-joined with its URL's title (a table kept from a topic), results to a topic",
+        &["faustus", "kafka-streams"],
+        &[("faustus", "kafka-streams")],
+    );
+}
+
 /// Rates, CPU and memory of a part's contenders, then ratios of the pairs.
 fn rate_tables(
     out: &mut String,
@@ -343,6 +354,9 @@ pub fn write(args: &RunArgs, samples: &[Sample], secs: f64) -> Result<(), String
     }
     if samples.iter().any(|s| s.part == "windowed") {
         windowed_tables(&mut md, samples);
+    }
+    if samples.iter().any(|s| s.part == "join") {
+        join_tables(&mut md, samples);
     }
     std::fs::write(args.out.join("results.md"), &md).map_err(io)?;
     std::fs::write(args.out.join("throughput.svg"), plot(samples)).map_err(io)?;

@@ -449,7 +449,8 @@ impl Worker<'_> {
     /// others), and resumes those it has worked through.
     fn pause_held(&mut self) {
         let full = self.dispatcher.over_full();
-        for tp in full.difference(&self.held_paused) {
+        // Paused again each time: a task's restoration may have resumed it.
+        for tp in &full {
             self.consumer.pause(tp);
         }
         for tp in self.held_paused.difference(&full) {
