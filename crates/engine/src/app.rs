@@ -89,6 +89,9 @@ pub(crate) struct TopicDef {
     pub(crate) create: bool,
     pub(crate) configs: Vec<(String, String)>,
     pub(crate) codecs: String,
+    /// An internal topic created with as many partitions as this topic
+    /// has (a foreign-key join's subscription and answer topics).
+    pub(crate) partitions_like: Option<String>,
 }
 
 pub(crate) struct TopicInner<K, V> {
@@ -374,6 +377,7 @@ impl App {
                 create: spec.create,
                 configs: spec.configs,
                 codecs,
+                partitions_like: None,
             }),
         }
         Topic {
@@ -698,6 +702,126 @@ impl App {
                 }),
             });
         }
+    }
+
+    /// Joins two tables kept from topics on a foreign key (Kafka Streams'
+    /// `KTable#join(KTable, foreignKeyExtractor, joiner)` and `#leftJoin`,
+    /// KIP-213): `foreign_key(left value)` names the right row the left row
+    /// joins (`None`: none), and each result is `joiner(left, right)` under
+    /// the left key. A change on either side updates the results it
+    /// touches; a left row whose foreign key changes has its old result
+    /// replaced (inner: a tombstone while the new key has no right row); a
+    /// deleted left row's result becomes a tombstone; an inner join with a
+    /// deleted right row sends tombstones for the rows naming it (left:
+    /// `joiner(left, None)`). The join goes through two internal topics
+    /// the app creates, `<app-id>-<name>-subscription` (by foreign key) and
+    /// `<app-id>-<name>-response` (by left key), and answers to out-of-date
+    /// subscriptions are discarded by the hash of the left value they were
+    /// asked for, as in Kafka Streams. `kind` is inner or left. The left
+    /// and right topics need the same partition count (each partition
+    /// number is one task), not the same keys.
+    #[allow(clippy::too_many_arguments)]
+    pub fn foreign_key_join<K, V, KO, VO, O>(
+        &mut self,
+        name: &str,
+        left: &crate::TopicTable<K, V>,
+        right: &crate::TopicTable<KO, VO>,
+        foreign_key: impl Fn(&V) -> Option<KO> + 'static,
+        kind: crate::JoinKind,
+        out: &Topic<K, O>,
+        joiner: impl Fn(&V, Option<&VO>) -> O + 'static,
+    ) where
+        K: 'static,
+        V: 'static,
+        KO: 'static,
+        VO: 'static,
+        O: 'static,
+    {
+        let what = format!("foreign-key join {name}");
+        if kind == crate::JoinKind::Outer {
+            self.problems.push(format!(
+                "{what}: a foreign-key join is inner or left, not outer"
+            ));
+        }
+        self.check_join_keys(
+            &what,
+            &[
+                left.topic.inner.codecs.key.name(),
+                out.inner.codecs.key.name(),
+            ],
+        );
+        let internal = |suffix: &str, like: &str| TopicDef {
+            name: format!("{}-{name}-{suffix}", self.id),
+            partitions: None,
+            replication: None,
+            create: true,
+            configs: Vec::new(),
+            codecs: "raw/raw".into(),
+            partitions_like: Some(like.to_owned()),
+        };
+        let subscriptions = internal("subscription", right.topic.name());
+        let answers = internal("response", left.topic.name());
+        let (sub_topic, ans_topic) = (subscriptions.name.clone(), answers.name.clone());
+        self.topics.push(subscriptions);
+        self.topics.push(answers);
+        let store = self.tables.len();
+        let store_name = format!("{name}-subscriptions");
+        let changelog: Arc<str> = Arc::from(format!("{}-{store_name}-changelog", self.id));
+        let show: crate::table::ShowEntry = Rc::new(|k, v| format!("{k:?}\t{v:?}"));
+        let mut def = TableDef::plain(&store_name, changelog, show);
+        def.ordered = true;
+        self.tables.push(def);
+        let fk_codec = right.topic.clone();
+        let extract: crate::join::foreign::Extract<V> = Box::new(move |v| {
+            foreign_key(v)
+                .map(|ko| {
+                    let mut buf = Vec::new();
+                    encode_into(
+                        &*fk_codec.inner.codecs.key,
+                        &ko,
+                        &mut buf,
+                        fk_codec.name(),
+                        "key",
+                    )?;
+                    Ok(buf)
+                })
+                .transpose()
+        });
+        let join = Rc::new(crate::join::foreign::ForeignKeyJoin {
+            left: left.clone(),
+            right: right.clone(),
+            left_join: kind == crate::JoinKind::Left,
+            extract,
+            subscriptions_topic: sub_topic.clone(),
+            answers_topic: ans_topic.clone(),
+            store,
+            out: out.clone(),
+            joiner: Box::new(joiner),
+        });
+        let part = |p| {
+            Rc::new(crate::join::foreign::ForeignPart {
+                join: join.clone(),
+                part: p,
+            })
+        };
+        use crate::join::foreign::Part;
+        left.feeder.listeners.borrow_mut().push(part(Part::Left));
+        right.feeder.listeners.borrow_mut().push(part(Part::Right));
+        for (topic, p, suffix) in [
+            (&sub_topic, Part::Subscriptions, "subscribe"),
+            (&ans_topic, Part::Answers, "join"),
+        ] {
+            self.agents.push(AgentDef {
+                name: format!("{name}-{suffix}"),
+                topic: topic.clone(),
+                options: AgentOptions::default(),
+                run: part(p),
+            });
+        }
+        self.ordered
+            .push(vec![sub_topic, right.topic.name().to_owned()]);
+        self.ordered
+            .push(vec![left.topic.name().to_owned(), ans_topic]);
     }
 
     /// Registers an agent over `topic` with default options: `f` is called

@@ -477,6 +477,7 @@ impl<K, L, R, O> Listener for JoinSide<K, L, R, O> {
     }
 }
 
+pub(crate) mod foreign;
 mod stream;
 
 pub use stream::JoinWindow;

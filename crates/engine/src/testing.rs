@@ -392,6 +392,11 @@ impl TestDriver {
             .iter()
             .map(|t| (t.name.clone(), t.partitions.unwrap_or(cfg.topic_partitions)))
             .collect();
+        for t in &topology.topics {
+            if let Some(n) = t.partitions_like.as_ref().and_then(|l| declared.get(l)) {
+                declared.insert(t.name.clone(), *n);
+            }
+        }
         let counts: BTreeMap<String, i32> = topology
             .source_topics()
             .into_iter()

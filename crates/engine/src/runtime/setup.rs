@@ -79,11 +79,13 @@ pub(crate) async fn create_topics(topology: &Topology, admin: &Admin) -> Result<
     let rf = cfg.replication_factor;
     for t in &topology.topics {
         if t.create {
-            let mut nt = NewTopic::new(
-                &t.name,
-                t.partitions.unwrap_or(cfg.topic_partitions),
-                t.replication.unwrap_or(rf),
-            );
+            let partitions = match &t.partitions_like {
+                // Internal topics of a foreign-key join: as many partitions
+                // as their twin (declared, so created or checked before).
+                Some(like) => admin.wait_for_topic(like).await?.partitions.len() as i32,
+                None => t.partitions.unwrap_or(cfg.topic_partitions),
+            };
+            let mut nt = NewTopic::new(&t.name, partitions, t.replication.unwrap_or(rf));
             for (k, v) in &t.configs {
                 nt = nt.config(k, v);
             }
