@@ -10,8 +10,9 @@
 //! - `JOIN_APP`: the app id (default `joins`);
 //! - `JOIN_KIND`: `stream-table:inner`, `stream-table:left`,
 //!   `table-table:inner`, `table-table:left`, `table-table:outer`,
-//!   `stream-stream:inner`, `stream-stream:left` or `stream-stream:outer`
-//!   (default `stream-table:left`);
+//!   `stream-stream:inner`, `stream-stream:left`, `stream-stream:outer`,
+//!   `foreign-key:inner` or `foreign-key:left` (default
+//!   `stream-table:left`);
 //! - `JOIN_LEFT`, `JOIN_RIGHT`: the joined topics (default `left`,
 //!   `right`), co-partitioned, with UTF-8 keys and values; on a table side
 //!   a null or empty value deletes the key;
@@ -19,6 +20,8 @@
 //!   same key and the value `LEFT+RIGHT` (`null` for a missing side), or a
 //!   tombstone where a table–table join no longer holds, at the timestamp
 //!   Kafka Streams would give it;
+//! - for `foreign-key`, the left table's value names the right key: the
+//!   part before its first `:` (a value without `:` names none);
 //! - `JOIN_WINDOW_MS` (stream–stream: records match when their
 //!   timestamps differ by at most this, either way; default 1000) and
 //!   `JOIN_GRACE_MS` (how late a record may come; default 0).
@@ -83,6 +86,19 @@ fn declare(app: &mut App) -> Result<(), String> {
                 JoinWindow::symmetric(window).grace(grace),
                 &out,
                 |l: Option<&String>, r: Option<&String>| format!("{}+{}", show(l), show(r)),
+            );
+        }
+        "foreign-key" => {
+            let lt = app.table_from("left", &left).empty_values_delete();
+            let rt = app.table_from("right", &right).empty_values_delete();
+            app.foreign_key_join(
+                "fk",
+                &lt,
+                &rt,
+                |v: &String| v.split_once(':').map(|(fk, _)| fk.to_owned()),
+                how,
+                &out,
+                |l: &String, r| format!("{l}+{}", show(r)),
             );
         }
         other => return Err(format!("JOIN_KIND={kind}: unknown shape {other}")),

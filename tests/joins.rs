@@ -446,3 +446,99 @@ async fn joined_topics_that_are_not_co_partitioned_are_refused_at_start() {
         tail(&log)
     );
 }
+
+/// Left rows naming a right key (`P<n>:…`, or no `:` for none) and right
+/// rows keyed `P<n>`, with deletes, in one timestamp order.
+fn foreign_key_inputs(n: u64) -> Vec<Input> {
+    let base = millis_ago(Duration::from_secs(3600));
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    (0..n)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let left = x & 3 != 0;
+            let (key, value) = if left {
+                let value = match (x >> 8) % 16 {
+                    0 | 1 => None,
+                    2 => Some(format!("nofk{i}")),
+                    _ => Some(format!("P{}:{i}", (x >> 16) % 10)),
+                };
+                (format!("o{}", (x >> 24) % KEYS), value)
+            } else {
+                let value = (!(x >> 8).is_multiple_of(8)).then(|| format!("name{i}"));
+                (format!("P{}", (x >> 16) % 10), value)
+            };
+            Input {
+                left,
+                key,
+                value,
+                ts: base + 10 * i as i64,
+            }
+        })
+        .collect()
+}
+
+/// What a foreign-key join holds at the end: each left key's last result
+/// (`None`: a tombstone, or never a result).
+fn settled_foreign_key(inputs: &[Input], left_join: bool) -> BTreeMap<String, Option<String>> {
+    let (mut left, mut right) = (BTreeMap::new(), BTreeMap::new());
+    for i in inputs {
+        let side = if i.left { &mut left } else { &mut right };
+        side.insert(i.key.clone(), i.value.clone());
+    }
+    left.iter()
+        .map(|(k, v)| {
+            let joined = v.as_ref().and_then(|v: &String| {
+                let r = v
+                    .split_once(':')
+                    .and_then(|(fk, _)| right.get(fk).cloned().flatten());
+                match (r, left_join) {
+                    (Some(r), _) => Some(format!("{v}+{r}")),
+                    (None, true) => Some(format!("{v}+null")),
+                    (None, false) => None,
+                }
+            });
+            (k.clone(), joined)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_key_joins_through_a_sigkill_settle_on_the_join_of_the_final_tables() {
+    for (kind, left_join) in [("foreign-key:inner", false), ("foreign-key:left", true)] {
+        let run = Run::new("jfk", kind, PARTITIONS).await;
+        let inputs = foreign_key_inputs(3_000);
+        run.send(&inputs).await;
+        let expected = settled_foreign_key(&inputs, left_join);
+        let worker = run.worker("a");
+        run.output_until("first results", |n| n > 0).await;
+        let mut worker = worker;
+        let _ = worker.kill();
+        let _ = worker.wait();
+        let worker = run.worker("a");
+        let deadline = Deadline::new(format!("{kind} to settle"), Duration::from_secs(120));
+        loop {
+            let out = read_records(&run.bootstrap, &run.output, true).await;
+            let mut last: BTreeMap<String, Option<String>> =
+                expected.keys().map(|k| (k.clone(), None)).collect();
+            for r in &out {
+                last.insert(r.key.clone(), (!r.tombstone).then(|| r.value.clone()));
+            }
+            if last == expected {
+                break;
+            }
+            if deadline.passed() {
+                let wrong: Vec<_> = expected
+                    .iter()
+                    .filter(|(k, v)| last.get(*k) != Some(v))
+                    .take(5)
+                    .map(|(k, v)| format!("{k}: expected {v:?}, last {:?}", last.get(k)))
+                    .collect();
+                panic!("{kind}: {}\n{}", wrong.join("\n"), tail(&run.log("a")));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        stop(worker);
+    }
+}
