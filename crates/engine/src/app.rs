@@ -513,6 +513,26 @@ impl App {
         }
     }
 
+    /// A table's changes as a topic (Kafka Streams' `KTable#toStream`): its
+    /// changelog, read with these codecs (the table's own): an agent over
+    /// it sees each change the table's agents made (a null value: a
+    /// delete), and `table_from` keeps it as a table to join. Changes are
+    /// read once they are committed (read_committed under exactly-once).
+    /// For tables that are not windowed.
+    pub fn table_changes<K, V>(
+        &mut self,
+        table: &Table<K, V>,
+        spec: TopicSpec<K, V>,
+    ) -> Topic<K, V> {
+        let name = table.changelog_topic().to_owned();
+        // Created with the tables' changelogs, not as a declared topic.
+        let topic = self.topic_with(&name, spec.external());
+        if let Some(t) = self.topics.iter_mut().find(|t| t.name == name) {
+            t.create = false;
+        }
+        topic
+    }
+
     /// Joins each record of `stream` with `table`'s value for its key when
     /// the record comes (Kafka Streams' `KStream#join(KTable)` with
     /// [`JoinKind::Inner`](crate::JoinKind::Inner), `#leftJoin` with

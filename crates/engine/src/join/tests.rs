@@ -656,3 +656,72 @@ async fn a_stale_answer_is_discarded_when_the_left_value_changed_meanwhile() {
         vec![row("o1", Some("P2:b+pear"), 3)]
     );
 }
+
+#[tokio::test]
+async fn a_tables_changes_feed_an_agent_and_a_join() {
+    let mut app = app();
+    let words = utf8(&mut app, "words");
+    let colours = utf8(&mut app, "colours");
+    let out = utf8(&mut app, "out");
+    let counts = app.table_with::<String, u64>("counts", crate::TableSpec::new(Utf8, Json, || 0));
+    let table = counts.clone();
+    app.agent(
+        "count",
+        &words,
+        async move |batch: Batch<String, String>| {
+            let mut t = batch.table(&table)?;
+            for item in batch.items() {
+                let (_, w) = item?;
+                t.update(&w, |n| *n += 1)?;
+            }
+            Ok(())
+        },
+    );
+    let changes = app.table_changes(&counts, TopicSpec::new(Utf8, Json));
+    let seen = app.topic_with::<String, u64>("seen", TopicSpec::new(Utf8, Json));
+    let sink = seen.clone();
+    app.agent("watch", &changes, async move |batch: Batch<String, u64>| {
+        for item in batch.items() {
+            let (w, n) = item?;
+            batch.send(&sink, Some(&w), &n)?;
+        }
+        Ok(())
+    });
+    let kept = app.table_from("counted", &changes);
+    let colour_table = app.table_from("colours", &colours);
+    app.table_table_join(
+        &kept,
+        &colour_table,
+        JoinKind::Inner,
+        &out,
+        |n: Option<&u64>, c| format!("{}:{}", n.copied().unwrap_or(0), show(c)),
+    );
+    let mut d = TestDriver::new(&app).expect("driver");
+    let rec = |k: &str, v: &str, ts| TestRecord::new(k.to_owned(), v.to_owned()).timestamp(ts);
+    d.pipe_record(&colours, rec("a", "red", 1))
+        .await
+        .expect("pipe");
+    d.pipe_record(&words, rec("x", "a", 2)).await.expect("pipe");
+    d.pipe_record(&words, rec("x", "a", 3)).await.expect("pipe");
+    d.pipe_record(&words, rec("x", "b", 4)).await.expect("pipe");
+    let seen = d.read_output(&seen).expect("seen");
+    assert_eq!(
+        seen,
+        vec![
+            (Some("a".to_owned()), 1),
+            (Some("a".to_owned()), 2),
+            (Some("b".to_owned()), 1)
+        ]
+    );
+    let joined: Vec<_> = results(&mut d, "out")
+        .into_iter()
+        .map(|(k, v, _)| (k, v))
+        .collect();
+    assert_eq!(
+        joined,
+        vec![
+            ("a".to_owned(), Some("1:red".to_owned())),
+            ("a".to_owned(), Some("2:red".to_owned()))
+        ]
+    );
+}
