@@ -189,6 +189,7 @@ impl Feeder {
             };
             let Some(key) = rec.key() else {
                 tracing::warn!(at = %at(), "table record without a key: skipped");
+                input.task.drop_record();
                 continue;
             };
             let new = rec
@@ -386,6 +387,7 @@ impl<K, V, T, O> StreamTableJoin<K, V, T, O> {
             let (Some(key), Some(value)) = (rec.key(), rec.value()) else {
                 // Kafka Streams drops these too: nothing to join on.
                 tracing::warn!(at = %at(), "stream record without a key or a value: skipped by the join");
+                input.task.drop_record();
                 continue;
             };
             let found = cell.borrow().get_raw(key)?;

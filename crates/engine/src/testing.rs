@@ -572,6 +572,11 @@ impl TestDriver {
         self.append_outside(rec)
     }
 
+    /// How many records joins skipped (no key, no value), over every task.
+    pub fn dropped_records(&self) -> u64 {
+        self.tasks.values().map(|t| t.dropped.get()).sum()
+    }
+
     /// Runs the app until it has read everything queued.
     pub async fn run_queued(&mut self) -> Result<()> {
         self.run().await

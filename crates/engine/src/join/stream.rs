@@ -368,6 +368,7 @@ impl<K, L, R, O> StreamStreamJoin<K, L, R, O> {
             }
             let Some(value) = rec.value() else {
                 tracing::warn!(at = %at(), "stream record without a value: skipped by the join");
+                input.task.drop_record();
                 continue;
             };
             // Refused now, with its place, rather than when it is joined.
@@ -382,6 +383,7 @@ impl<K, L, R, O> StreamStreamJoin<K, L, R, O> {
                     out.borrow_mut().push(self.joined(None, l, r, t, &at)?);
                 } else {
                     tracing::warn!(at = %at(), "stream record without a key: skipped by the join");
+                    input.task.drop_record();
                 }
                 continue;
             };

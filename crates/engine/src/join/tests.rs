@@ -147,6 +147,11 @@ async fn an_inner_stream_table_join_skips_unmatched_keyless_and_valueless_record
     d.queue_record(&clicks, rec("u1", "y", 5)).expect("queue");
     d.run_queued().await.expect("run");
     assert_eq!(results(&mut d, "out"), vec![row("u1", Some("y+ann"), 5)]);
+    assert_eq!(
+        d.dropped_records(),
+        2,
+        "the keyless and the valueless record"
+    );
     // A table update alone makes nothing.
     d.pipe_record(&users, rec("u1", "bob", 6))
         .await

@@ -205,7 +205,8 @@ impl Worker<'_> {
             }
             if last_report.elapsed() >= Duration::from_secs(10) {
                 let lag: i64 = self.lag.values().sum();
-                tracing::info!(processed = self.processed, lag, tasks = ?self.tasks.keys().collect::<Vec<_>>(), "progress");
+                let dropped: u64 = self.tasks.values().map(|t| t.dropped.get()).sum();
+                tracing::info!(processed = self.processed, lag, dropped, tasks = ?self.tasks.keys().collect::<Vec<_>>(), "progress");
                 last_report = Instant::now();
             }
         }

@@ -23,6 +23,9 @@ pub(crate) struct TaskCtx {
     pub(crate) wall_ms: std::cell::Cell<i64>,
     /// The worker's global tables, shared by its tasks.
     pub(crate) globals: crate::global::Globals,
+    /// Records joins skipped (no key, no value, no foreign key: Kafka
+    /// Streams' dropped records).
+    pub(crate) dropped: std::cell::Cell<u64>,
 }
 
 impl TaskCtx {
@@ -33,7 +36,13 @@ impl TaskCtx {
             outbox: RefCell::new(Vec::new()),
             wall_ms: std::cell::Cell::new(0),
             globals: crate::global::Globals::default(),
+            dropped: std::cell::Cell::new(0),
         }
+    }
+
+    /// Counts a record a join skipped.
+    pub(crate) fn drop_record(&self) {
+        self.dropped.set(self.dropped.get() + 1);
     }
 
     /// The task, reading these global tables.
