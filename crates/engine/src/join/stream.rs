@@ -126,6 +126,9 @@ pub(crate) fn is_outer(kind: JoinKind, side: Side) -> bool {
 pub(crate) struct BufferState {
     stream_time: i64,
     expiry: BTreeSet<(i64, Vec<u8>)>,
+    /// No unmatched outer record is older than this: while it is, none
+    /// can have closed, and the outer buffer is not scanned.
+    outer_min: i64,
 }
 
 const STREAM_TIME: &[u8] = b"T";
@@ -230,6 +233,8 @@ fn load(part: &TablePart) -> Result<BufferState> {
     Ok(BufferState {
         stream_time,
         expiry,
+        // Not known: the first look scans.
+        outer_min: i64::MIN,
     })
 }
 
@@ -296,28 +301,35 @@ impl<K, L, R, O> StreamStreamJoin<K, L, R, O> {
     fn emit_closed(
         &self,
         part: &mut TablePart,
-        stream_time: i64,
+        state: &mut BufferState,
         out: &std::cell::RefCell<Vec<faustus_wire::producer::ProducerRecord>>,
         at: &dyn Fn() -> Location,
     ) -> Result<()> {
         let w = &self.window;
+        let stream_time = state.stream_time;
         // Nothing at or after this can have closed.
         let bound = stream_time
             .saturating_sub(w.before.min(w.after))
             .saturating_sub(w.grace);
+        if state.outer_min >= bound {
+            return Ok(());
+        }
         let (lo, mut hi) = (vec![OUTER], vec![OUTER]);
         hi.extend_from_slice(&flip(bound));
+        let mut open_min = bound;
         for (k, v) in scan(part, &lo, &hi)? {
             let Some((ts, side, key)) = parse_outer_key(&k) else {
                 continue;
             };
             if !w.closed(side, ts, stream_time) {
+                open_min = open_min.min(ts);
                 continue;
             }
             let (l, r) = Self::place(side, &v, None);
             out.borrow_mut().push(self.joined(Some(key), l, r, ts, at)?);
             part.put_raw(k, None);
         }
+        state.outer_min = open_min;
         Ok(())
     }
 
@@ -388,7 +400,7 @@ impl<K, L, R, O> StreamStreamJoin<K, L, R, O> {
                 continue;
             };
             if t == state.stream_time {
-                self.emit_closed(part, state.stream_time, out, &at)?;
+                self.emit_closed(part, state, out, &at)?;
             }
             let (from, to) = w.range(side, t);
             let lo = buffer_key(other, key, from, 0);
@@ -416,6 +428,7 @@ impl<K, L, R, O> StreamStreamJoin<K, L, R, O> {
                     out.borrow_mut().push(self.joined(Some(key), l, r, t, &at)?);
                 } else {
                     part.put_raw(outer_key(side, key, t, rec.offset), Some(value.to_vec()));
+                    state.outer_min = state.outer_min.min(t);
                 }
             }
             let horizon = state.stream_time.saturating_sub(w.retention());
