@@ -309,56 +309,51 @@ fn replay_table_table_outer(inputs: &[Input]) -> Results {
 /// timestamp passed its own by more than `window + grace`).
 fn replay_stream_stream_outer(inputs: &[Input], window: i64, grace: i64) -> Results {
     let mut out = Results::new();
-    let partition_end = |key: &str| {
-        inputs
-            .iter()
-            .filter(|i| {
-                partition_for_key(i.key.as_bytes(), PARTITIONS)
-                    == partition_for_key(key.as_bytes(), PARTITIONS)
-            })
-            .map(|i| i.ts)
-            .max()
-            .unwrap_or(i64::MIN)
-    };
-    for (n, a) in inputs.iter().enumerate() {
-        let Some(av) = &a.value else { continue };
-        let partners: Vec<&Input> = inputs
-            .iter()
-            .filter(|b| b.left != a.left && b.key == a.key && b.value.is_some())
-            .filter(|b| (b.ts - a.ts).abs() <= window)
-            .collect();
-        for b in &partners {
-            // Each pair once: from the later record.
-            if b.ts < a.ts || (b.ts == a.ts && !a.left) {
-                let bv = b.value.as_ref();
-                let (l, r) = if a.left {
-                    (Some(av), bv)
-                } else {
-                    (bv, Some(av))
-                };
+    let mut ends: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut by_key: BTreeMap<&str, Vec<&Input>> = BTreeMap::new();
+    for i in inputs {
+        let p = partition_for_key(i.key.as_bytes(), PARTITIONS);
+        let e = ends.entry(p).or_insert(i64::MIN);
+        *e = (*e).max(i.ts);
+        if i.value.is_some() {
+            by_key.entry(&i.key).or_default().push(i);
+        }
+    }
+    for (key, records) in by_key {
+        let end = ends[&partition_for_key(key.as_bytes(), PARTITIONS)];
+        for a in &records {
+            let av = a.value.as_ref();
+            let mut partnered = false;
+            for b in records.iter().filter(|b| b.left != a.left) {
+                if (b.ts - a.ts).abs() > window {
+                    continue;
+                }
+                partnered = true;
+                // Each pair once: from the later record.
+                if b.ts < a.ts {
+                    let (l, r) = if a.left {
+                        (av, b.value.as_ref())
+                    } else {
+                        (b.value.as_ref(), av)
+                    };
+                    push(
+                        &mut out,
+                        key,
+                        a.ts,
+                        Some(format!("{}+{}", show(l), show(r))),
+                    );
+                }
+            }
+            if !partnered && a.ts + window + grace < end {
+                let (l, r) = if a.left { (av, None) } else { (None, av) };
                 push(
                     &mut out,
-                    &a.key,
-                    a.ts.max(b.ts),
+                    key,
+                    a.ts,
                     Some(format!("{}+{}", show(l), show(r))),
                 );
             }
         }
-        let closed = a.ts + window + grace < partition_end(&a.key);
-        if partners.is_empty() && closed {
-            let (l, r) = if a.left {
-                (Some(av), None)
-            } else {
-                (None, Some(av))
-            };
-            push(
-                &mut out,
-                &a.key,
-                a.ts,
-                Some(format!("{}+{}", show(l), show(r))),
-            );
-        }
-        let _ = n;
     }
     for v in out.values_mut() {
         v.sort();
@@ -541,4 +536,34 @@ async fn foreign_key_joins_through_a_sigkill_settle_on_the_join_of_the_final_tab
         }
         stop(worker);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_stream_join_whose_tasks_move_between_workers_equals_its_replay() {
+    // Worker b joins while a works (tasks move to b with their buffers,
+    // restored from the changelog), then a is killed (its tasks move back
+    // to b): every result exactly once all the same.
+    let run = Run::new("jmv", "stream-stream:outer", PARTITIONS).await;
+    let inputs = inputs(60_000, false);
+    run.send(&inputs).await;
+    let expected = replay_stream_stream_outer(&inputs, 50, 20);
+    let n: usize = expected.values().map(Vec::len).sum();
+    let mut a = run.worker("a");
+    run.output_until("results from a", |got| got > 0 || got >= n)
+        .await;
+    let b = run.worker("b");
+    let seen = run.output_until("results", |got| got > 0).await.len();
+    eprintln!("b started after {seen} of {n} results");
+    // Until b owns a task of its own (its log says so), then kill a.
+    let deadline = Deadline::new("b to own a task", Duration::from_secs(60));
+    while !run.log("b").contains("task ready") && seen < n {
+        deadline.check("waiting");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = a.kill();
+    let _ = a.wait();
+    let out = run.output_until("every result", |got| got >= n).await;
+    stop(b);
+    assert_eq!(out.len(), n, "each result exactly once");
+    assert_same(&results(&out), &expected);
 }
