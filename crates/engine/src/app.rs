@@ -297,6 +297,7 @@ pub struct App {
     pub(crate) ordered: Vec<Vec<String>>,
     /// What a declaration got wrong; [`App::topology`] refuses to start.
     pub(crate) problems: Vec<String>,
+    pub(crate) timers: Vec<crate::timer::TimerDef>,
     pub(crate) producer: LazyProducer,
 }
 
@@ -328,6 +329,7 @@ impl App {
             globals: Vec::new(),
             ordered: Vec::new(),
             problems: Vec::new(),
+            timers: Vec::new(),
             producer,
         }
     }
@@ -844,6 +846,53 @@ impl App {
             .push(vec![left.topic.name().to_owned(), ans_topic]);
     }
 
+    /// Runs `f` every `interval` on each worker (Faust's `@app.timer`), from
+    /// the worker's start, drift-corrected; a tick missed while the worker
+    /// was busy is not run again. `f` gets a [`TimerCtx`](crate::TimerCtx):
+    /// this worker's table partitions and a way to send records, committed
+    /// as agents' work is. `.on_leader()` on the result runs it on one
+    /// worker of the app at a time.
+    pub fn timer<F>(&mut self, name: &str, interval: std::time::Duration, f: F) -> crate::Timer
+    where
+        F: AsyncFn(crate::TimerCtx) -> Result<()> + 'static,
+    {
+        let schedule = crate::timer::Schedule::Every(crate::timer::interval_ms(interval));
+        self.add_timer(name, schedule, f)
+    }
+
+    /// Runs `f` at the times of a cron pattern in time zone `tz` (Faust's
+    /// `@app.crontab`): five fields (minute, hour, day of month, month, day
+    /// of week; `"0 * * * *"` is every hour), or six with seconds first. A
+    /// pattern that does not parse stops the app at start with the reason.
+    /// As [`timer`](Self::timer) otherwise.
+    pub fn crontab<F>(&mut self, name: &str, pattern: &str, tz: chrono_tz::Tz, f: F) -> crate::Timer
+    where
+        F: AsyncFn(crate::TimerCtx) -> Result<()> + 'static,
+    {
+        let schedule = match crate::timer::Schedule::cron(pattern, tz) {
+            Ok(s) => s,
+            Err(e) => {
+                self.problems.push(format!("timer {name}: {e}"));
+                crate::timer::Schedule::Every(i64::MAX)
+            }
+        };
+        self.add_timer(name, schedule, f)
+    }
+
+    fn add_timer<F>(&mut self, name: &str, schedule: crate::timer::Schedule, f: F) -> crate::Timer
+    where
+        F: AsyncFn(crate::TimerCtx) -> Result<()> + 'static,
+    {
+        let on_leader = Rc::new(std::cell::Cell::new(false));
+        self.timers.push(crate::timer::TimerDef {
+            name: name.to_owned(),
+            schedule,
+            on_leader: on_leader.clone(),
+            run: Rc::new(crate::timer::TypedTimer { f }),
+        });
+        crate::Timer { on_leader }
+    }
+
     /// Registers an agent over `topic` with default options: `f` is called
     /// with each batch of one partition's records, in order.
     pub fn agent<K, V, F>(&mut self, name: &str, topic: &Topic<K, V>, f: F) -> Agent<K, V>
@@ -908,6 +957,7 @@ impl App {
             &self.ordered,
             &self.problems,
         )
+        .map(|t| t.with_timers(self.timers.clone()))
     }
 
     /// Runs a worker until `shutdown` resolves (or an error stops it), then

@@ -46,12 +46,14 @@ mod runtime;
 mod store;
 mod table;
 pub mod testing;
+mod timer;
 mod topology;
 pub mod window;
 mod windowed;
 
 pub use app::{Agent, AgentOptions, App, ErrorPolicy, Topic, TopicSpec};
 pub use batch::{Batch, Event};
+pub use chrono_tz;
 pub use codec::{Codec, CodecError, Json, Raw, Utf8, WindowedText};
 pub use config::{EngineConfig, Guarantee, StoreKind};
 pub use error::{Error, Location, Result};
@@ -59,6 +61,7 @@ pub use faustus_wire as wire;
 pub use global::{GlobalTable, GlobalView};
 pub use join::{JoinKind, JoinWindow, TopicTable, TopicTableView};
 pub use table::{Table, TableSpec, TableView};
+pub use timer::{Timer, TimerCtx};
 pub use topology::Topology;
 pub use windowed::{Emit, WindowedTable, WindowedView};
 
@@ -67,8 +70,9 @@ pub mod prelude {
     pub use crate::window::{Window, Windowed};
     pub use crate::{
         Agent, AgentOptions, App, Batch, Codec, Emit, ErrorPolicy, Event, GlobalTable, JoinKind,
-        JoinWindow, Json, Raw, Table, TableSpec, TableView, Topic, TopicSpec, TopicTable, Utf8,
-        WindowedTable, WindowedText, WindowedView,
+        JoinWindow, Json, Raw, Table, TableSpec, TableView, Timer, TimerCtx, Topic, TopicSpec,
+        TopicTable, Utf8, WindowedTable, WindowedText, WindowedView,
     };
+    pub use chrono_tz::Tz;
     pub use faustus_wire::Properties;
 }

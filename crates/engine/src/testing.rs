@@ -354,6 +354,7 @@ impl Sink for Broker {
 pub struct TestDriver {
     topology: Topology,
     dispatcher: Dispatcher,
+    timers: crate::timer::Timers,
     machine: CommitMachine,
     broker: Broker,
     tasks: Tasks,
@@ -471,6 +472,7 @@ impl TestDriver {
             topics.insert(name.clone(), MemTopic::new(count));
         }
         Ok(Self {
+            timers: crate::timer::Timers::new(&topology.timers, 0),
             dispatcher: Dispatcher::new(
                 topology.agents.clone(),
                 topology.ordered.clone(),
@@ -757,7 +759,8 @@ impl TestDriver {
         let due = self.dispatcher.gathering_due(false, self.clock);
         let wall = *self.broker.clock_ms.borrow();
         let ticking = wall_clock_due(&self.tasks, &self.topology.tables, wall);
-        if fetched.is_empty() && !due && !ticking {
+        let timing = self.timers.due(wall);
+        if fetched.is_empty() && !due && !ticking && !timing {
             return Ok(false);
         }
         self.handle(CommitEvent::Processing).await?;
@@ -773,6 +776,15 @@ impl TestDriver {
         );
         if ticking {
             tick_wall_clock(&self.tasks, &self.topology.tables, wall, &self.broker).await?;
+        }
+        if timing {
+            // The driver owns every partition: it is the leader.
+            for rec in self.timers.run_due(wall, &self.tasks, true).await? {
+                self.broker.send(rec).await?;
+            }
+            for t in self.tasks.values() {
+                crate::runtime::task::send_staged(t, &self.broker).await?;
+            }
         }
         for p in progress {
             self.handle(CommitEvent::Processed {
@@ -851,6 +863,9 @@ impl TestDriver {
         }
         self.machine = CommitMachine::new(self.topology.config.guarantee);
         self.broker.end_txn(false);
+        // A new worker: its timers start now.
+        let now = *self.broker.clock_ms.borrow();
+        self.timers = crate::timer::Timers::new(&self.topology.timers, now);
         self.rewind();
         // Stores as recovery leaves them: their changelogs replayed.
         for (&p, task) in &self.tasks {

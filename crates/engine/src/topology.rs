@@ -24,6 +24,8 @@ pub struct Topology {
     /// Groups of topics a task reads in timestamp order (joined inputs),
     /// each in the order that breaks timestamp ties; no topic in two.
     pub(crate) ordered: Vec<Vec<String>>,
+    /// The timers.
+    pub(crate) timers: Vec<crate::timer::TimerDef>,
 }
 
 impl std::fmt::Debug for Topology {
@@ -75,7 +77,14 @@ impl Topology {
             agents,
             globals,
             ordered,
+            timers: Vec::new(),
         })
+    }
+
+    /// The topology with these timers.
+    pub(crate) fn with_timers(mut self, timers: Vec<crate::timer::TimerDef>) -> Self {
+        self.timers = timers;
+        self
     }
 
     /// The groups of topics read in timestamp order.

@@ -72,6 +72,8 @@ struct Worker<'t> {
     lag: BTreeMap<TopicPartition, i64>,
     /// Joined inputs paused because a task holds too much of them.
     held_paused: std::collections::BTreeSet<TopicPartition>,
+    /// The app's timers and when each is next due.
+    timers: crate::timer::Timers,
 }
 
 /// Runs a worker until `shutdown` resolves (or an error stops it), then
@@ -137,6 +139,7 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
             order::TaskIdle::from_ms(cfg.max_task_idle_ms),
         ),
         held_paused: std::collections::BTreeSet::new(),
+        timers: crate::timer::Timers::new(&topology.timers, wall_clock_ms()),
         shared,
         consumer,
         tasks: Tasks::new(),
@@ -189,6 +192,7 @@ impl Worker<'_> {
             }
             self.flush_gathered(false).await?;
             self.tick_wall_clock().await?;
+            self.run_timers().await?;
             let owned: std::collections::BTreeSet<i32> = self
                 .tasks
                 .keys()
@@ -485,6 +489,26 @@ impl Worker<'_> {
         }
         self.begin().await?;
         task::tick_wall_clock(&self.tasks, self.tables, now, &*self.shared).await
+    }
+
+    /// Runs the timers that are due (the leader's only on the worker that
+    /// owns partition 0), inside the open transaction under exactly-once,
+    /// and produces what they sent and wrote.
+    async fn run_timers(&mut self) -> Result<()> {
+        let now = wall_clock_ms();
+        if !self.timers.due(now) {
+            return Ok(());
+        }
+        self.begin().await?;
+        let leader = self.tasks.contains_key(&0);
+        let sent = self.timers.run_due(now, &self.tasks, leader).await?;
+        for rec in sent {
+            task::Sink::send(&*self.shared, rec).await?;
+        }
+        for t in self.tasks.values() {
+            task::send_staged(t, &*self.shared).await?;
+        }
+        Ok(())
     }
 
     /// Commits (see [`commit`]).
