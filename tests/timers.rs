@@ -1,0 +1,217 @@
+//! Timers end to end (`examples/timers.rs` as worker processes against the
+//! harness Kafka): a leader timer runs on one worker of two, keeps its
+//! grid, moves to the other worker when its worker dies; a crontab fires on
+//! the second.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use faustus_suite::{read_records, unique_topic, Deadline, FullRecord, ScratchDir};
+use faustus_testcontainers::shared;
+use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
+use faustus_wire::{Admin, NewTopic, Properties};
+
+const EVERY_MS: i64 = 200;
+
+fn binary() -> PathBuf {
+    faustus_suite::example_binary("timers")
+}
+
+struct Run {
+    bootstrap: String,
+    app: String,
+    input: String,
+    output: String,
+    dir: ScratchDir,
+}
+
+impl Run {
+    async fn new() -> Self {
+        let kafka = shared().expect("kafka");
+        let app = unique_topic("tm");
+        let run = Self {
+            bootstrap: kafka.bootstrap().to_owned(),
+            input: format!("{app}-words"),
+            output: format!("{app}-reports"),
+            dir: ScratchDir::new(&app),
+            app,
+        };
+        let props = Properties::new().set("bootstrap.servers", &run.bootstrap);
+        let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
+            .await
+            .expect("producer");
+        Admin::new(p.client().clone())
+            .create_topic(NewTopic::new(&run.input, 3, 1), false)
+            .await
+            .expect("input topic");
+        let mut pending = Vec::new();
+        for i in 0..30 {
+            let rec = ProducerRecord::new(run.input.as_str())
+                .key(format!("k{i}"))
+                .value(format!("w{}", i % 10));
+            pending.push(p.send(rec).await.expect("queued"));
+        }
+        for d in pending {
+            d.await.expect("delivered");
+        }
+        p.close().await.expect("close");
+        run
+    }
+
+    fn worker(&self, name: &str) -> Child {
+        std::fs::create_dir_all(self.dir.path()).expect("scratch dir");
+        let log =
+            std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log file");
+        Command::new(binary())
+            .env("TIMERS_APP", &self.app)
+            .env("TIMERS_INPUT", &self.input)
+            .env("TIMERS_OUTPUT", &self.output)
+            .env("TIMERS_EVERY_MS", EVERY_MS.to_string())
+            .env("TIMERS_CRON", "* * * * * *")
+            .env("TIMERS_WORKER", name)
+            .args(["-b", &self.bootstrap])
+            .args([
+                "-X",
+                &format!("state.dir={}", self.dir.path().join(name).display()),
+                "-X",
+                "session.timeout.ms=6000",
+                "-X",
+                "heartbeat.interval.ms=1000",
+                "-X",
+                "commit.interval.ms=200",
+                "-X",
+                "processing.guarantee=exactly_once",
+                "-X",
+                "topic.partitions=3",
+            ])
+            .args(["worker", "-l", "info"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("worker starts")
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// The reports, once `done` holds for them.
+    async fn reports_until(
+        &self,
+        what: &str,
+        done: impl Fn(&[FullRecord]) -> bool,
+    ) -> Vec<FullRecord> {
+        let deadline = Deadline::new(what.to_owned(), Duration::from_secs(90));
+        loop {
+            let out = read_records(&self.bootstrap, &self.output, true).await;
+            if done(&out) {
+                return out;
+            }
+            if deadline.passed() {
+                panic!(
+                    "{what}: {} reports\n--- a\n{}\n--- b\n{}",
+                    out.len(),
+                    tail(&self.log("a")),
+                    tail(&self.log("b"))
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+fn tail(log: &str) -> String {
+    let lines: Vec<&str> = log.lines().rev().take(20).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+fn leader_reports(out: &[FullRecord]) -> Vec<&FullRecord> {
+    out.iter().filter(|r| !r.key.starts_with("cron:")).collect()
+}
+
+fn now_ms() -> i64 {
+    faustus_suite::millis_ago(Duration::ZERO)
+}
+
+/// A report's due time.
+fn due(r: &FullRecord) -> i64 {
+    r.value
+        .rsplit('@')
+        .next()
+        .and_then(|d| d.parse().ok())
+        .expect("a due time")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_timer_runs_on_one_worker_keeps_its_grid_and_moves_when_it_dies() {
+    let run = Run::new().await;
+    let a = run.worker("a");
+    run.reports_until("a's first reports", |out| leader_reports(out).len() >= 3)
+        .await;
+    let b = run.worker("b");
+    // Once b owns a task, the assignment stands.
+    let deadline = Deadline::new("b to own a task", Duration::from_secs(60));
+    while !run.log("b").contains("task ready") {
+        deadline.check("waiting");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Reports due from now on come from the leader of the settled group
+    // alone: the other worker gave partition 0 up before b got any task.
+    let settled = now_ms();
+    let out = run
+        .reports_until("ten reports after b joined", |out| {
+            leader_reports(out)
+                .iter()
+                .filter(|r| due(r) > settled)
+                .count()
+                >= 10
+        })
+        .await;
+    let mut after: Vec<&FullRecord> = leader_reports(&out)
+        .into_iter()
+        .filter(|r| due(r) > settled)
+        .collect();
+    after.sort_by_key(|r| due(r));
+    let leader = after[0].key.clone();
+    assert!(
+        after.iter().all(|r| r.key == leader),
+        "one worker reports at a time: {:?}",
+        after.iter().map(|r| (&r.key, due(r))).collect::<Vec<_>>()
+    );
+    // Its grid: due times whole intervals apart.
+    for w in after.windows(2) {
+        let gap = due(w[1]) - due(w[0]);
+        assert!(
+            gap > 0 && gap % EVERY_MS == 0,
+            "ticks {} then {}",
+            due(w[0]),
+            due(w[1])
+        );
+    }
+    // Every worker's crontab fires on whole seconds.
+    let crons: Vec<&FullRecord> = out.iter().filter(|r| r.key.starts_with("cron:")).collect();
+    assert!(!crons.is_empty(), "the crontab fired");
+    for r in &crons {
+        let due: i64 = r.value.parse().expect("a due time");
+        assert_eq!(due % 1000, 0, "{} fired at {due}", r.key);
+    }
+    // The leader dies: the other worker takes partition 0 and the timer.
+    let (mut dead, alive, survivor) = if leader == "a" {
+        (a, b, "b")
+    } else {
+        (b, a, "a")
+    };
+    let _ = dead.kill();
+    let _ = dead.wait();
+    let killed = now_ms();
+    run.reports_until("the survivor's reports", |out| {
+        leader_reports(out)
+            .iter()
+            .any(|r| r.key == survivor && due(r) > killed)
+    })
+    .await;
+    let mut alive = alive;
+    let _ = alive.kill();
+    let _ = alive.wait();
+}
