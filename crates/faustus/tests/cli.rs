@@ -257,3 +257,48 @@ fn compression_and_a_properties_file() {
     assert!(out.lines().take(1000).eq(lines.lines()));
     std::fs::remove_dir_all(&dir).expect("cleanup");
 }
+
+#[test]
+fn app_status_shows_members_lag_per_partition_and_internal_topics() {
+    let app = unique_topic("cli-app");
+    let input = format!("{app}-in");
+    run(&["topics", "create", &input, "-P", "2"], None);
+    run(
+        &[
+            "topics",
+            "create",
+            &format!("{app}-counts-changelog"),
+            "-P",
+            "2",
+        ],
+        None,
+    );
+    let lines: String = (0..10).map(|i| format!("k{i}:v{i}\n")).collect();
+    run(&["produce", "-t", &input, "-K", ":"], Some(&lines));
+    // The app's group consumes all of it, then 5 more records come.
+    run(
+        &["consume", "-G", &app, "-t", &input, "-o", "beginning", "-e"],
+        None,
+    );
+    let more: String = (10..15).map(|i| format!("k{i}:v{i}\n")).collect();
+    run(&["produce", "-t", &input, "-K", ":"], Some(&more));
+    let status = run(&["app", "status", &app], None);
+    assert!(
+        status.contains(&format!("app {app}: group Empty, 0 members")),
+        "{status}"
+    );
+    assert!(status.contains("input lag 5"), "{status}");
+    assert!(
+        status.contains(&format!("{input}-0\tcommitted")),
+        "{status}"
+    );
+    assert!(status.contains("owner -"), "{status}");
+    assert!(
+        status.contains(&format!("{app}-counts-changelog\t2 partitions\t0 records")),
+        "{status}"
+    );
+    assert!(
+        !status.contains(&format!("  {input}\t2 partitions")),
+        "{status}"
+    );
+}

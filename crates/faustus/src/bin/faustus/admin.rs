@@ -158,3 +158,115 @@ pub(crate) async fn topics(props: &Properties, action: TopicAction) -> Result<()
     }
     Ok(())
 }
+
+/// `faustus app status`: a Faustus (or any Kafka Streams-style) app at a
+/// glance, from its group and its topics: members and what they own, the
+/// lag of every input partition with its owner, the app's internal topics
+/// (changelogs, repartition and join topics: `<app>-…`).
+pub(crate) async fn app_status(props: &Properties, app: &str) -> Result<()> {
+    let admin = Admin::new(Client::connect(ClientConfig::from_properties(props)?).await?);
+    let d = admin
+        .describe_group(app)
+        .await
+        .with_context(|| format!("describing the group of app {app}"))?;
+    let offsets = admin.group_offsets(app).await?;
+    if d.members.is_empty() && offsets.is_empty() {
+        bail!("app {app}: no group of that name has members or committed offsets");
+    }
+    println!(
+        "app {app}: group {}, {} members{}",
+        d.state,
+        d.members.len(),
+        if d.protocol.is_empty() {
+            String::new()
+        } else {
+            format!(", assignor {}", d.protocol)
+        }
+    );
+    let mut owner: BTreeMap<(String, i32), String> = BTreeMap::new();
+    for m in &d.members {
+        let n: usize = m.assignment.values().map(Vec::len).sum();
+        println!(
+            "  member {}\thost {}\t{n} partitions",
+            m.instance_id.as_deref().unwrap_or(&m.member_id),
+            m.host
+        );
+        let who = m.instance_id.as_deref().unwrap_or(&m.member_id);
+        for (t, ps) in &m.assignment {
+            for p in ps {
+                owner.insert((t.clone(), *p), who.to_owned());
+            }
+        }
+    }
+    // Committed offsets and the ends (last stable offsets: what an
+    // exactly-once app can read) of every input partition: those with a
+    // committed offset and those a member owns.
+    let mut parts: BTreeMap<(String, i32), Option<i64>> = BTreeMap::new();
+    for tp in owner.keys() {
+        parts.insert(tp.clone(), None);
+    }
+    for ((t, p), off) in &offsets {
+        parts.insert((t.clone(), *p), Some(*off));
+    }
+    let mut by_topic: BTreeMap<String, Vec<(i32, Option<i64>, i64)>> = BTreeMap::new();
+    let mut ends: BTreeMap<String, BTreeMap<i32, i64>> = BTreeMap::new();
+    for ((t, p), off) in &parts {
+        if !ends.contains_key(t) {
+            ends.insert(
+                t.clone(),
+                admin.list_offsets(t, &[], OffsetSpec::Latest, true).await?,
+            );
+        }
+        let end = ends[t].get(p).copied().unwrap_or(0);
+        by_topic.entry(t.clone()).or_default().push((*p, *off, end));
+    }
+    // Nothing committed yet: all of the partition is still to read.
+    let lag = |off: &Option<i64>, end: &i64| (end - off.unwrap_or(0)).max(0);
+    let total: i64 = by_topic
+        .values()
+        .flatten()
+        .map(|(_, off, end)| lag(off, end))
+        .sum();
+    println!("input lag {total}");
+    for (t, parts) in &by_topic {
+        let sum: i64 = parts.iter().map(|(_, off, end)| lag(off, end)).sum();
+        println!("  {t}\tlag {sum}");
+        for (p, off, end) in parts {
+            let who = owner.get(&(t.clone(), *p)).map_or("-", String::as_str);
+            let committed = off.map_or_else(|| "-".to_owned(), |o| o.to_string());
+            println!(
+                "    {t}-{p}\tcommitted {committed}\tend {end}\tlag {}\towner {who}",
+                lag(off, end)
+            );
+        }
+    }
+    let prefix = format!("{app}-");
+    let mut internal: Vec<_> = admin
+        .list_topics()
+        .await?
+        .into_iter()
+        .filter(|t| t.name.starts_with(&prefix) && !by_topic.contains_key(&*t.name))
+        .collect();
+    internal.sort_by(|a, b| a.name.cmp(&b.name));
+    if !internal.is_empty() {
+        println!("internal topics");
+        for t in internal {
+            let ends = admin
+                .list_offsets(&t.name, &[], OffsetSpec::Latest, false)
+                .await?;
+            let starts = admin
+                .list_offsets(&t.name, &[], OffsetSpec::Earliest, false)
+                .await?;
+            let records: i64 = ends
+                .iter()
+                .map(|(p, e)| e - starts.get(p).copied().unwrap_or(0))
+                .sum();
+            println!(
+                "  {}\t{} partitions\t{records} records",
+                t.name,
+                t.partitions.len()
+            );
+        }
+    }
+    Ok(())
+}

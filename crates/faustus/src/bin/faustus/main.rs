@@ -246,6 +246,15 @@ binary int32, %% percent; escapes \\n \\t \\r \\xNN.")]
         #[command(subcommand)]
         action: GroupAction,
     },
+    /// Look at a Faustus app: its workers, their partitions, input lag per
+    /// partition and internal topics (for those who run no web server).
+    #[command(after_help = "Example:\n  faustus app status page_views")]
+    App {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        action: AppAction,
+    },
     /// Manage topics.
     #[command(after_help = "Examples:
   faustus topics create clicks -P 6 -C retention.ms=86400000
@@ -296,6 +305,16 @@ enum TopicAction {
     Describe {
         /// Name.
         name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AppAction {
+    /// Members, partitions with their committed offsets, lag and owner,
+    /// and the app's internal topics.
+    Status {
+        /// The app id (its group id).
+        app: String,
     },
 }
 
@@ -512,6 +531,10 @@ async fn run(cli: Cli) -> Result<()> {
             quiet: _,
         } => metadata::query(&conn.properties()?, &targets).await,
         Command::Groups { conn, action } => admin::groups(&conn.properties()?, action).await,
+        Command::App {
+            conn,
+            action: AppAction::Status { app },
+        } => admin::app_status(&conn.properties()?, &app).await,
         Command::Topics { conn, action } => admin::topics(&conn.properties()?, action).await,
         Command::Demo { conn, records } => demo::demo(&conn.properties()?, records).await,
     }
