@@ -12,12 +12,12 @@ pub(crate) async fn groups(props: &Properties, action: GroupAction) -> Result<()
     match action {
         GroupAction::List => {
             for g in admin.list_groups().await? {
-                println!("{}\t{}\t{}", g.group_id, g.protocol_type, g.state);
+                out!("{}\t{}\t{}", g.group_id, g.protocol_type, g.state);
             }
         }
         GroupAction::Describe { group } => {
             let d = admin.describe_group(&group).await?;
-            println!(
+            out!(
                 "group {}: {} ({} members, assignor {})",
                 d.group_id,
                 d.state,
@@ -25,7 +25,7 @@ pub(crate) async fn groups(props: &Properties, action: GroupAction) -> Result<()
                 d.protocol
             );
             for m in &d.members {
-                println!(
+                out!(
                     "  member {}{}\tclient {}\thost {}\tpartitions {:?}",
                     m.member_id,
                     m.instance_id
@@ -49,12 +49,12 @@ pub(crate) async fn groups(props: &Properties, action: GroupAction) -> Result<()
                     );
                 }
                 let end = ends[t].get(p).copied().unwrap_or(0);
-                println!("  {t}-{p}\tcommitted {off}\tend {end}\tlag {}", end - off);
+                out!("  {t}-{p}\tcommitted {off}\tend {end}\tlag {}", end - off);
             }
         }
         GroupAction::Delete { group } => {
             admin.delete_group(&group).await?;
-            println!("deleted group {group}");
+            out!("deleted group {group}");
         }
         GroupAction::ResetOffsets {
             group,
@@ -88,7 +88,7 @@ pub(crate) async fn groups(props: &Properties, action: GroupAction) -> Result<()
                 .collect();
             admin.set_group_offsets(&group, &offsets).await?;
             for (p, o) in target {
-                println!("{group} {topic}-{p} -> {o}");
+                out!("{group} {topic}-{p} -> {o}");
             }
         }
     }
@@ -101,7 +101,7 @@ pub(crate) async fn topics(props: &Properties, action: TopicAction) -> Result<()
     match action {
         TopicAction::List => {
             for t in admin.list_topics().await? {
-                println!(
+                out!(
                     "{}\t{} partitions{}",
                     t.name,
                     t.partitions.len(),
@@ -123,13 +123,13 @@ pub(crate) async fn topics(props: &Properties, action: TopicAction) -> Result<()
                 t = t.config(k, v);
             }
             admin.create_topic(t, false).await?;
-            println!("created {name} ({partitions} partitions, replication {replication})");
+            out!("created {name} ({partitions} partitions, replication {replication})");
         }
         TopicAction::Delete { name } => {
             if let Some(Err(e)) = admin.delete_topics(&[&name]).await?.pop() {
                 return Err(e.into());
             }
-            println!("deleted {name}");
+            out!("deleted {name}");
         }
         TopicAction::Describe { name } => {
             let t = admin.describe_topic(&name).await?;
@@ -139,9 +139,9 @@ pub(crate) async fn topics(props: &Properties, action: TopicAction) -> Result<()
             let ends = admin
                 .list_offsets(&name, &[], OffsetSpec::Latest, false)
                 .await?;
-            println!("topic {name}: {} partitions", t.partitions.len());
+            out!("topic {name}: {} partitions", t.partitions.len());
             for p in &t.partitions {
-                println!(
+                out!(
                     "  partition {}\tleader {}\treplicas {:?}\tisr {:?}\toffsets {}..{}",
                     p.id,
                     p.leader,
@@ -152,7 +152,7 @@ pub(crate) async fn topics(props: &Properties, action: TopicAction) -> Result<()
                 );
             }
             for (k, v) in admin.describe_topic_config(&name).await? {
-                println!("  {k}={}", v.unwrap_or_default());
+                out!("  {k}={}", v.unwrap_or_default());
             }
         }
     }
@@ -173,7 +173,7 @@ pub(crate) async fn app_status(props: &Properties, app: &str) -> Result<()> {
     if d.members.is_empty() && offsets.is_empty() {
         bail!("app {app}: no group of that name has members or committed offsets");
     }
-    println!(
+    out!(
         "app {app}: group {}, {} members{}",
         d.state,
         d.members.len(),
@@ -186,7 +186,7 @@ pub(crate) async fn app_status(props: &Properties, app: &str) -> Result<()> {
     let mut owner: BTreeMap<(String, i32), String> = BTreeMap::new();
     for m in &d.members {
         let n: usize = m.assignment.values().map(Vec::len).sum();
-        println!(
+        out!(
             "  member {}\thost {}\t{n} partitions",
             m.instance_id.as_deref().unwrap_or(&m.member_id),
             m.host
@@ -227,14 +227,14 @@ pub(crate) async fn app_status(props: &Properties, app: &str) -> Result<()> {
         .flatten()
         .map(|(_, off, end)| lag(off, end))
         .sum();
-    println!("input lag {total}");
+    out!("input lag {total}");
     for (t, parts) in &by_topic {
         let sum: i64 = parts.iter().map(|(_, off, end)| lag(off, end)).sum();
-        println!("  {t}\tlag {sum}");
+        out!("  {t}\tlag {sum}");
         for (p, off, end) in parts {
             let who = owner.get(&(t.clone(), *p)).map_or("-", String::as_str);
             let committed = off.map_or_else(|| "-".to_owned(), |o| o.to_string());
-            println!(
+            out!(
                 "    {t}-{p}\tcommitted {committed}\tend {end}\tlag {}\towner {who}",
                 lag(off, end)
             );
@@ -249,7 +249,7 @@ pub(crate) async fn app_status(props: &Properties, app: &str) -> Result<()> {
         .collect();
     internal.sort_by(|a, b| a.name.cmp(&b.name));
     if !internal.is_empty() {
-        println!("internal topics");
+        out!("internal topics");
         for t in internal {
             let ends = admin
                 .list_offsets(&t.name, &[], OffsetSpec::Latest, false)
@@ -261,7 +261,7 @@ pub(crate) async fn app_status(props: &Properties, app: &str) -> Result<()> {
                 .iter()
                 .map(|(p, e)| e - starts.get(p).copied().unwrap_or(0))
                 .sum();
-            println!(
+            out!(
                 "  {}\t{} partitions\t{records} records",
                 t.name,
                 t.partitions.len()

@@ -17,7 +17,7 @@ pub(crate) async fn demo(props: &Properties, n: usize) -> Result<()> {
     admin
         .create_topic(NewTopic::new(&topic, 6, 1), true)
         .await?;
-    println!("demo: created topic {topic} with 6 partitions");
+    out!("demo: created topic {topic} with 6 partitions");
 
     let producer = Producer::with_client(client.clone(), ProducerConfig::from_properties(&props)?);
     let started = Instant::now();
@@ -34,12 +34,12 @@ pub(crate) async fn demo(props: &Properties, n: usize) -> Result<()> {
     }
     let took = started.elapsed();
     producer.close().await?;
-    println!(
+    out!(
         "demo: produced {n} records in {:.2}s ({:.0} records/s), idempotent, acks=all",
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64()
     );
-    println!("demo: per partition: {per_partition:?}");
+    out!("demo: per partition: {per_partition:?}");
 
     let mut consumer = Consumer::with_client(client, ConsumerConfig::from_properties(&props)?);
     consumer.assign(&topic, &[], Offset::Beginning).await?;
@@ -65,16 +65,16 @@ pub(crate) async fn demo(props: &Properties, n: usize) -> Result<()> {
         }
     }
     let took = started.elapsed();
-    println!(
+    out!(
         "demo: consumed {got} records in {:.2}s ({:.0} records/s)",
         took.as_secs_f64(),
         got as f64 / took.as_secs_f64()
     );
     if let Some(f) = first {
-        println!("demo: first record: {f}");
+        out!("demo: first record: {f}");
     }
     admin.delete_topics(&[&topic]).await?;
-    println!("demo: round trip of {got} / {n} records through {topic}: ok");
+    out!("demo: round trip of {got} / {n} records through {topic}: ok");
     if got != n {
         bail!("expected {n} records, got {got}");
     }

@@ -6,6 +6,28 @@
 //! `faustus -C -t clicks -e` (the mode flags `-C`, `-P`, `-L`, `-Q`, `-G`
 //! pick the subcommand).
 
+/// `println!` for command output that ends the process quietly once its
+/// reader is gone (`faustus groups list | head`), as kcat does, instead of
+/// panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::stdout_failed(e);
+        }
+    }};
+}
+
+/// Standard output failed: quietly done when the reader left, else an
+/// error.
+pub(crate) fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("faustus: writing to standard output: {e}");
+    std::process::exit(1);
+}
+
 mod admin;
 mod consume;
 mod demo;
