@@ -13,6 +13,9 @@
 //! | `store` | `rocksdb` | table store: `rocksdb` or `memory` |
 //! | `table.standby.replicas` | 0 | 1 or more: every worker keeps a standby copy of each table partition it does not own, kept current from the changelog, so that taking a partition over replays only the last records (RocksDB stores only) |
 //! | `max.task.idle.ms` | 0 | joined inputs: how long a task waits for an input that is caught up before it processes the others' records (it always waits for one whose records are on the broker and not fetched yet); `-1`: never wait (see `docs/joins.md`) |
+//! | `web.port` | none | serve `/health`, `/ready` and `/metrics` on this port (0: any free one; the log says which) |
+//! | `web.bind` | `127.0.0.1` | the address the web server listens on |
+//! | `health.stall.ms` | 60000 | `/health` answers 503 (and the worker warns) when an assigned partition with records to read has not moved on for this long |
 //! | `transaction.timeout.ms` | 10000 | as Kafka Streams under exactly-once: a crashed worker's open transaction is aborted after this |
 //!
 //! The consumer group is the app id (`group.id` may override it), assigned
@@ -68,6 +71,12 @@ pub struct EngineConfig {
     pub standby_replicas: u32,
     /// `max.task.idle.ms` (`-1`: never wait).
     pub max_task_idle_ms: i64,
+    /// `web.port`: the web server's port, if it runs.
+    pub web_port: Option<u16>,
+    /// `web.bind`.
+    pub web_bind: String,
+    /// `health.stall.ms`.
+    pub health_stall: Duration,
 }
 
 impl EngineConfig {
@@ -124,6 +133,16 @@ impl EngineConfig {
             store,
             standby_replicas,
             max_task_idle_ms: p.parse_or("max.task.idle.ms", 0)?,
+            web_port: match p.get("web.port") {
+                Some(v) => {
+                    Some(v.parse().map_err(|_| {
+                        Error::Config(format!("web.port={v}: expected a port number"))
+                    })?)
+                }
+                None => None,
+            },
+            web_bind: p.get("web.bind").unwrap_or("127.0.0.1").to_owned(),
+            health_stall: p.millis_or("health.stall.ms", 60_000)?,
         })
     }
 }

@@ -48,6 +48,7 @@ mod table;
 pub mod testing;
 mod timer;
 mod topology;
+mod web;
 pub mod window;
 mod windowed;
 

@@ -74,6 +74,11 @@ struct Worker<'t> {
     held_paused: std::collections::BTreeSet<TopicPartition>,
     /// The app's timers and when each is next due.
     timers: crate::timer::Timers,
+    /// What the web server answers from (with `web.port`).
+    web: Option<Arc<crate::web::WebState>>,
+    /// The partitions the worker warned about as stalled.
+    stalled: Vec<(String, i32)>,
+    last_health_check: Instant,
 }
 
 /// Runs a worker until `shutdown` resolves (or an error stops it), then
@@ -125,6 +130,15 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
     let globals = global
         .as_ref()
         .map_or_else(Default::default, |g| g.stores.clone());
+    let web = match cfg.web_port {
+        Some(port) => {
+            let state = Arc::new(crate::web::WebState::new(cfg.health_stall));
+            let addr = crate::web::serve(state.clone(), &cfg.web_bind, port).await?;
+            tracing::info!(%addr, "web server listening");
+            Some(state)
+        }
+        None => None,
+    };
     let consumer = GroupConsumer::subscribe(group_cfg, &topics, Listener(shared.clone())).await?;
     shared.set_group_metadata(consumer.metadata_handle());
     tracing::info!(app = %cfg.app_id, worker = %id, guarantee = ?cfg.guarantee, ?topics, "worker starting");
@@ -140,6 +154,9 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
         ),
         held_paused: std::collections::BTreeSet::new(),
         timers: crate::timer::Timers::new(&topology.timers, wall_clock_ms()),
+        web,
+        stalled: Vec::new(),
+        last_health_check: Instant::now(),
         shared,
         consumer,
         tasks: Tasks::new(),
@@ -203,6 +220,7 @@ impl Worker<'_> {
             if let Some(g) = &mut self.global {
                 g.step().await?;
             }
+            self.report_health();
             if last_commit.elapsed() >= self.commit_interval {
                 self.commit().await?;
                 last_commit = Instant::now();
@@ -308,7 +326,12 @@ impl Worker<'_> {
                     fresh &= self.act(vec![action]).await?;
                     continue;
                 }
-                Change::Assigned(tps) => self.ownership.assign(&tps),
+                Change::Assigned(tps) => {
+                    if let Some(web) = &self.web {
+                        web.metrics.rebalances.inc();
+                    }
+                    self.ownership.assign(&tps)
+                }
                 Change::Revoked(tps) | Change::Lost(tps) => {
                     for tp in &tps {
                         self.lag.remove(tp);
@@ -401,6 +424,10 @@ impl Worker<'_> {
     fn progressed(&mut self, progress: Vec<Progress>) {
         for p in progress {
             self.processed += p.records;
+            if let Some(web) = &self.web {
+                let lag = self.lag.get(&p.tp).copied();
+                web.progressed(&p.tp.topic, p.tp.partition, p.records, lag);
+            }
             self.shared.note(CommitEvent::Processed {
                 tp: p.tp,
                 next: p.at,
@@ -511,8 +538,44 @@ impl Worker<'_> {
         Ok(())
     }
 
+    /// Keeps the web server's view current (readiness, assignment,
+    /// dropped records) and warns, once, about each partition that stalls.
+    fn report_health(&mut self) {
+        let Some(web) = &self.web else { return };
+        if self.last_health_check.elapsed() < Duration::from_millis(500) {
+            return;
+        }
+        self.last_health_check = Instant::now();
+        let owned: Vec<(String, i32)> = self
+            .ownership
+            .owned()
+            .map(|tp| (tp.topic.to_string(), tp.partition))
+            .collect();
+        let restoring = self.restorer.restoring().count();
+        web.metrics.restoring.set(restoring as i64);
+        web.metrics
+            .dropped
+            .set(self.tasks.values().map(|t| t.dropped.get() as i64).sum());
+        web.set_ready(!owned.is_empty() && restoring == 0);
+        web.assigned(owned);
+        let stalled = web.stalled_now();
+        for ((topic, partition), lag) in &stalled {
+            if !self
+                .stalled
+                .iter()
+                .any(|(t, p)| t == topic && p == partition)
+            {
+                tracing::warn!(%topic, partition, lag, "partition stalled: records to read and no progress within health.stall.ms");
+            }
+        }
+        self.stalled = stalled.into_iter().map(|(k, _)| k).collect();
+    }
+
     /// Commits (see [`commit`]).
     async fn commit(&mut self) -> Result<()> {
+        if let Some(web) = &self.web {
+            web.metrics.commits.inc();
+        }
         let rest = self.shared.drive(CommitEvent::Commit).await?;
         self.act(rest).await?;
         Ok(())
