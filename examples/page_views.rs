@@ -6,6 +6,8 @@
 //! cargo run --example page_views -- -b 127.0.0.1:9092 worker
 //! cargo run --example page_views -- -b 127.0.0.1:9092 clicks 10000   # demo clicks
 //! cargo run --example page_views -- -b 127.0.0.1:9092 tables click_counts
+//! cargo run --example page_views -- -b 127.0.0.1:9092 -X web.port=6066 worker
+//! curl 127.0.0.1:6066/health; curl 127.0.0.1:6066/metrics
 //! ```
 //!
 //! Every `App::main` command works (`worker`, `send`, `agents`, `tables`);
