@@ -51,6 +51,15 @@ impl BatchInput {
     pub(crate) fn topic(&self) -> &str {
         self.fetched.first().map_or("", |f| f.topic())
     }
+
+    /// Where the batch's record at `offset` is.
+    pub(crate) fn at(&self, offset: i64) -> Location {
+        Location {
+            topic: self.topic().to_owned(),
+            partition: self.partition(),
+            offset,
+        }
+    }
 }
 
 /// One partition's records from one fetch, for an agent.

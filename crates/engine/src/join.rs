@@ -179,14 +179,9 @@ impl Feeder {
                 self.table
             ))
         })?;
-        let (topic, partition) = (input.topic(), input.partition());
         for rec in input.records() {
             let rec = rec?;
-            let at = || Location {
-                topic: topic.to_owned(),
-                partition,
-                offset: rec.offset,
-            };
+            let at = || input.at(rec.offset);
             let Some(key) = rec.key() else {
                 tracing::warn!(at = %at(), "table record without a key: skipped");
                 input.task.drop_record();
@@ -376,31 +371,30 @@ impl<K, V, T, O> StreamTableJoin<K, V, T, O> {
         let cell = input.task.tables.get(self.table.id).ok_or_else(|| {
             Error::Config(format!("internal: table {} missing", self.table.name()))
         })?;
-        let (topic, partition) = (input.topic(), input.partition());
         for rec in input.records() {
             let rec = rec?;
-            let at = || Location {
-                topic: topic.to_owned(),
-                partition,
-                offset: rec.offset,
-            };
+            let at = || input.at(rec.offset);
             let (Some(key), Some(value)) = (rec.key(), rec.value()) else {
                 // Kafka Streams drops these too: nothing to join on.
                 tracing::warn!(at = %at(), "stream record without a key or a value: skipped by the join");
                 input.task.drop_record();
                 continue;
             };
-            let found = cell.borrow().get_raw(key)?;
-            let Outcome::Join(ts) = stream_table(self.kind, found.is_some(), rec.timestamp) else {
-                continue;
-            };
-            let v = decode(&self.stream, value, &at)?;
-            let t = match &found {
-                Some(raw) => Some(decode(&self.table.topic, unstored(raw).1, &at)?),
-                None => None,
-            };
-            let o = (self.joiner)(&v, t.as_ref());
-            let rec = result(&self.out, key, Some(&o), ts)?;
+            // Decoded from the table's pending changes in place: no copy
+            // of its value per record.
+            let out = cell.borrow().read_raw(key, |found| {
+                let Outcome::Join(ts) = stream_table(self.kind, found.is_some(), rec.timestamp)
+                else {
+                    return Ok(None);
+                };
+                let v = decode(&self.stream, value, &at)?;
+                let t = found
+                    .map(|raw| decode(&self.table.topic, unstored(raw).1, &at))
+                    .transpose()?;
+                let o = (self.joiner)(&v, t.as_ref());
+                result(&self.out, key, Some(&o), ts).map(Some)
+            })?;
+            let Some(rec) = out else { continue };
             input.task.outbox.borrow_mut().push(rec);
         }
         Ok(())

@@ -447,14 +447,9 @@ impl<K, V, KO, VO, O> ForeignKeyJoin<K, V, KO, VO, O> {
     /// Step 2a: subscriptions arrive at the right table's task.
     fn subscribe(&self, input: &BatchInput) -> Result<()> {
         let task = &input.task;
-        let (topic, partition) = (input.topic(), input.partition());
         for rec in input.records() {
             let rec = rec?;
-            let at = || Location {
-                topic: topic.to_owned(),
-                partition,
-                offset: rec.offset,
-            };
+            let at = || input.at(rec.offset);
             let (Some(fk), Some(raw)) = (rec.key(), rec.value()) else {
                 continue;
             };
@@ -525,14 +520,9 @@ impl<K, V, KO, VO, O> ForeignKeyJoin<K, V, KO, VO, O> {
     /// Step 3: answers arrive at the left table's task.
     fn join_answers(&self, input: &BatchInput) -> Result<()> {
         let task = &input.task;
-        let (topic, partition) = (input.topic(), input.partition());
         for rec in input.records() {
             let rec = rec?;
-            let at = || Location {
-                topic: topic.to_owned(),
-                partition,
-                offset: rec.offset,
-            };
+            let at = || input.at(rec.offset);
             let (Some(key), Some(raw)) = (rec.key(), rec.value()) else {
                 continue;
             };

@@ -357,7 +357,6 @@ impl<K, L, R, O> StreamStreamJoin<K, L, R, O> {
         part: &mut TablePart,
         state: &mut BufferState,
     ) -> Result<()> {
-        let (topic, partition) = (input.topic(), input.partition());
         let out = &input.task.outbox;
         let other = match side {
             Side::Left => Side::Right,
@@ -368,11 +367,7 @@ impl<K, L, R, O> StreamStreamJoin<K, L, R, O> {
         let w = self.window;
         for rec in input.records() {
             let rec = rec?;
-            let at = || Location {
-                topic: topic.to_owned(),
-                partition,
-                offset: rec.offset,
-            };
+            let at = || input.at(rec.offset);
             let t = rec.timestamp;
             if t > state.stream_time || state.stream_time == i64::MIN {
                 state.stream_time = t;
