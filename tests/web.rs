@@ -127,6 +127,10 @@ async fn ready_metrics_and_health_tell_how_the_worker_is_doing() {
             .sum();
         if ready == 200 && counted >= 100 {
             assert!(metrics.contains("faustus_commits_total"), "{metrics}");
+            assert!(
+                metrics.contains("faustus_commit_seconds_bucket"),
+                "{metrics}"
+            );
             assert!(metrics.contains("faustus_consumer_lag{"), "{metrics}");
             break;
         }

@@ -21,6 +21,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::error::{Error, Result};
@@ -33,7 +34,6 @@ pub(crate) struct PartitionLabels {
 }
 
 /// The worker's metrics.
-#[derive(Default)]
 pub(crate) struct Metrics {
     /// Records handed to agents, per input partition.
     pub(crate) processed: Family<PartitionLabels, Counter>,
@@ -50,6 +50,34 @@ pub(crate) struct Metrics {
     pub(crate) restoring: Gauge,
     /// Records joins skipped (no key, no value).
     pub(crate) dropped: Gauge,
+    /// Records agents' error policies skipped, and dead-lettered.
+    pub(crate) skipped: Gauge,
+    pub(crate) dead_lettered: Gauge,
+    /// Roll-backs (an aborted transaction, a failed flush).
+    pub(crate) rollbacks: Counter,
+    /// How long commits take (s).
+    pub(crate) commit_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            processed: Family::default(),
+            lag: Family::default(),
+            commits: Counter::default(),
+            rebalances: Counter::default(),
+            assigned: Gauge::default(),
+            restoring: Gauge::default(),
+            dropped: Gauge::default(),
+            skipped: Gauge::default(),
+            dead_lettered: Gauge::default(),
+            rollbacks: Counter::default(),
+            // 1 ms to about 16 s.
+            commit_seconds: Histogram::new(
+                prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 15),
+            ),
+        }
+    }
 }
 
 /// What one input partition did last.
@@ -102,6 +130,26 @@ impl WebState {
             "restoring_tasks",
             "Tasks whose tables are being restored",
             m.restoring.clone(),
+        );
+        registry.register(
+            "skipped_records",
+            "Records agents' error policies skipped, since the worker started",
+            m.skipped.clone(),
+        );
+        registry.register(
+            "dead_lettered_records",
+            "Records agents' error policies dead-lettered, since the worker started",
+            m.dead_lettered.clone(),
+        );
+        registry.register(
+            "rollbacks",
+            "Roll-backs to the last commit (aborted transactions, failed flushes)",
+            m.rollbacks.clone(),
+        );
+        registry.register(
+            "commit_seconds",
+            "How long commits take",
+            m.commit_seconds.clone(),
         );
         registry.register(
             "dropped_records",

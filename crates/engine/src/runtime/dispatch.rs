@@ -130,6 +130,10 @@ pub(crate) struct Dispatcher {
     merges: RefCell<BTreeMap<(usize, i32), Merge>>,
     /// `max.task.idle.ms`.
     idle: TaskIdle,
+    /// Records the error policy skipped, and dead-lettered, since the
+    /// worker started.
+    pub(crate) skipped: std::cell::Cell<u64>,
+    pub(crate) dead_lettered: std::cell::Cell<u64>,
 }
 
 impl Dispatcher {
@@ -164,6 +168,8 @@ impl Dispatcher {
             ordered,
             merges: RefCell::new(BTreeMap::new()),
             idle,
+            skipped: std::cell::Cell::new(0),
+            dead_lettered: std::cell::Cell::new(0),
         }
     }
 
@@ -516,8 +522,10 @@ impl Dispatcher {
                 ErrorPolicy::Stop => return Err(e),
                 ErrorPolicy::Skip => {
                     tracing::warn!(agent = %agent.name, error = %e, "skipping record");
+                    self.skipped.set(self.skipped.get() + 1);
                 }
                 ErrorPolicy::DeadLetter(dlq) => {
+                    self.dead_lettered.set(self.dead_lettered.get() + 1);
                     tracing::warn!(agent = %agent.name, error = %e, dead_letters = %dlq, "dead-lettering record");
                     let rec = dead_letter(&fs, &at, dlq, &e.to_string())?;
                     task.outbox.borrow_mut().push(rec);

@@ -290,6 +290,9 @@ impl Worker<'_> {
                         .note(CommitEvent::OffsetsCommitted { offsets, ok });
                 }
                 CommitAction::RollBack => {
+                    if let Some(web) = &self.web {
+                        web.metrics.rollbacks.inc();
+                    }
                     self.dispatcher.clear();
                     for t in self.tasks.values() {
                         t.roll_back();
@@ -556,6 +559,12 @@ impl Worker<'_> {
         web.metrics
             .dropped
             .set(self.tasks.values().map(|t| t.dropped.get() as i64).sum());
+        web.metrics
+            .skipped
+            .set(self.dispatcher.skipped.get() as i64);
+        web.metrics
+            .dead_lettered
+            .set(self.dispatcher.dead_lettered.get() as i64);
         web.set_ready(!owned.is_empty() && restoring == 0);
         web.assigned(owned);
         let stalled = web.stalled_now();
@@ -573,11 +582,15 @@ impl Worker<'_> {
 
     /// Commits (see [`commit`]).
     async fn commit(&mut self) -> Result<()> {
-        if let Some(web) = &self.web {
-            web.metrics.commits.inc();
-        }
+        let started = Instant::now();
         let rest = self.shared.drive(CommitEvent::Commit).await?;
         self.act(rest).await?;
+        if let Some(web) = &self.web {
+            web.metrics.commits.inc();
+            web.metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 }
