@@ -879,6 +879,29 @@ impl App {
         self.add_timer(name, schedule, f)
     }
 
+    /// Runs `f` on each task whenever its stream time (the largest record
+    /// timestamp its agents were handed) passes a multiple of `interval`
+    /// (Kafka Streams' stream-time punctuation): once however many
+    /// multiples it passed, with `ctx.due_ms()` the stream time and
+    /// `ctx.partitions()` that task's partition only. Stream time stands
+    /// still while no records come, so neither does this timer.
+    pub fn stream_timer<F>(
+        &mut self,
+        name: &str,
+        interval: std::time::Duration,
+        f: F,
+    ) -> crate::Timer
+    where
+        F: AsyncFn(crate::TimerCtx) -> Result<()> + 'static,
+    {
+        let schedule = crate::timer::Schedule::Every(crate::timer::interval_ms(interval));
+        let timer = self.add_timer(name, schedule, f);
+        if let Some(t) = self.timers.last_mut() {
+            t.stream_time = true;
+        }
+        timer
+    }
+
     fn add_timer<F>(&mut self, name: &str, schedule: crate::timer::Schedule, f: F) -> crate::Timer
     where
         F: AsyncFn(crate::TimerCtx) -> Result<()> + 'static,
@@ -887,6 +910,7 @@ impl App {
         self.timers.push(crate::timer::TimerDef {
             name: name.to_owned(),
             schedule,
+            stream_time: false,
             on_leader: on_leader.clone(),
             run: Rc::new(crate::timer::TypedTimer { f }),
         });

@@ -777,6 +777,12 @@ impl TestDriver {
         if ticking {
             tick_wall_clock(&self.tasks, &self.topology.tables, wall, &self.broker).await?;
         }
+        for rec in self.timers.run_stream_due(&self.tasks).await? {
+            self.broker.send(rec).await?;
+        }
+        for t in self.tasks.values() {
+            crate::runtime::task::send_staged(t, &self.broker).await?;
+        }
         if timing {
             // The driver owns every partition: it is the leader.
             for rec in self.timers.run_due(wall, &self.tasks, true).await? {

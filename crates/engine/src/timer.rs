@@ -190,6 +190,8 @@ where
 pub(crate) struct TimerDef {
     pub(crate) name: String,
     pub(crate) schedule: Schedule,
+    /// Fires on each task's stream time instead of the wall clock.
+    pub(crate) stream_time: bool,
     pub(crate) on_leader: Rc<Cell<bool>>,
     pub(crate) run: Rc<dyn ErasedTimer>,
 }
@@ -217,6 +219,15 @@ pub(crate) fn interval_ms(d: Duration) -> i64 {
 /// The timers of a worker, each with when it is next due.
 pub(crate) struct Timers {
     pub(crate) timers: Vec<(TimerDef, i64)>,
+    /// Stream-time timers, with when each task's is next due.
+    pub(crate) stream: Vec<(TimerDef, std::collections::BTreeMap<i32, i64>)>,
+}
+
+/// The next multiple of `every` after `ts`.
+pub(crate) fn next_boundary(ts: i64, every: i64) -> i64 {
+    let every = every.max(1);
+    ts.saturating_sub(ts.rem_euclid(every))
+        .saturating_add(every)
 }
 
 impl Timers {
@@ -225,9 +236,52 @@ impl Timers {
         Self {
             timers: defs
                 .iter()
+                .filter(|d| !d.stream_time)
                 .map(|d| (d.clone(), d.schedule.first(start_ms)))
                 .collect(),
+            stream: defs
+                .iter()
+                .filter(|d| d.stream_time)
+                .map(|d| (d.clone(), std::collections::BTreeMap::new()))
+                .collect(),
         }
+    }
+
+    /// Runs each stream-time timer for each task whose stream time reached
+    /// its next multiple of the interval (once, however many it passed),
+    /// with `due_ms` the task's stream time and only that task's
+    /// partitions; returns what they sent.
+    pub(crate) async fn run_stream_due(
+        &mut self,
+        tasks: &crate::runtime::task::Tasks,
+    ) -> Result<Vec<ProducerRecord>> {
+        let mut sent = Vec::new();
+        for (def, next) in &mut self.stream {
+            let Schedule::Every(every) = def.schedule else {
+                continue;
+            };
+            next.retain(|p, _| tasks.contains_key(p));
+            for (p, task) in tasks {
+                let st = task.stream_time.get();
+                if st == i64::MIN {
+                    continue;
+                }
+                let due = next.entry(*p).or_insert_with(|| next_boundary(st, every));
+                if st < *due {
+                    continue;
+                }
+                *due = next_boundary(st, every);
+                let outbox = Rc::new(RefCell::new(Vec::new()));
+                let ctx = TimerCtx {
+                    tasks: vec![(*p, task.clone())],
+                    outbox: outbox.clone(),
+                    due_ms: st,
+                };
+                def.run.call(ctx).await?;
+                sent.append(&mut outbox.borrow_mut());
+            }
+        }
+        Ok(sent)
     }
 
     /// Whether a timer is due at `now_ms`.
@@ -443,5 +497,59 @@ mod driver_tests {
             err.contains("timer bad") && err.contains("61 * * * *"),
             "{err}"
         );
+    }
+}
+
+#[cfg(test)]
+mod stream_time_tests {
+    use crate::prelude::*;
+    use crate::testing::{TestDriver, TestRecord};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_stream_timer_fires_once_per_interval_of_each_tasks_stream_time() {
+        let mut app = App::new(
+            "stream-timers",
+            Properties::new()
+                .set("bootstrap.servers", "unused:9092")
+                .set("topic.partitions", "3"),
+        );
+        let words = app.topic_with::<String, String>("words", TopicSpec::new(Utf8, Utf8));
+        let out = app.topic_with::<String, String>("out", TopicSpec::new(Utf8, Utf8));
+        app.agent("noop", &words, async |_b: Batch<String, String>| Ok(()));
+        let sink = out.clone();
+        app.stream_timer(
+            "st",
+            Duration::from_millis(100),
+            async move |ctx: TimerCtx| {
+                let p = ctx.partitions();
+                ctx.send(&sink, None, &format!("{}:{p:?}", ctx.due_ms()))
+            },
+        );
+        let mut d = TestDriver::new(&app).expect("driver");
+        for ts in [50, 120, 130, 350, 340] {
+            let rec = TestRecord::new("k".to_owned(), "w".to_owned()).timestamp(ts);
+            d.pipe_record(&words, rec).await.expect("pipe");
+        }
+        let got: Vec<String> = d
+            .read_output(&out)
+            .expect("read")
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        let p = faustus_wire::producer::partition_for_key(b"k", 3);
+        assert_eq!(got, vec![format!("120:[{p}]"), format!("350:[{p}]")]);
+        // The wall clock does not move it.
+        d.advance_wall_clock(Duration::from_secs(10))
+            .await
+            .expect("clock");
+        assert!(d.read_output(&out).expect("read").is_empty());
+    }
+
+    #[test]
+    fn boundaries_are_the_next_multiple() {
+        assert_eq!(super::next_boundary(50, 100), 100);
+        assert_eq!(super::next_boundary(100, 100), 200);
+        assert_eq!(super::next_boundary(-50, 100), 0);
     }
 }

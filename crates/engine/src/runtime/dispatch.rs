@@ -343,6 +343,7 @@ impl Dispatcher {
             }
             send_staged(task, sink).await?;
             let h = &mut m.inputs[input];
+            task.advance_stream_time(h.records.iter().take(n).map(|r| r.1).max());
             h.records.drain(..n);
             while h.fetched.front().is_some_and(|f| f.next_offset() <= until) {
                 h.fetched.pop_front();
@@ -395,6 +396,13 @@ impl Dispatcher {
         let Some(agents) = self.by_topic.get(f.topic()) else {
             return Ok(());
         };
+        if agents
+            .iter()
+            .all(|&i| self.agents[i].options.take.is_none())
+        {
+            // Gathered records count once an agent has them.
+            task.advance_stream_time(f.batches().iter().map(|b| b.max_timestamp()).max());
+        }
         for &i in agents {
             let ready = match self.agents[i].options.take {
                 None => Some(vec![f.clone()]),
@@ -472,7 +480,13 @@ impl Dispatcher {
                 continue;
             };
             let from = fs.first().map_or(0, |f| f.start_offset());
+            let max_ts = fs
+                .iter()
+                .flat_map(|f| f.batches())
+                .map(|b| b.max_timestamp())
+                .max();
             self.call_agent(i, fs, from, i64::MAX, &task).await?;
+            task.advance_stream_time(max_ts);
             send_staged(&task, sink).await?;
             let at = self.position(&tp, next);
             // Counted when fetched.

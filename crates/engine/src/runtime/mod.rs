@@ -477,6 +477,21 @@ impl Worker<'_> {
             .await?;
         self.progressed(progress);
         self.pause_held();
+        self.run_stream_timers().await
+    }
+
+    /// Runs the stream-time timers whose tasks' stream time passed their
+    /// next multiple (inside the transaction the processing opened).
+    async fn run_stream_timers(&mut self) -> Result<()> {
+        if self.timers.stream.is_empty() {
+            return Ok(());
+        }
+        for rec in self.timers.run_stream_due(&self.tasks).await? {
+            task::Sink::send(&*self.shared, rec).await?;
+        }
+        for t in self.tasks.values() {
+            task::send_staged(t, &*self.shared).await?;
+        }
         Ok(())
     }
 

@@ -26,6 +26,9 @@ pub(crate) struct TaskCtx {
     /// Records joins skipped (no key, no value, no foreign key: Kafka
     /// Streams' dropped records).
     pub(crate) dropped: std::cell::Cell<u64>,
+    /// The largest record timestamp the task's agents were handed (its
+    /// stream time; `i64::MIN` before the first record).
+    pub(crate) stream_time: std::cell::Cell<i64>,
 }
 
 impl TaskCtx {
@@ -37,6 +40,14 @@ impl TaskCtx {
             wall_ms: std::cell::Cell::new(0),
             globals: crate::global::Globals::default(),
             dropped: std::cell::Cell::new(0),
+            stream_time: std::cell::Cell::new(i64::MIN),
+        }
+    }
+
+    /// Moves the stream time on to `ts` (never back).
+    pub(crate) fn advance_stream_time(&self, ts: Option<i64>) {
+        if let Some(ts) = ts {
+            self.stream_time.set(self.stream_time.get().max(ts));
         }
     }
 
