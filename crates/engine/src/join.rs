@@ -333,14 +333,14 @@ fn decode<T>(topic: &Topic<impl Sized, T>, raw: &[u8], at: &dyn Fn() -> Location
 
 /// A join's result record: the input's key, the joiner's value encoded
 /// (`None`: a tombstone), the result's timestamp.
-fn result<K, O>(
+pub(crate) fn result<K, O>(
     out: &Topic<K, O>,
-    key: &[u8],
+    key: Option<&[u8]>,
     value: Option<&O>,
     ts: i64,
 ) -> Result<ProducerRecord> {
     let mut rec = ProducerRecord::new(out.name());
-    rec.key = Some(bytes::Bytes::copy_from_slice(key));
+    rec.key = key.map(bytes::Bytes::copy_from_slice);
     if let Some(v) = value {
         let mut buf = Vec::new();
         encode_into(&*out.inner.codecs.value, v, &mut buf, out.name(), "value")?;
@@ -392,7 +392,7 @@ impl<K, V, T, O> StreamTableJoin<K, V, T, O> {
                     .map(|raw| decode(&self.table.topic, unstored(raw).1, &at))
                     .transpose()?;
                 let o = (self.joiner)(&v, t.as_ref());
-                result(&self.out, key, Some(&o), ts).map(Some)
+                result(&self.out, Some(key), Some(&o), ts).map(Some)
             })?;
             let Some(rec) = out else { continue };
             input.task.outbox.borrow_mut().push(rec);
@@ -455,7 +455,7 @@ impl<K, L, R, O> Listener for JoinSide<K, L, R, O> {
         );
         let rec = match outcome {
             Outcome::Nothing => return Ok(()),
-            Outcome::Delete(ts) => result(&j.out, key, None, ts)?,
+            Outcome::Delete(ts) => result(&j.out, Some(key), None, ts)?,
             Outcome::Join(ts) => {
                 let other = other.map(|(_, v)| v);
                 let (l, r) = match self.side {
@@ -465,7 +465,7 @@ impl<K, L, R, O> Listener for JoinSide<K, L, R, O> {
                 let l = l.map(|v| decode(&j.left.topic, v, at)).transpose()?;
                 let r = r.map(|v| decode(&j.right.topic, v, at)).transpose()?;
                 let o = (j.joiner)(l.as_ref(), r.as_ref());
-                result(&j.out, key, Some(&o), ts)?
+                result(&j.out, Some(key), Some(&o), ts)?
             }
         };
         task.outbox.borrow_mut().push(rec);

@@ -34,7 +34,6 @@ use faustus_wire::producer::ProducerRecord;
 use super::{decode, unstored, Listener, TopicTable};
 use crate::app::{AgentFuture, ErasedAgent, Topic};
 use crate::batch::BatchInput;
-use crate::codec::encode_into;
 use crate::error::{Error, Location, Result};
 use crate::runtime::task::TaskCtx;
 
@@ -360,25 +359,6 @@ impl<K, V, KO, VO, O> ForeignKeyJoin<K, V, KO, VO, O> {
         .transpose()
     }
 
-    /// A result: the left key, `joiner(left, right)` or a tombstone.
-    fn result(&self, key: &[u8], value: Option<&O>, ts: i64) -> Result<ProducerRecord> {
-        let mut rec = ProducerRecord::new(self.out.name());
-        rec.key = Some(bytes::Bytes::copy_from_slice(key));
-        if let Some(v) = value {
-            let mut buf = Vec::new();
-            encode_into(
-                &*self.out.inner.codecs.value,
-                v,
-                &mut buf,
-                self.out.name(),
-                "value",
-            )?;
-            rec.value = Some(buf.into());
-        }
-        rec.timestamp = Some(ts);
-        Ok(rec)
-    }
-
     /// Answers a subscription of `key` (in left partition `partition`) with
     /// the right value (if any), at `ts`.
     fn answer(
@@ -435,9 +415,9 @@ impl<K, V, KO, VO, O> ForeignKeyJoin<K, V, KO, VO, O> {
             let rec = match new {
                 Some(v) => {
                     let v = decode(&self.left.topic, v, at)?;
-                    self.result(key, Some(&(self.joiner)(&v, None)), ts)?
+                    super::result(&self.out, Some(key), Some(&(self.joiner)(&v, None)), ts)?
                 }
-                None => self.result(key, None, ts)?,
+                None => super::result(&self.out, Some(key), None, ts)?,
             };
             task.outbox.borrow_mut().push(rec);
         }
@@ -535,14 +515,19 @@ impl<K, V, KO, VO, O> ForeignKeyJoin<K, V, KO, VO, O> {
             let current = row.map(murmur3_128) == hash;
             let out = match on_answer(self.left_join, current, row.is_some(), right.is_some()) {
                 Answer::Stale => continue,
-                Answer::Delete => self.result(key, None, rec.timestamp)?,
+                Answer::Delete => super::result(&self.out, Some(key), None, rec.timestamp)?,
                 Answer::Join => {
                     let Some(row) = row else { continue };
                     let l = decode(&self.left.topic, row, &at)?;
                     let r = right
                         .map(|v| decode(&self.right.topic, v, &at))
                         .transpose()?;
-                    self.result(key, Some(&(self.joiner)(&l, r.as_ref())), rec.timestamp)?
+                    super::result(
+                        &self.out,
+                        Some(key),
+                        Some(&(self.joiner)(&l, r.as_ref())),
+                        rec.timestamp,
+                    )?
                 }
             };
             task.outbox.borrow_mut().push(out);

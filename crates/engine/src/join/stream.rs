@@ -34,7 +34,6 @@ use std::time::Duration;
 use super::{decode, Side};
 use crate::app::{AgentFuture, ErasedAgent, Topic};
 use crate::batch::BatchInput;
-use crate::codec::encode_into;
 use crate::error::{Error, Location, Result};
 use crate::table::TablePart;
 use crate::JoinKind;
@@ -269,19 +268,7 @@ impl<K, L, R, O> StreamStreamJoin<K, L, R, O> {
         let l = l.map(|v| decode(&self.left, v, at)).transpose()?;
         let r = r.map(|v| decode(&self.right, v, at)).transpose()?;
         let o = (self.joiner)(l.as_ref(), r.as_ref());
-        let mut rec = faustus_wire::producer::ProducerRecord::new(self.out.name());
-        rec.key = key.map(bytes::Bytes::copy_from_slice);
-        let mut buf = Vec::new();
-        encode_into(
-            &*self.out.inner.codecs.value,
-            &o,
-            &mut buf,
-            self.out.name(),
-            "value",
-        )?;
-        rec.value = Some(buf.into());
-        rec.timestamp = Some(ts);
-        Ok(rec)
+        super::result(&self.out, key, Some(&o), ts)
     }
 
     /// The value of a record of `side` as the left or right argument.
