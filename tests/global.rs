@@ -201,17 +201,6 @@ fn parse(value: &str) -> (String, usize, String) {
     (worker.to_owned(), round, title.to_owned())
 }
 
-fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Deadline::new("the worker to exit", Duration::from_secs(60));
-    while child.try_wait().expect("wait").is_none() {
-        deadline.check("stopping");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_read_the_same_global_table_and_a_late_one_catches_up_first() {
     let run = Run::new().await;
@@ -258,9 +247,9 @@ async fn three_workers_read_the_same_global_table_and_a_late_one_catches_up_firs
     }
     let log = std::fs::read_to_string(run.dir.path().join("c.log")).unwrap_or_default();
     assert!(log.contains("global tables ready"), "{}", run.log("c"));
-    stop(a);
-    stop(b);
-    stop(c);
+    faustus_suite::stop_worker(a);
+    faustus_suite::stop_worker(b);
+    faustus_suite::stop_worker(c);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +263,7 @@ async fn a_global_store_its_recreated_topic_cannot_continue_is_rebuilt() {
         mismatches(&answers, |i| format!("v1-{i}")),
         Vec::<String>::new()
     );
-    stop(a);
+    faustus_suite::stop_worker(a);
     // The topic deleted and created again with ten keys: a's store holds
     // offsets past the new topic's end and keys it no longer has.
     let admin = Admin::new(run.producer().await.client().clone());
@@ -316,5 +305,5 @@ async fn a_global_store_its_recreated_topic_cannot_continue_is_rebuilt() {
         "{}",
         run.log("a")
     );
-    stop(a);
+    faustus_suite::stop_worker(a);
 }

@@ -155,7 +155,7 @@ impl Run {
             worker = self.worker("a");
         }
         let out = self.output_until("every result", |n| n >= expected).await;
-        stop(worker);
+        faustus_suite::stop_worker(worker);
         out
     }
 
@@ -170,27 +170,11 @@ impl Run {
                 panic!(
                     "{what}: {} results so far\n{}",
                     out.len(),
-                    tail(&self.log("a"))
+                    faustus_suite::log_tail(&self.log("a"), 30)
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-}
-
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().rev().take(30).collect();
-    lines.into_iter().rev().collect::<Vec<_>>().join("\n")
-}
-
-fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Deadline::new("the worker to exit", Duration::from_secs(60));
-    while child.try_wait().expect("wait").is_none() {
-        deadline.check("stopping");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -438,7 +422,7 @@ async fn joined_topics_that_are_not_co_partitioned_are_refused_at_start() {
     assert!(
         log.contains("co-partitioned") && log.contains(&run.left) && log.contains(&run.right),
         "{}",
-        tail(&log)
+        faustus_suite::log_tail(&log, 30)
     );
 }
 
@@ -530,11 +514,15 @@ async fn foreign_key_joins_through_a_sigkill_settle_on_the_join_of_the_final_tab
                     .take(5)
                     .map(|(k, v)| format!("{k}: expected {v:?}, last {:?}", last.get(k)))
                     .collect();
-                panic!("{kind}: {}\n{}", wrong.join("\n"), tail(&run.log("a")));
+                panic!(
+                    "{kind}: {}\n{}",
+                    wrong.join("\n"),
+                    faustus_suite::log_tail(&run.log("a"), 30)
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        stop(worker);
+        faustus_suite::stop_worker(worker);
     }
 }
 
@@ -563,7 +551,7 @@ async fn a_stream_stream_join_whose_tasks_move_between_workers_equals_its_replay
     let _ = a.kill();
     let _ = a.wait();
     let out = run.output_until("every result", |got| got >= n).await;
-    stop(b);
+    faustus_suite::stop_worker(b);
     assert_eq!(out.len(), n, "each result exactly once");
     assert_same(&results(&out), &expected);
 }

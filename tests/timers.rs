@@ -112,18 +112,13 @@ impl Run {
                 panic!(
                     "{what}: {} reports\n--- a\n{}\n--- b\n{}",
                     out.len(),
-                    tail(&self.log("a")),
-                    tail(&self.log("b"))
+                    faustus_suite::log_tail(&self.log("a"), 30),
+                    faustus_suite::log_tail(&self.log("b"), 30)
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-}
-
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().rev().take(20).collect();
-    lines.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
 fn leader_reports(out: &[FullRecord]) -> Vec<&FullRecord> {

@@ -5,7 +5,7 @@
 //! `crates/engine/src/web.rs`).
 
 use std::io::{Read, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use faustus_suite::{unique_topic, Deadline, ScratchDir};
@@ -32,17 +32,6 @@ fn get(addr: &str, path: &str) -> (u16, String) {
         .expect("a status line");
     let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
     (status, body)
-}
-
-fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Deadline::new("the worker to exit", Duration::from_secs(60));
-    while child.try_wait().expect("wait").is_none() {
-        deadline.check("stopping");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 async fn send(bootstrap: &str, topic: &str, n: usize, value: &str) {
@@ -138,5 +127,5 @@ async fn ready_metrics_and_health_tell_how_the_worker_is_doing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(get(&addr, "/health").0, 200, "keeping up");
-    stop(worker);
+    faustus_suite::stop_worker(worker);
 }

@@ -114,7 +114,10 @@ impl Run {
                 return out;
             }
             if deadline.passed() {
-                let logs: Vec<String> = workers.iter().map(|w| tail(&self.log(w))).collect();
+                let logs: Vec<String> = workers
+                    .iter()
+                    .map(|w| faustus_suite::log_tail(&self.log(w), 30))
+                    .collect();
                 panic!(
                     "{what}: {} records so far\n{}",
                     out.len(),
@@ -173,22 +176,6 @@ fn assert_same(got: &BTreeMap<String, (u64, i64)>, expected: &BTreeMap<String, (
 
 fn binary() -> PathBuf {
     faustus_suite::example_binary("windowed_counts")
-}
-
-fn tail(log: &str) -> String {
-    let lines: Vec<&str> = log.lines().rev().take(30).collect();
-    lines.into_iter().rev().collect::<Vec<_>>().join("\n")
-}
-
-fn stop(mut child: Child) {
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Deadline::new("the worker to exit", Duration::from_secs(60));
-    while child.try_wait().expect("wait").is_none() {
-        deadline.check("stopping");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn kill(mut child: Child) {
@@ -324,7 +311,7 @@ async fn final_sliding_windows_are_emitted_exactly_once_through_sigkills() {
         seen, expected,
         "final counts and timestamps equal the replay"
     );
-    stop(worker);
+    faustus_suite::stop_worker(worker);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -358,7 +345,7 @@ async fn windows_restored_without_local_state_still_close_and_expire() {
         deadline.check(windows.len());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    stop(a);
+    faustus_suite::stop_worker(a);
     std::fs::remove_dir_all(run.dir.path().join("a")).expect("remove the state");
     assert!(
         read_records(&run.bootstrap, &run.output, true)
@@ -413,7 +400,7 @@ async fn windows_restored_without_local_state_still_close_and_expire() {
     assert!(
         log.contains("recovering"),
         "restored from the changelog:\n{}",
-        tail(&log)
+        faustus_suite::log_tail(&log, 30)
     );
-    stop(a);
+    faustus_suite::stop_worker(a);
 }

@@ -364,3 +364,22 @@ pub fn peak_rss_mb(pid: u32) -> f64 {
         })
         .map_or(f64::NAN, |kb| kb / 1024.0)
 }
+
+/// Stops a worker process as an operator would (SIGTERM: it commits and
+/// leaves its group) and waits for it to exit.
+pub fn stop_worker(mut child: std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Deadline::new("the worker to exit", Duration::from_secs(60));
+    while child.try_wait().expect("wait").is_none() {
+        deadline.check("stopping");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The last `n` lines of a log, for a failing test's message.
+pub fn log_tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().rev().take(n).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
