@@ -8,7 +8,12 @@
 //! cargo run --example page_views -- -b 127.0.0.1:9092 tables click_counts
 //! cargo run --example page_views -- -b 127.0.0.1:9092 -X web.port=6066 worker
 //! curl 127.0.0.1:6066/health; curl 127.0.0.1:6066/metrics
+//! curl 127.0.0.1:6066/tables/click_counts/%2Fpage%2F1   # one URL's count
+//! curl '127.0.0.1:6066/tables/click_counts?limit=10'    # this worker's counts
 //! ```
+//!
+//! Table queries can be asked of any worker of the app: one that does not
+//! own the URL's partition forwards the query to the one that does.
 //!
 //! Every `App::main` command works (`worker`, `send`, `agents`, `tables`);
 //! `clicks N [URLS]` sends N demo clicks over URLS URLs (default 100).

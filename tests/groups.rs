@@ -621,7 +621,8 @@ async fn manual_sync_and_async_commits_under_both_protocols() {
             .set("enable.auto.commit", "false")
             .set("max.partition.fetch.bytes", "512")
             .set("auto.offset.reset", "earliest");
-        let cfg = GroupConfig::from_properties(&props).expect("group config");
+        let mut cfg = GroupConfig::from_properties(&props).expect("group config");
+        cfg.user_data = Some(bytes::Bytes::from_static(b"web=127.0.0.1:1"));
         let mut c = GroupConsumer::subscribe(cfg, &[&topic], faustus_wire::group::NoListener)
             .await
             .expect("subscribe");
@@ -665,6 +666,11 @@ async fn manual_sync_and_async_commits_under_both_protocols() {
             Some(&vec![0, 1, 2]),
             "{protocol}"
         );
+        // The subscription's user data reaches the describers (classic
+        // groups; KIP-848's protocol has none).
+        let expected_user_data =
+            (protocol == "classic").then(|| bytes::Bytes::from_static(b"web=127.0.0.1:1"));
+        assert_eq!(d.members[0].user_data, expected_user_data, "{protocol}");
         c.close().await.expect("close");
     }
 }

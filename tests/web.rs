@@ -2,8 +2,11 @@
 //! `-X web.port=0` against the harness Kafka): `/ready` once the worker
 //! has its partitions, `/metrics` counting what it processed, `/health`
 //! 200 while it keeps up (when a partition stalls is unit-tested in
-//! `crates/engine/src/web.rs`).
+//! `crates/engine/src/web.rs`); table queries asked of either of two
+//! workers answered by the owner of the key's partition, also after a
+//! rebalance.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -52,31 +55,24 @@ async fn send(bootstrap: &str, topic: &str, n: usize, value: &str) {
     p.close().await.expect("close");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ready_metrics_and_health_tell_how_the_worker_is_doing() {
-    let kafka = shared().expect("kafka");
-    let bootstrap = kafka.bootstrap().to_owned();
-    let app = unique_topic("web");
-    let topic = format!("{app}-clicks");
-    let dir = ScratchDir::new(&app);
-    let props = Properties::new().set("bootstrap.servers", &bootstrap);
-    let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
-        .await
-        .expect("producer");
-    Admin::new(p.client().clone())
-        .create_topic(NewTopic::new(&topic, 2, 1), false)
-        .await
-        .expect("topic");
-    send(&bootstrap, &topic, 100, "1").await;
+/// Starts a page_views worker named `name` with a web server on a free
+/// port; the worker and its web address (from its log).
+async fn start_worker(
+    dir: &ScratchDir,
+    name: &str,
+    app: &str,
+    topic: &str,
+    bootstrap: &str,
+) -> (std::process::Child, String) {
     std::fs::create_dir_all(dir.path()).expect("scratch dir");
-    let log_path = dir.path().join("a.log");
+    let log_path = dir.path().join(format!("{name}.log"));
     let worker = Command::new(faustus_suite::example_binary("page_views"))
-        .env("PAGE_VIEWS_APP", &app)
-        .env("PAGE_VIEWS_TOPIC", &topic)
-        .args(["-b", &bootstrap])
+        .env("PAGE_VIEWS_APP", app)
+        .env("PAGE_VIEWS_TOPIC", topic)
+        .args(["-b", bootstrap])
         .args([
             "-X",
-            &format!("state.dir={}", dir.path().join("a").display()),
+            &format!("state.dir={}", dir.path().join(name).display()),
             "-X",
             "web.port=0",
             "-X",
@@ -102,9 +98,189 @@ async fn ready_metrics_and_health_tell_how_the_worker_is_doing() {
                 .to_owned();
             break a;
         }
-        deadline.check("starting");
+        deadline.check(faustus_suite::log_tail(&log(), 5));
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    (worker, addr)
+}
+
+/// The latest count of each URL in the app's changelog.
+async fn changelog_counts(bootstrap: &str, app: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for r in faustus_suite::read_records(bootstrap, &format!("{app}-click_counts-changelog"), false)
+        .await
+    {
+        out.insert(r.key, r.value.parse().expect("a count"));
+    }
+    out
+}
+
+/// Asks `addr` for every URL's count until each is answered (200) with
+/// `expected`'s count; no answer may be a 404 or a count above the
+/// expected one on the way.
+async fn await_counts(addrs: &[&str], expected: &BTreeMap<String, u64>, what: &str) {
+    let deadline = Deadline::new(what, Duration::from_secs(90));
+    loop {
+        let mut wrong = Vec::new();
+        for addr in addrs {
+            for (url, count) in expected {
+                let path = format!("/tables/click_counts/{}", url.replace('/', "%2F"));
+                let (status, body) = get(addr, &path);
+                match status {
+                    200 => {
+                        let got: u64 = body.trim().parse().expect("a count");
+                        assert!(
+                            got <= *count,
+                            "{what}: {addr} answered {url} with {got}, above {count}"
+                        );
+                        if got != *count {
+                            wrong.push((addr.to_string(), url.clone(), got));
+                        }
+                    }
+                    503 => wrong.push((addr.to_string(), url.clone(), 0)),
+                    other => panic!("{what}: {addr} answered {url} with {other}: {body}"),
+                }
+            }
+        }
+        if wrong.is_empty() {
+            return;
+        }
+        deadline.check(&wrong[..wrong.len().min(4)]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_queries_are_answered_by_the_owner_from_any_worker_through_rebalances() {
+    let kafka = shared().expect("kafka");
+    let bootstrap = kafka.bootstrap().to_owned();
+    let app = unique_topic("webq");
+    let topic = format!("{app}-clicks");
+    let dir = ScratchDir::new(&app);
+    let props = Properties::new().set("bootstrap.servers", &bootstrap);
+    let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
+        .await
+        .expect("producer");
+    let admin = Admin::new(p.client().clone());
+    admin
+        .create_topic(NewTopic::new(&topic, 2, 1), false)
+        .await
+        .expect("topic");
+    send(&bootstrap, &topic, 100, "1").await;
+    let (a, addr_a) = start_worker(&dir, "a", &app, &topic, &bootstrap).await;
+    let (b, addr_b) = start_worker(&dir, "b", &app, &topic, &bootstrap).await;
+    // Both workers own a partition.
+    let deadline = Deadline::new(
+        "both workers in the group with a partition each",
+        Duration::from_secs(60),
+    );
+    loop {
+        let members = admin
+            .describe_group(&app)
+            .await
+            .map(|g| g.members)
+            .unwrap_or_default();
+        if members.len() == 2
+            && members
+                .iter()
+                .all(|m| m.assignment.get(&topic).is_some_and(|p| p.len() == 1))
+        {
+            break;
+        }
+        deadline.check(members);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let expected: BTreeMap<String, u64> = (0..10).map(|i| (format!("/page/{i}"), 10)).collect();
+    // Every key from both workers: half of them forwarded to the other.
+    await_counts(
+        &[&addr_a, &addr_b],
+        &expected,
+        "every count from both workers",
+    )
+    .await;
+    assert_eq!(
+        changelog_counts(&bootstrap, &app).await,
+        expected,
+        "the changelog agrees"
+    );
+    let (status, body) = get(&addr_a, "/tables/click_counts/%2Fnever");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = get(&addr_a, "/tables/nope/x");
+    assert_eq!(status, 404, "{body}");
+
+    // B leaves: A owns everything, restored from the changelog.
+    faustus_suite::stop_worker(b);
+    send(&bootstrap, &topic, 10, "1").await;
+    let expected: BTreeMap<String, u64> = (0..10).map(|i| (format!("/page/{i}"), 11)).collect();
+    await_counts(
+        &[&addr_a],
+        &expected,
+        "every count from A alone after B left",
+    )
+    .await;
+    // A's listing pages through all of them.
+    let mut listed = BTreeMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let path = match &after {
+            Some(c) => format!(
+                "/tables/click_counts?limit=3&after={}",
+                c.replace('/', "%2F")
+            ),
+            None => "/tables/click_counts?limit=3".to_owned(),
+        };
+        let (status, body) = get(&addr_a, &path);
+        assert_eq!(status, 200, "{body}");
+        let page: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        for e in page["entries"].as_array().expect("entries") {
+            listed.insert(
+                e["key"].as_str().expect("key").to_owned(),
+                e["value"].as_u64().expect("count"),
+            );
+        }
+        match page["next"].as_str() {
+            Some(c) => after = Some(c.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(listed, expected, "A's listing");
+
+    // C joins: the partitions split again, and both answer every key.
+    let (c, addr_c) = start_worker(&dir, "c", &app, &topic, &bootstrap).await;
+    send(&bootstrap, &topic, 10, "1").await;
+    let expected: BTreeMap<String, u64> = (0..10).map(|i| (format!("/page/{i}"), 12)).collect();
+    await_counts(
+        &[&addr_a, &addr_c],
+        &expected,
+        "every count from A and C after C joined",
+    )
+    .await;
+    assert_eq!(
+        changelog_counts(&bootstrap, &app).await,
+        expected,
+        "the changelog agrees"
+    );
+    faustus_suite::stop_worker(a);
+    faustus_suite::stop_worker(c);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_metrics_and_health_tell_how_the_worker_is_doing() {
+    let kafka = shared().expect("kafka");
+    let bootstrap = kafka.bootstrap().to_owned();
+    let app = unique_topic("web");
+    let topic = format!("{app}-clicks");
+    let dir = ScratchDir::new(&app);
+    let props = Properties::new().set("bootstrap.servers", &bootstrap);
+    let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
+        .await
+        .expect("producer");
+    Admin::new(p.client().clone())
+        .create_topic(NewTopic::new(&topic, 2, 1), false)
+        .await
+        .expect("topic");
+    send(&bootstrap, &topic, 100, "1").await;
+    let (worker, addr) = start_worker(&dir, "a", &app, &topic, &bootstrap).await;
     let deadline = Deadline::new("ready and the clicks counted", Duration::from_secs(60));
     loop {
         let (ready, _) = get(&addr, "/ready");

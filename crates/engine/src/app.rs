@@ -299,6 +299,8 @@ pub struct App {
     pub(crate) problems: Vec<String>,
     pub(crate) timers: Vec<crate::timer::TimerDef>,
     pub(crate) producer: LazyProducer,
+    /// The app's own web pages ([`App::page`]).
+    pub(crate) pages: axum::Router,
 }
 
 impl std::fmt::Debug for App {
@@ -331,6 +333,7 @@ impl App {
             problems: Vec::new(),
             timers: Vec::new(),
             producer,
+            pages: axum::Router::new(),
         }
     }
 
@@ -484,7 +487,14 @@ impl App {
                 (k, v) => format!("<undecodable entry: {:?} {:?}>", k.err(), v.err()),
             }
         });
-        self.tables.push(TableDef::plain(name, changelog, show));
+        let mut def = TableDef::plain(name, changelog, show);
+        // Values are stored after their record's timestamp (8 bytes).
+        def.web = Some(crate::table::WebView::of(
+            topic.inner.clone(),
+            |t: &crate::app::TopicInner<K, V>| &t.codecs,
+            8,
+        ));
+        self.tables.push(def);
         let feeder = Rc::new(crate::join::Feeder {
             table: id,
             empty_deletes: std::cell::Cell::new(false),
@@ -981,7 +991,31 @@ impl App {
             &self.ordered,
             &self.problems,
         )
-        .map(|t| t.with_timers(self.timers.clone()))
+        .map(|t| {
+            t.with_timers(self.timers.clone())
+                .with_pages(self.pages.clone())
+        })
+    }
+
+    /// Serves `route` at `path` on the worker's web server (`web.port`),
+    /// beside the built-in `/health`, `/ready`, `/metrics` and `/tables`
+    /// (Faust's `@app.page`). Routes are axum's:
+    ///
+    /// ```
+    /// # use faustus_engine::prelude::*;
+    /// let mut app = App::new("shop", Properties::new());
+    /// app.page("/hello", faustus_engine::axum::routing::get(|| async { "hello" }));
+    /// ```
+    ///
+    /// A path the server already serves is refused when the worker starts.
+    pub fn page(&mut self, path: &str, route: axum::routing::MethodRouter) {
+        if ["/health", "/ready", "/metrics"].contains(&path) || path.starts_with("/tables") {
+            self.problems.push(format!(
+                "page {path}: the web server serves that path itself"
+            ));
+            return;
+        }
+        self.pages = std::mem::take(&mut self.pages).route(path, route);
     }
 
     /// Runs a worker until `shutdown` resolves (or an error stops it), then

@@ -77,6 +77,10 @@ pub struct EngineConfig {
     pub web_bind: String,
     /// `health.stall.ms`.
     pub health_stall: Duration,
+    /// `application.server` (Kafka Streams' name): the `host:port` other
+    /// workers forward table queries to. Default: `web.bind` and the port
+    /// the server listens on (the host name when bound to every address).
+    pub application_server: Option<String>,
 }
 
 impl EngineConfig {
@@ -143,6 +147,7 @@ impl EngineConfig {
             },
             web_bind: p.get("web.bind").unwrap_or("127.0.0.1").to_owned(),
             health_stall: p.millis_or("health.stall.ms", 60_000)?,
+            application_server: p.get("application.server").map(str::to_owned),
         })
     }
 }

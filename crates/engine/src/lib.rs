@@ -53,6 +53,8 @@ pub mod window;
 mod windowed;
 
 pub use app::{Agent, AgentOptions, App, ErrorPolicy, Topic, TopicSpec};
+/// The web framework of [`App::page`].
+pub use axum;
 pub use batch::{Batch, Event};
 pub use chrono_tz;
 pub use codec::{Codec, CodecError, Json, Raw, Utf8, WindowedText};

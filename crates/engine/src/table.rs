@@ -10,6 +10,7 @@
 
 use std::cell::{RefCell, RefMut};
 use std::collections::HashMap;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use faustus_wire::producer::ProducerRecord;
@@ -121,6 +122,92 @@ pub(crate) struct TableDef {
     /// Whether its partitions keep their pending changes in key order
     /// (range scans of a stream–stream join's buffers).
     pub(crate) ordered: bool,
+    /// How the web server reads it; `None` for the engine's own stores
+    /// (join buffers, subscriptions), which it does not serve.
+    pub(crate) web: Option<WebView>,
+}
+
+/// Encodes a key given as text.
+pub(crate) type KeyFromText = dyn Fn(&str) -> std::result::Result<Vec<u8>, String>;
+/// Renders stored bytes as JSON.
+pub(crate) type ToJson = dyn Fn(&[u8]) -> serde_json::Value;
+
+/// How the web server (`GET /tables/...`) reads a table: keys from URL
+/// text, stored keys and values as JSON, through the table's codecs.
+#[derive(Clone)]
+pub(crate) struct WebView {
+    /// A key as a URL gives it, in the table's key encoding.
+    pub(crate) key: Rc<KeyFromText>,
+    /// A stored key as JSON (listings).
+    pub(crate) key_json: Rc<ToJson>,
+    /// A stored value as JSON (the bytes the table keeps for one key, or
+    /// for one window of a windowed table).
+    pub(crate) value_json: Rc<ToJson>,
+}
+
+impl WebView {
+    /// The view of a table whose codecs `codecs` finds in `owner`, and
+    /// whose stored values start with `value_skip` bytes of the engine's
+    /// own (a timestamp).
+    pub(crate) fn of<T: 'static, K: std::fmt::Debug + 'static, V: std::fmt::Debug + 'static>(
+        owner: Arc<T>,
+        codecs: fn(&T) -> &Codecs<K, V>,
+        value_skip: usize,
+    ) -> Self {
+        let (a, b, c) = (owner.clone(), owner.clone(), owner);
+        Self {
+            key: Rc::new(move |text| key_from_text(&*codecs(&a).key, text)),
+            key_json: Rc::new(move |k| bytes_to_json(&*codecs(&b).key, k)),
+            value_json: Rc::new(move |v| {
+                bytes_to_json(&*codecs(&c).value, v.get(value_skip..).unwrap_or_default())
+            }),
+        }
+    }
+}
+
+/// A key from URL text in a codec's encoding: the text's bytes if the
+/// codec reads them (UTF-8 keys, raw keys, a JSON key written as JSON),
+/// else the text as a JSON string (a JSON codec of string keys).
+pub(crate) fn key_from_text<K>(
+    codec: &dyn Codec<K>,
+    text: &str,
+) -> std::result::Result<Vec<u8>, String> {
+    if codec.decode(Some(text.as_bytes())).is_ok() {
+        return Ok(text.as_bytes().to_vec());
+    }
+    let quoted = serde_json::Value::String(text.to_owned()).to_string();
+    match codec.decode(Some(quoted.as_bytes())) {
+        Ok(_) => Ok(quoted.into_bytes()),
+        Err(e) => Err(format!(
+            "key `{text}` does not decode with the {} codec: {e}",
+            codec.name()
+        )),
+    }
+}
+
+/// Stored bytes as JSON through a codec: JSON as it is, UTF-8 as a
+/// string, anything else as its `Debug` text (or an error object).
+pub(crate) fn bytes_to_json<T: std::fmt::Debug>(
+    codec: &dyn Codec<T>,
+    bytes: &[u8],
+) -> serde_json::Value {
+    match codec.name() {
+        "json" => {
+            if let Ok(v) = serde_json::from_slice(bytes) {
+                return v;
+            }
+        }
+        "utf8" => {
+            if let Ok(s) = std::str::from_utf8(bytes) {
+                return serde_json::Value::String(s.to_owned());
+            }
+        }
+        _ => {}
+    }
+    match codec.decode(Some(bytes)) {
+        Ok(v) => serde_json::Value::String(format!("{v:?}")),
+        Err(e) => serde_json::json!({ "undecodable": e.to_string() }),
+    }
 }
 
 impl TableDef {
@@ -134,6 +221,7 @@ impl TableDef {
             frozen_window: None,
             tick: std::rc::Rc::new(|_, _| Ok(())),
             ordered: false,
+            web: None,
         }
     }
 
@@ -165,6 +253,7 @@ impl<K: std::fmt::Debug + 'static, V: std::fmt::Debug + 'static> Table<K, V> {
             emission: RefCell::new(Emission::default()),
         });
         let shown = inner.clone();
+        let web = WebView::of(inner.clone(), |t: &TableInner<K, V>| &t.codecs, 0);
         let table_handle = Self { inner };
         let def = TableDef {
             name: name.to_owned(),
@@ -191,6 +280,7 @@ impl<K: std::fmt::Debug + 'static, V: std::fmt::Debug + 'static> Table<K, V> {
             frozen_window: None,
             tick: crate::windowed::tick_fn(&table_handle),
             ordered: false,
+            web: Some(web),
         };
         (table_handle, def)
     }

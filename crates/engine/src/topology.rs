@@ -26,6 +26,8 @@ pub struct Topology {
     pub(crate) ordered: Vec<Vec<String>>,
     /// The timers.
     pub(crate) timers: Vec<crate::timer::TimerDef>,
+    /// The app's own web pages.
+    pub(crate) pages: axum::Router,
 }
 
 impl std::fmt::Debug for Topology {
@@ -78,12 +80,18 @@ impl Topology {
             globals,
             ordered,
             timers: Vec::new(),
+            pages: axum::Router::new(),
         })
     }
 
     /// The topology with these timers.
     pub(crate) fn with_timers(mut self, timers: Vec<crate::timer::TimerDef>) -> Self {
         self.timers = timers;
+        self
+    }
+
+    pub(crate) fn with_pages(mut self, pages: axum::Router) -> Self {
+        self.pages = pages;
         self
     }
 

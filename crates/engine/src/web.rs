@@ -8,6 +8,16 @@
 //! - `GET /ready`: 200 once the worker has its partitions and none is
 //!   being restored; 503 before.
 //! - `GET /metrics`: Prometheus text format, names prefixed `faustus_`.
+//! - `GET /tables/{table}/{key}`: the key's value as JSON (a windowed
+//!   table: its windows), 404 for a missing key. Asked of any worker: one
+//!   that does not own the key's partition forwards the query to the one
+//!   that does (each member advertises its `application.server` in its
+//!   group subscription's user data) and relays the answer; 503 with a
+//!   JSON error while the partition is restored or has no owner.
+//!   `?standby=true` lets a worker answer from its standby replica.
+//! - `GET /tables/{table}?limit=N&after=CURSOR`: a page of the entries of
+//!   the partitions this worker owns, with the cursor of the next page.
+//! - the app's own pages ([`App::page`](crate::App::page)).
 //!
 //! The worker's loop updates a [`WebState`] shared with the server (which
 //! runs on the runtime's other threads); whether a partition stalled is
@@ -89,6 +99,132 @@ pub(crate) struct Progress {
     pub(crate) since: Instant,
 }
 
+/// A table query the web server asks the worker's loop.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TableRequest {
+    /// One key's value; `standby`: a standby replica may answer.
+    Get {
+        table: String,
+        key: String,
+        standby: bool,
+    },
+    /// A page of the local partitions' entries.
+    List {
+        table: String,
+        after: Option<String>,
+        limit: usize,
+    },
+}
+
+impl TableRequest {
+    /// The table asked about.
+    pub(crate) fn table(&self) -> &str {
+        match self {
+            TableRequest::Get { table, .. } | TableRequest::List { table, .. } => table,
+        }
+    }
+}
+
+/// The loop's answer to a [`TableRequest`].
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Answer {
+    /// The value (or page) as JSON.
+    Found(serde_json::Value),
+    /// The key is not in the table.
+    Missing,
+    /// No table of that name is served.
+    NoTable,
+    /// The key (or cursor) cannot be read.
+    BadKey(String),
+    /// Another worker owns the key's partition.
+    Elsewhere { partition: i32 },
+    /// This worker is restoring the key's partition.
+    Restoring { partition: i32 },
+    /// Reading the store failed.
+    Failed(String),
+}
+
+/// A request and where its answer goes.
+#[derive(Debug)]
+pub(crate) struct Query {
+    pub(crate) request: TableRequest,
+    pub(crate) reply: tokio::sync::oneshot::Sender<Answer>,
+}
+
+/// Finds which worker owns a partition: the group's members, their
+/// partitions and the web address each advertises in its subscription.
+pub(crate) struct Directory {
+    pub(crate) admin: faustus_wire::Admin,
+    pub(crate) group: String,
+    /// The app's source topics (co-partitioned: any of them tells).
+    pub(crate) topics: Vec<String>,
+    /// This worker's advertised address.
+    pub(crate) me: String,
+    cache: tokio::sync::Mutex<Option<(Instant, BTreeMap<i32, String>)>>,
+}
+
+/// What a member's subscription user data says: `faustus-web=host:port`.
+pub(crate) const WEB_USER_DATA: &str = "faustus-web=";
+
+impl Directory {
+    /// A directory of `group`'s members.
+    pub(crate) fn new(
+        admin: faustus_wire::Admin,
+        group: String,
+        topics: Vec<String>,
+        me: String,
+    ) -> Self {
+        Self {
+            admin,
+            group,
+            topics,
+            me,
+            cache: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The web address of partition `p`'s owner, from a description at
+    /// most a second old (`fresh`: described now).
+    async fn owner(&self, p: i32, fresh: bool) -> Result<Option<String>> {
+        let mut cache = self.cache.lock().await;
+        let stale = cache
+            .as_ref()
+            .is_none_or(|(at, _)| fresh || at.elapsed() > Duration::from_secs(1));
+        if stale {
+            let desc = self.admin.describe_group(&self.group).await?;
+            *cache = Some((Instant::now(), owners(&desc, &self.topics)));
+        }
+        Ok(cache.as_ref().and_then(|(_, m)| m.get(&p).cloned()))
+    }
+}
+
+/// Each partition's owner's web address, by the members' assignments and
+/// user data.
+pub(crate) fn owners(
+    desc: &faustus_wire::group::GroupDescription,
+    topics: &[String],
+) -> BTreeMap<i32, String> {
+    let mut out = BTreeMap::new();
+    for m in &desc.members {
+        let Some(addr) = m
+            .user_data
+            .as_ref()
+            .and_then(|d| std::str::from_utf8(d).ok())
+            .and_then(|d| d.strip_prefix(WEB_USER_DATA))
+        else {
+            continue;
+        };
+        for (topic, parts) in &m.assignment {
+            if topics.contains(topic) {
+                for &p in parts {
+                    out.insert(p, addr.to_owned());
+                }
+            }
+        }
+    }
+    out
+}
+
 /// What the server answers from, updated by the worker's loop.
 pub(crate) struct WebState {
     registry: Registry,
@@ -96,6 +232,11 @@ pub(crate) struct WebState {
     progress: Mutex<BTreeMap<(String, i32), Progress>>,
     ready: Mutex<bool>,
     stall: Duration,
+    /// Table queries to the loop, and the loop's end of them (taken once).
+    queries: tokio::sync::mpsc::UnboundedSender<Query>,
+    pub(crate) query_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Query>>>,
+    /// Who owns which partition (set once the worker knows its group).
+    pub(crate) directory: std::sync::OnceLock<Directory>,
 }
 
 impl WebState {
@@ -156,12 +297,16 @@ impl WebState {
             "Records joins skipped (no key or no value), over this worker's tasks",
             m.dropped.clone(),
         );
+        let (queries, rx) = tokio::sync::mpsc::unbounded_channel();
         Self {
             registry,
             metrics,
             progress: Mutex::new(BTreeMap::new()),
             ready: Mutex::new(false),
             stall,
+            queries,
+            query_rx: Mutex::new(Some(rx)),
+            directory: std::sync::OnceLock::new(),
         }
     }
 
@@ -241,6 +386,170 @@ pub(crate) fn stalled(
         .collect()
 }
 
+/// A JSON response.
+type Reply = (
+    axum::http::StatusCode,
+    [(axum::http::HeaderName, &'static str); 1],
+    String,
+);
+
+fn reply(status: u16, body: serde_json::Value) -> Reply {
+    (
+        axum::http::StatusCode::from_u16(status)
+            .unwrap_or(axum::http::StatusCode::INTERNAL_SERVER_ERROR),
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}
+
+fn error(status: u16, message: String) -> Reply {
+    reply(status, serde_json::json!({ "error": message }))
+}
+
+impl WebState {
+    /// Asks the loop; its answer, or `None` if the worker did not answer
+    /// within 10 s (busy or stopping).
+    async fn ask_loop(&self, request: TableRequest) -> Option<Answer> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.queries.send(Query { request, reply: tx }).ok()?;
+        tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// `GET /tables/{table}/{key}`: answered here, or by the owner.
+    async fn table_get(&self, table: String, key: String, standby: bool, forwarded: bool) -> Reply {
+        let request = TableRequest::Get {
+            table: table.clone(),
+            key: key.clone(),
+            standby,
+        };
+        let partition = match self.ask_loop(request).await {
+            None => return error(503, "the worker did not answer in time".into()),
+            Some(Answer::Elsewhere { partition }) => partition,
+            Some(other) => return local_reply(&table, other),
+        };
+        let not_here = || {
+            error(
+                503,
+                format!("table {table}: partition {partition} has no owner now (a rebalance under way?)"),
+            )
+        };
+        if forwarded {
+            return not_here();
+        }
+        let Some(dir) = self.directory.get() else {
+            return not_here();
+        };
+        // A second try with a fresh description: the first may predate a
+        // rebalance.
+        for fresh in [false, true] {
+            let owner = match dir.owner(partition, fresh).await {
+                Ok(o) => o,
+                Err(e) => {
+                    return error(
+                        503,
+                        format!("finding the owner of partition {partition}: {e}"),
+                    )
+                }
+            };
+            let Some(addr) = owner.filter(|a| *a != dir.me) else {
+                continue;
+            };
+            let mut path = format!(
+                "/tables/{}/{}?forwarded=true",
+                encode_segment(&table),
+                encode_segment(&key)
+            );
+            if standby {
+                path.push_str("&standby=true");
+            }
+            match forward(&addr, &path).await {
+                Ok((503, _)) if !fresh => continue,
+                Ok((status, body)) => {
+                    return (
+                        axum::http::StatusCode::from_u16(status)
+                            .unwrap_or(axum::http::StatusCode::BAD_GATEWAY),
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        body,
+                    )
+                }
+                Err(e) if !fresh => {
+                    tracing::debug!(%addr, error = %e, "forwarding a table query failed; asking again")
+                }
+                Err(e) => {
+                    return error(503, format!("partition {partition}'s owner at {addr}: {e}"))
+                }
+            }
+        }
+        not_here()
+    }
+}
+
+/// The reply to what the loop answered itself.
+fn local_reply(table: &str, answer: Answer) -> Reply {
+    match answer {
+        Answer::Found(v) => reply(200, v),
+        Answer::Missing => error(404, format!("table {table}: no such key")),
+        Answer::NoTable => error(404, format!("no table {table}")),
+        Answer::BadKey(e) => error(400, format!("table {table}: {e}")),
+        Answer::Restoring { partition } => error(
+            503,
+            format!("table {table}: partition {partition} is being restored"),
+        ),
+        Answer::Elsewhere { partition } => error(
+            503,
+            format!("table {table}: partition {partition} is not on this worker"),
+        ),
+        Answer::Failed(e) => error(500, format!("table {table}: {e}")),
+    }
+}
+
+/// Percent-encodes a path segment (all but unreserved characters).
+fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `GET http://addr/path`: the status and body, within 10 s.
+async fn forward(addr: &str, path: &str) -> std::result::Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let work = async {
+        let stream = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let req = axum::http::Request::get(path)
+            .header(axum::http::header::HOST, addr)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| e.to_string())?;
+        let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .map_err(|_| "no answer within 10 s".to_owned())?
+}
+
 fn json_string(s: &str) -> String {
     serde_json::Value::String(s.to_owned()).to_string()
 }
@@ -251,13 +560,53 @@ pub(crate) async fn serve(
     state: Arc<WebState>,
     bind: &str,
     port: u16,
+    pages: axum::Router,
 ) -> Result<std::net::SocketAddr> {
+    use axum::extract::{Path, Query as Params};
     use axum::http::StatusCode;
     use axum::routing::get;
+    type Flags = Params<std::collections::HashMap<String, String>>;
+    let flag = |q: &Flags, name: &str| q.get(name).is_some_and(|v| v == "true" || v == "1");
     let health = state.clone();
     let ready = state.clone();
+    let one = state.clone();
+    let list = state.clone();
     let metrics = state;
-    let app = axum::Router::new()
+    let app = pages
+        .route(
+            "/tables/{table}/{key}",
+            get(
+                move |Path((table, key)): Path<(String, String)>, q: Flags| {
+                    let s = one.clone();
+                    async move {
+                        s.table_get(table, key, flag(&q, "standby"), flag(&q, "forwarded"))
+                            .await
+                    }
+                },
+            ),
+        )
+        .route(
+            "/tables/{table}",
+            get(move |Path(table): Path<String>, q: Flags| {
+                let s = list.clone();
+                async move {
+                    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+                        None => 100,
+                        Some(Ok(n)) if (1..=10_000).contains(&n) => n,
+                        Some(_) => return error(400, "limit: expected 1 to 10000".into()),
+                    };
+                    let request = TableRequest::List {
+                        table: table.clone(),
+                        after: q.get("after").cloned(),
+                        limit,
+                    };
+                    match s.ask_loop(request).await {
+                        Some(answer) => local_reply(&table, answer),
+                        None => error(503, "the worker did not answer in time".into()),
+                    }
+                }
+            }),
+        )
         .route(
             "/health",
             get(move || {
@@ -347,6 +696,51 @@ mod tests {
             stalled(&progress, late, stall),
             vec![(("in".to_owned(), 0), 5)]
         );
+    }
+
+    #[test]
+    fn owners_come_from_the_members_assignments_and_advertised_addresses() {
+        use faustus_wire::group::{GroupDescription, GroupMember};
+        let member = |id: &str, data: Option<&str>, parts: &[(&str, Vec<i32>)]| GroupMember {
+            member_id: id.into(),
+            instance_id: None,
+            client_id: id.into(),
+            host: "/127.0.0.1".into(),
+            assignment: parts
+                .iter()
+                .map(|(t, p)| ((*t).to_owned(), p.clone()))
+                .collect(),
+            user_data: data.map(|d| bytes::Bytes::from(d.to_owned())),
+        };
+        let desc = GroupDescription {
+            group_id: "app".into(),
+            state: "Stable".into(),
+            protocol_type: "consumer".into(),
+            protocol: "range".into(),
+            members: vec![
+                member(
+                    "a",
+                    Some("faustus-web=h1:1"),
+                    &[("in", vec![0, 2]), ("other", vec![1])],
+                ),
+                member("b", Some("faustus-web=h2:2"), &[("in", vec![1])]),
+                // No address: its partitions have no known owner.
+                member("c", None, &[("in", vec![3])]),
+                member("d", Some("something else"), &[("in", vec![4])]),
+            ],
+        };
+        let got = owners(&desc, &["in".to_owned()]);
+        let expected: BTreeMap<i32, String> = [(0, "h1:1"), (1, "h2:2"), (2, "h1:1")]
+            .into_iter()
+            .map(|(p, a)| (p, a.to_owned()))
+            .collect();
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn path_segments_are_percent_encoded() {
+        assert_eq!(encode_segment("/page/1 a?b"), "%2Fpage%2F1%20a%3Fb");
+        assert_eq!(encode_segment("Az09-._~"), "Az09-._~");
     }
 
     #[test]

@@ -25,6 +25,7 @@ pub(crate) mod commit;
 pub(crate) mod dispatch;
 pub(crate) mod global;
 pub(crate) mod order;
+pub(crate) mod query;
 pub(crate) mod rebalance;
 pub(crate) mod restore;
 pub(crate) mod setup;
@@ -79,6 +80,10 @@ struct Worker<'t> {
     /// The partitions the worker warned about as stalled.
     stalled: Vec<(String, i32)>,
     last_health_check: Instant,
+    /// Table queries from the web server.
+    queries: Option<tokio::sync::mpsc::UnboundedReceiver<crate::web::Query>>,
+    /// The partitions of the app's topics.
+    partitions: i32,
 }
 
 /// Runs a worker until `shutdown` resolves (or an error stops it), then
@@ -120,7 +125,7 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
         }
     };
     let shared = Arc::new(Shared::new(outputs));
-    let group_cfg = GroupConfig::from_properties(&props)?;
+    let mut group_cfg = GroupConfig::from_properties(&props)?;
     // Well inside `max.poll.interval.ms`: a poll runs beside each step.
     let restore_budget =
         (group_cfg.max_poll_interval / 5).clamp(Duration::from_millis(50), Duration::from_secs(1));
@@ -133,12 +138,35 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
     let web = match cfg.web_port {
         Some(port) => {
             let state = Arc::new(crate::web::WebState::new(cfg.health_stall));
-            let addr = crate::web::serve(state.clone(), &cfg.web_bind, port).await?;
-            tracing::info!(%addr, "web server listening");
+            let addr =
+                crate::web::serve(state.clone(), &cfg.web_bind, port, topology.pages.clone())
+                    .await?;
+            let me = match &cfg.application_server {
+                Some(a) => a.clone(),
+                None if addr.ip().is_unspecified() => {
+                    return Err(Error::Config(format!(
+                        "web.bind={}: set application.server to the host:port other workers reach this one at",
+                        cfg.web_bind
+                    )))
+                }
+                None => addr.to_string(),
+            };
+            tracing::info!(%addr, advertised = %me, "web server listening");
+            // Other members find this worker's tables here.
+            group_cfg.user_data = Some(format!("{}{me}", crate::web::WEB_USER_DATA).into());
+            let _ = state.directory.set(crate::web::Directory::new(
+                admin.clone(),
+                group_cfg.group_id.clone(),
+                topics.iter().map(|t| t.to_string()).collect(),
+                me,
+            ));
             Some(state)
         }
         None => None,
     };
+    let queries = web
+        .as_ref()
+        .and_then(|w| w.query_rx.lock().unwrap_or_else(|e| e.into_inner()).take());
     let consumer = GroupConsumer::subscribe(group_cfg, &topics, Listener(shared.clone())).await?;
     shared.set_group_metadata(consumer.metadata_handle());
     tracing::info!(app = %cfg.app_id, worker = %id, guarantee = ?cfg.guarantee, ?topics, "worker starting");
@@ -157,6 +185,8 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
         web,
         stalled: Vec::new(),
         last_health_check: Instant::now(),
+        queries,
+        partitions,
         shared,
         consumer,
         tasks: Tasks::new(),
@@ -182,11 +212,9 @@ impl Worker<'_> {
                 return Ok(());
             }
             // Restoring tasks catch up while the consumer polls: neither
-            // waits for the other, and polls keep their pace.
-            let (fetched, restored) = tokio::join!(
-                self.consumer.poll(),
-                self.restorer.restore_step(self.restore_budget)
-            );
+            // waits for the other, and polls keep their pace. Table queries
+            // are answered meanwhile.
+            let (fetched, restored) = self.poll_and_answer().await;
             let (fetched, restored) = (fetched?, restored?);
             for (p, task) in restored {
                 self.tasks
@@ -232,6 +260,59 @@ impl Worker<'_> {
                 last_report = Instant::now();
             }
         }
+    }
+
+    /// Polls and takes a restore step, answering the web server's table
+    /// queries while they run; those a standby may answer wait for the
+    /// end (the restorer keeps the standbys).
+    async fn poll_and_answer(
+        &mut self,
+    ) -> (
+        faustus_wire::Result<Vec<Fetched>>,
+        Result<Vec<(i32, task::TaskCtx)>>,
+    ) {
+        let restoring: std::collections::BTreeSet<i32> = self.restorer.restoring().collect();
+        let consumer = &mut self.consumer;
+        let restorer = &mut self.restorer;
+        let budget = self.restore_budget;
+        let work = async { tokio::join!(consumer.poll(), restorer.restore_step(budget)) };
+        let Some(rx) = self.queries.as_mut() else {
+            return work.await;
+        };
+        let local = query::Local {
+            tables: self.tables,
+            tasks: &self.tasks,
+            restoring: &|p| restoring.contains(&p),
+            standby: &|_, _| None,
+            partitions: self.partitions,
+        };
+        let mut for_standby = Vec::new();
+        let out = {
+            tokio::pin!(work);
+            loop {
+                tokio::select! {
+                    done = &mut work => break done,
+                    Some(q) = rx.recv() => {
+                        let answer = query::answer(&local, &q.request);
+                        let standby = matches!(q.request, crate::web::TableRequest::Get { standby: true, .. });
+                        if standby && matches!(answer, crate::web::Answer::Elsewhere { .. } | crate::web::Answer::Restoring { .. }) {
+                            for_standby.push(q);
+                        } else {
+                            let _ = q.reply.send(answer);
+                        }
+                    }
+                }
+            }
+        };
+        let restorer = &self.restorer;
+        let local = query::Local {
+            standby: &|t, p| restorer.standby_store(t, p),
+            ..local
+        };
+        for q in for_standby {
+            let _ = q.reply.send(query::answer(&local, &q.request));
+        }
+        out
     }
 
     /// Commits, leaves the group, closes the producer.

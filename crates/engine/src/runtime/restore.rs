@@ -388,6 +388,12 @@ impl<'t> Restorer<'t> {
         Ok((part, behind))
     }
 
+    /// The standby store of table `table`'s partition `p`, if this worker
+    /// keeps one.
+    pub(crate) fn standby_store(&self, table: usize, p: i32) -> Option<&dyn Store> {
+        self.standby.as_ref()?.stores.get(&(table, p)).map(|s| &**s)
+    }
+
     /// Closes the standby stores of partition `p` (about to become a
     /// task: RocksDB allows one opener of a directory).
     fn release_standby(&mut self, p: i32) {

@@ -10,7 +10,7 @@ use kafka_protocol::messages::{
 use kafka_protocol::protocol::StrBytes;
 
 use super::offsets::{check_commit, commit_request, fetch_request, fetched_offsets, GroupOffsets};
-use super::protocol::Assignment;
+use super::protocol::{Assignment, Subscription};
 use crate::admin::Admin;
 use crate::conn::Connection;
 use crate::coordinator::CoordinatorType;
@@ -41,6 +41,9 @@ pub struct GroupMember {
     pub host: String,
     /// Its partitions (decoded from the consumer protocol).
     pub assignment: BTreeMap<String, Vec<i32>>,
+    /// The user data of its subscription (classic groups; `None` in
+    /// KIP-848 groups, whose protocol has none).
+    pub user_data: Option<bytes::Bytes>,
 }
 
 /// A group as DescribeGroups reports it.
@@ -127,12 +130,17 @@ impl Admin {
                     m.member_id.as_str()
                 ))
             })?;
+            // Members of other protocol types may say anything here.
+            let user_data = Subscription::decode(&m.member_metadata)
+                .ok()
+                .and_then(|s| s.user_data);
             members.push(GroupMember {
                 member_id: m.member_id.as_str().to_owned(),
                 instance_id: m.group_instance_id.as_ref().map(|i| i.as_str().to_owned()),
                 client_id: m.client_id.as_str().to_owned(),
                 host: m.client_host.as_str().to_owned(),
                 assignment: assignment.partitions,
+                user_data,
             });
         }
         Ok(GroupDescription {
@@ -184,6 +192,7 @@ impl Admin {
                         (tp.topic_name.0.as_str().to_owned(), ps)
                     })
                     .collect(),
+                user_data: None,
             })
             .collect();
         Ok(GroupDescription {

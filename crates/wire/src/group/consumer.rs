@@ -73,6 +73,15 @@ pub struct GroupConfig {
     /// `consumer` protocol (`uniform` or `range`; the broker's default when
     /// unset).
     pub remote_assignor: Option<String>,
+    /// Bytes every member sees in this member's subscription (the classic
+    /// protocol's `user_data`), and that [`Admin::describe_group`] reports:
+    /// an application's own data (the engine advertises its web address
+    /// this way, as Kafka Streams does `application.server`). Set in code;
+    /// `None` by default. The KIP-848 protocol has no such field: ignored
+    /// there.
+    ///
+    /// [`Admin::describe_group`]: crate::Admin::describe_group
+    pub user_data: Option<bytes::Bytes>,
 }
 
 /// Which group protocol a consumer speaks (`group.protocol`).
@@ -153,6 +162,7 @@ impl GroupConfig {
             auto_commit_interval: p.millis_or("auto.commit.interval.ms", 5_000)?,
             protocol,
             remote_assignor: p.get("group.remote.assignor").map(str::to_owned),
+            user_data: None,
         })
     }
 }
@@ -893,7 +903,7 @@ impl<L: RebalanceListener> GroupConsumer<L> {
             .map(|a| {
                 let sub = Subscription {
                     topics: self.topics.clone(),
-                    user_data: None,
+                    user_data: self.cfg.user_data.clone(),
                     owned: if a.is_cooperative() {
                         owned.clone()
                     } else {
