@@ -259,10 +259,59 @@ impl LazyProducer {
     }
 }
 
-/// An agent's handle: its source topic, and `send` to feed it from code.
+/// An agent's handle: its source topic, `send` (or `cast`) to feed it
+/// from code, and `ask`, `join` and `map` to ask it for replies (see
+/// [`rpc`](crate::rpc)).
 pub struct Agent<K, V> {
     topic: Topic<K, V>,
     producer: LazyProducer,
+    replies: crate::rpc::Replies,
+}
+
+/// How long [`Agent::ask`] waits for a reply unless told (the Java
+/// client's `request.timeout.ms` default).
+pub const DEFAULT_ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A request to an agent, awaited for its reply ([`Agent::ask`]).
+#[must_use = "a request is sent when awaited"]
+pub struct Ask<'a, K, V, R> {
+    agent: &'a Agent<K, V>,
+    rec: Result<ProducerRecord>,
+    timeout: std::time::Duration,
+    _reply: std::marker::PhantomData<fn() -> R>,
+}
+
+impl<K, V, R> std::fmt::Debug for Ask<'_, K, V, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ask")
+            .field("agent", &self.agent.topic.name())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl<K, V, R> Ask<'_, K, V, R> {
+    /// Gives up with [`Error::Timeout`](crate::Error::Timeout) when no
+    /// reply came within `d` of sending (default
+    /// [`DEFAULT_ASK_TIMEOUT`]).
+    pub fn timeout(mut self, d: std::time::Duration) -> Self {
+        self.timeout = d;
+        self
+    }
+}
+
+impl<'a, K: Sync, V: Sync, R: serde::de::DeserializeOwned + 'a> std::future::IntoFuture
+    for Ask<'a, K, V, R>
+{
+    type Output = Result<R>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Result<R>> + Send + 'a>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(async move {
+            let waiting = self.agent.request(self.rec?).await?;
+            crate::rpc::await_reply(waiting, self.agent.topic.name(), self.timeout).await
+        })
+    }
 }
 
 impl<K, V> std::fmt::Debug for Agent<K, V> {
@@ -283,6 +332,112 @@ impl<K, V> Agent<K, V> {
         let p = self.producer.get().await?;
         Ok(p.send(rec).await?.await?)
     }
+
+    /// Faust's `cast`: sends the agent a value and asks no reply (the
+    /// same as [`send`](Self::send)).
+    pub async fn cast(&self, key: Option<&K>, value: &V) -> Result<RecordMetadata> {
+        self.send(key, value).await
+    }
+
+    /// Faust's `ask`: sends the agent a value and awaits its reply, which
+    /// the agent gives with [`Batch::reply`](crate::Batch::reply), decoded
+    /// from JSON as `R`. Awaiting it sends it; `.timeout(d)` bounds the
+    /// wait:
+    ///
+    /// ```no_run
+    /// # async fn f(square: faustus_engine::Agent<String, u64>) -> faustus_engine::Result<()> {
+    /// let n: u64 = square.ask(None, &7).timeout(std::time::Duration::from_secs(5)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn ask<R>(&self, key: Option<&K>, value: &V) -> Ask<'_, K, V, R> {
+        Ask {
+            agent: self,
+            rec: self.topic.record(key, value),
+            timeout: DEFAULT_ASK_TIMEOUT,
+            _reply: std::marker::PhantomData,
+        }
+    }
+
+    /// Faust's `join`: asks the agent about each value (all sent before any
+    /// reply is awaited) and gives the replies in the order of the values;
+    /// each waits at most `timeout` after the last was sent.
+    pub async fn join<R: serde::de::DeserializeOwned>(
+        &self,
+        requests: impl IntoIterator<Item = (Option<K>, V)>,
+        timeout: std::time::Duration,
+    ) -> Vec<Result<R>> {
+        let name = self.topic.name();
+        let waiting = self.send_all(requests).await;
+        futures::future::join_all(
+            waiting
+                .into_iter()
+                .map(|w| async move { crate::rpc::await_reply(w?, name, timeout).await }),
+        )
+        .await
+    }
+
+    /// Faust's `map`: asks the agent about each value and yields each reply
+    /// as it arrives, with the index of its value; each waits at most
+    /// `timeout` after the last was sent.
+    pub async fn map<R: serde::de::DeserializeOwned>(
+        &self,
+        requests: impl IntoIterator<Item = (Option<K>, V)>,
+        timeout: std::time::Duration,
+    ) -> impl futures::Stream<Item = (usize, Result<R>)> + '_ {
+        let name = self.topic.name();
+        let waiting = self.send_all(requests).await;
+        waiting
+            .into_iter()
+            .enumerate()
+            .map(|(i, w)| async move {
+                (
+                    i,
+                    async { crate::rpc::await_reply(w?, name, timeout).await }.await,
+                )
+            })
+            .collect::<futures::stream::FuturesUnordered<_>>()
+    }
+
+    /// Sends each request, then awaits their acknowledgements.
+    async fn send_all(
+        &self,
+        requests: impl IntoIterator<Item = (Option<K>, V)>,
+    ) -> Vec<Result<crate::rpc::Waiting>> {
+        let mut sent = Vec::new();
+        for (k, v) in requests {
+            sent.push(self.queue(self.topic.record(k.as_ref(), &v)).await);
+        }
+        let mut out = Vec::with_capacity(sent.len());
+        for s in sent {
+            out.push(match s {
+                Ok((waiting, delivery)) => match delivery.await {
+                    Ok(_) => Ok(waiting),
+                    Err(e) => Err(e.into()),
+                },
+                Err(e) => Err(e),
+            });
+        }
+        out
+    }
+
+    /// Sends a request record with its reply headers; what its reply
+    /// arrives on.
+    async fn request(&self, rec: ProducerRecord) -> Result<crate::rpc::Waiting> {
+        let (waiting, delivery) = self.queue(Ok(rec)).await?;
+        delivery.await?;
+        Ok(waiting)
+    }
+
+    async fn queue(
+        &self,
+        rec: Result<ProducerRecord>,
+    ) -> Result<(crate::rpc::Waiting, faustus_wire::producer::DeliveryFuture)> {
+        let mut rec = rec?;
+        let (headers, waiting) = self.replies.register().await?;
+        rec.headers.extend(headers);
+        let p = self.producer.get().await?;
+        Ok((waiting, p.send(rec).await?))
+    }
 }
 
 /// A Faustus application: settings, topics, tables and agents.
@@ -299,6 +454,8 @@ pub struct App {
     pub(crate) problems: Vec<String>,
     pub(crate) timers: Vec<crate::timer::TimerDef>,
     pub(crate) producer: LazyProducer,
+    /// Where agents' replies to this process's requests arrive.
+    pub(crate) replies: crate::rpc::Replies,
     /// The app's own web pages ([`App::page`]).
     pub(crate) pages: axum::Router,
 }
@@ -322,8 +479,11 @@ impl App {
     pub fn new(id: impl Into<String>, props: Properties) -> Self {
         let producer = LazyProducer::default();
         *producer.props.lock().unwrap_or_else(|e| e.into_inner()) = props.clone();
+        let id: String = id.into();
+        let replies = crate::rpc::Replies::new(&id, producer.props.clone());
         Self {
-            id: id.into(),
+            replies,
+            id,
             props,
             topics: Vec::new(),
             tables: Vec::new(),
@@ -963,6 +1123,7 @@ impl App {
         Agent {
             topic: topic.clone(),
             producer: self.producer.clone(),
+            replies: self.replies.clone(),
         }
     }
 

@@ -257,6 +257,29 @@ impl<K, V> Batch<K, V> {
         Ok(())
     }
 
+    /// Answers a request [`Agent::ask`](crate::Agent::ask) (or `join`,
+    /// `map`) sent: `value`, as JSON, goes to the requester's reply
+    /// topic, produced with the agent's other output (in its transaction
+    /// under exactly-once). Returns false, sending nothing, when `event`
+    /// asked no reply (it was sent with `send` or `cast`).
+    pub fn reply<R: serde::Serialize>(&self, event: &Event<'_, K, V>, value: &R) -> Result<bool> {
+        let Some((topic, partition, id)) = crate::rpc::reply_address(event.headers()) else {
+            return Ok(false);
+        };
+        let bytes = serde_json::to_vec(value).map_err(|e| Error::Encode {
+            target: topic.clone(),
+            part: "value",
+            source: crate::codec::CodecError::new(e.to_string()),
+        })?;
+        let id = bytes::Bytes::from(id);
+        let mut rec = ProducerRecord::new(topic).partition(partition);
+        rec.key = Some(id.clone());
+        rec.value = Some(bytes.into());
+        rec.headers = vec![(crate::rpc::CORRELATION_ID.to_owned(), Some(id))];
+        self.input.task.outbox.borrow_mut().push(rec);
+        Ok(true)
+    }
+
     /// Re-keys every record with `key` and sends it to `topic`, usually a
     /// [`repartition_topic`](crate::App::repartition_topic): the agent
     /// reading that topic sees each new key in the partition it hashes to

@@ -74,6 +74,15 @@ pub enum Error {
     /// A setting is missing or wrong.
     #[error("configuration: {0}")]
     Config(String),
+    /// Something awaited did not come in time (an agent's reply to
+    /// [`ask`](crate::Agent::ask)).
+    #[error("timed out after {after:?} waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: String,
+        /// How long.
+        after: std::time::Duration,
+    },
 }
 
 impl Error {

@@ -42,6 +42,7 @@ pub mod config;
 mod error;
 mod global;
 mod join;
+pub mod rpc;
 mod runtime;
 mod store;
 mod table;
@@ -52,7 +53,7 @@ mod web;
 pub mod window;
 mod windowed;
 
-pub use app::{Agent, AgentOptions, App, ErrorPolicy, Topic, TopicSpec};
+pub use app::{Agent, AgentOptions, App, Ask, ErrorPolicy, Topic, TopicSpec, DEFAULT_ASK_TIMEOUT};
 /// The web framework of [`App::page`].
 pub use axum;
 pub use batch::{Batch, Event};
