@@ -20,7 +20,9 @@
 //! Environment, for running several apps side by side (the tests do):
 //! `PAGE_VIEWS_APP` (app id, default `page_views`), `PAGE_VIEWS_TOPIC`
 //! (default `page_views`), `PAGE_VIEWS_DEAD_LETTERS` (a topic: dead-letter
-//! records that do not decode instead of stopping).
+//! records that do not decode instead of stopping), `PAGE_VIEWS_HANG_ON`
+//! (a URL: the agent never returns once it meets a click of it, the stuck
+//! agent the liveness test needs).
 
 use std::process::ExitCode;
 
@@ -42,10 +44,14 @@ fn main() -> ExitCode {
         Err(_) => AgentOptions::default(),
     };
 
+    let hang_on = std::env::var("PAGE_VIEWS_HANG_ON").ok();
     app.agent_with("count_click", &clicks, options, async move |clicks| {
         let mut table = clicks.table(&click_counts)?;
         for click in clicks.items() {
             let (url, count) = click?;
+            if hang_on.as_ref() == Some(&url) {
+                std::future::pending::<()>().await;
+            }
             table.update(&url, |n| *n += count)?;
         }
         Ok(())

@@ -55,6 +55,27 @@ async fn send(bootstrap: &str, topic: &str, n: usize, value: &str) {
     p.close().await.expect("close");
 }
 
+/// `/metrics` through a Prometheus text parser.
+fn parse_metrics(text: &str) -> prometheus_parse::Scrape {
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("Prometheus text")
+}
+
+/// The sum of a metric's samples over its labels.
+fn sum(scrape: &prometheus_parse::Scrape, name: &str) -> u64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v as u64,
+            _ => 0,
+        })
+        .sum()
+}
+
 /// Starts a page_views worker named `name` with a web server on a free
 /// port; the worker and its web address (from its log).
 async fn start_worker(
@@ -64,9 +85,22 @@ async fn start_worker(
     topic: &str,
     bootstrap: &str,
 ) -> (std::process::Child, String) {
+    start_worker_with(dir, name, app, topic, bootstrap, &[]).await
+}
+
+/// [`start_worker`] with more environment.
+async fn start_worker_with(
+    dir: &ScratchDir,
+    name: &str,
+    app: &str,
+    topic: &str,
+    bootstrap: &str,
+    env: &[(&str, &str)],
+) -> (std::process::Child, String) {
     std::fs::create_dir_all(dir.path()).expect("scratch dir");
     let log_path = dir.path().join(format!("{name}.log"));
     let worker = Command::new(faustus_suite::example_binary("page_views"))
+        .envs(env.iter().copied())
         .env("PAGE_VIEWS_APP", app)
         .env("PAGE_VIEWS_TOPIC", topic)
         .args(["-b", bootstrap])
@@ -285,12 +319,27 @@ async fn ready_metrics_and_health_tell_how_the_worker_is_doing() {
     loop {
         let (ready, _) = get(&addr, "/ready");
         let (_, metrics) = get(&addr, "/metrics");
-        let counted: u64 = metrics
-            .lines()
-            .filter(|l| l.starts_with("faustus_records_processed_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum();
+        let parsed = parse_metrics(&metrics);
+        let counted = sum(&parsed, "faustus_records_processed_total");
         if ready == 200 && counted >= 100 {
+            assert_eq!(counted, 100, "{metrics}");
+            assert_eq!(
+                sum(&parsed, "faustus_agent_records_total"),
+                100,
+                "{metrics}"
+            );
+            assert!(
+                parsed
+                    .samples
+                    .iter()
+                    .any(|s| s.metric == "faustus_agent_records_total"
+                        && s.labels.get("agent") == Some("count_click")),
+                "{metrics}"
+            );
+            assert!(
+                sum(&parsed, "faustus_wire_responses_total") > 0,
+                "{metrics}"
+            );
             assert!(metrics.contains("faustus_commits_total"), "{metrics}");
             assert!(
                 metrics.contains("faustus_commit_seconds_bucket"),
@@ -304,4 +353,81 @@ async fn ready_metrics_and_health_tell_how_the_worker_is_doing() {
     }
     assert_eq!(get(&addr, "/health").0, 200, "keeping up");
     faustus_suite::stop_worker(worker);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_agent_turns_health_to_503_naming_its_partition_and_is_logged() {
+    let kafka = shared().expect("kafka");
+    let bootstrap = kafka.bootstrap().to_owned();
+    let app = unique_topic("stuck");
+    let topic = format!("{app}-clicks");
+    let dir = ScratchDir::new(&app);
+    let props = Properties::new().set("bootstrap.servers", &bootstrap);
+    let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
+        .await
+        .expect("producer");
+    Admin::new(p.client().clone())
+        .create_topic(NewTopic::new(&topic, 1, 1), false)
+        .await
+        .expect("topic");
+    // The worker's agent never returns from the batch holding /page/3.
+    let (worker, addr) = start_worker_with(
+        &dir,
+        "a",
+        &app,
+        &topic,
+        &bootstrap,
+        &[("PAGE_VIEWS_HANG_ON", "/page/3")],
+    )
+    .await;
+    let deadline = Deadline::new("the worker ready", Duration::from_secs(60));
+    while get(&addr, "/ready").0 != 200 {
+        deadline.check("starting");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Healthy while it keeps up.
+    assert_eq!(get(&addr, "/health").0, 200);
+    send(&bootstrap, &topic, 10, "1").await;
+    // Stalled within the stall time (1.5 s) and a little.
+    let deadline = Deadline::new("/health to report the stall", Duration::from_secs(30));
+    let body = loop {
+        let (status, body) = get(&addr, "/health");
+        if status == 503 {
+            break body;
+        }
+        assert_eq!(status, 200, "{body}");
+        deadline.check(body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let health: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(health["status"], "stalled", "{body}");
+    let stalled = &health["stalled"][0];
+    assert_eq!(stalled["topic"], topic.as_str(), "{body}");
+    assert_eq!(stalled["partition"], 0, "{body}");
+    assert!(stalled["lag"].as_i64().is_some_and(|l| l > 0), "{body}");
+    // The worker said so in its log, once.
+    let log_path = dir.path().join("a.log");
+    let deadline = Deadline::new("the stall warning in the log", Duration::from_secs(10));
+    loop {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let warnings = log.matches("partition stalled").count();
+        if warnings > 0 {
+            assert_eq!(warnings, 1, "{}", faustus_suite::log_tail(&log, 10));
+            break;
+        }
+        deadline.check(faustus_suite::log_tail(&log, 5));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Metrics still answer while the loop is stuck.
+    let (status, metrics) = get(&addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        metrics.contains("faustus_wire_requests_in_flight{"),
+        "{metrics}"
+    );
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &worker.id().to_string()])
+        .status();
+    let mut worker = worker;
+    let _ = worker.wait();
 }

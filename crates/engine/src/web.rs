@@ -43,8 +43,46 @@ pub(crate) struct PartitionLabels {
     pub(crate) partition: i64,
 }
 
+/// An agent's input partition's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct AgentLabels {
+    pub(crate) agent: String,
+    pub(crate) topic: String,
+    pub(crate) partition: i64,
+}
+
+/// A table partition's labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct TableLabels {
+    pub(crate) table: String,
+    pub(crate) partition: i64,
+}
+
+/// A broker's label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct BrokerLabels {
+    pub(crate) broker: String,
+}
+
 /// The worker's metrics.
 pub(crate) struct Metrics {
+    /// Records handed to each agent, per input partition.
+    pub(crate) agent_records: Family<AgentLabels, Counter>,
+    /// Changelog records applied while restoring, per table partition.
+    pub(crate) restored: Family<TableLabels, Gauge>,
+    /// Changelog offsets still to restore, per table partition.
+    pub(crate) restore_remaining: Family<TableLabels, Gauge>,
+    /// Producer sends and flushes that failed.
+    pub(crate) send_errors: Counter,
+    /// Transactions aborted.
+    pub(crate) aborts: Counter,
+    /// The Kafka client's requests awaiting a response, per broker.
+    pub(crate) wire_in_flight: Family<BrokerLabels, Gauge>,
+    /// Responses received, per broker.
+    pub(crate) wire_responses: Family<BrokerLabels, Counter>,
+    /// The time responses took, summed, per broker (s).
+    pub(crate) wire_response_seconds:
+        Family<BrokerLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     /// Records handed to agents, per input partition.
     pub(crate) processed: Family<PartitionLabels, Counter>,
     /// Records past the committed position, per input partition, as the
@@ -72,6 +110,14 @@ pub(crate) struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self {
+            agent_records: Family::default(),
+            restored: Family::default(),
+            restore_remaining: Family::default(),
+            send_errors: Counter::default(),
+            aborts: Counter::default(),
+            wire_in_flight: Family::default(),
+            wire_responses: Family::default(),
+            wire_response_seconds: Family::default(),
             processed: Family::default(),
             lag: Family::default(),
             commits: Counter::default(),
@@ -237,6 +283,7 @@ pub(crate) struct WebState {
     pub(crate) query_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Query>>>,
     /// Who owns which partition (set once the worker knows its group).
     pub(crate) directory: std::sync::OnceLock<Directory>,
+    scrape: Mutex<()>,
 }
 
 impl WebState {
@@ -293,6 +340,46 @@ impl WebState {
             m.commit_seconds.clone(),
         );
         registry.register(
+            "agent_records",
+            "Records handed to each agent, per input partition",
+            m.agent_records.clone(),
+        );
+        registry.register(
+            "restored_records",
+            "Changelog records applied by the restoration under way, per table partition",
+            m.restored.clone(),
+        );
+        registry.register(
+            "restore_remaining_records",
+            "Changelog offsets the restoration under way still has to read, per table partition",
+            m.restore_remaining.clone(),
+        );
+        registry.register(
+            "producer_errors",
+            "Producer sends and flushes that failed",
+            m.send_errors.clone(),
+        );
+        registry.register(
+            "transaction_aborts",
+            "Transactions aborted",
+            m.aborts.clone(),
+        );
+        registry.register(
+            "wire_requests_in_flight",
+            "The Kafka client's requests awaiting a response, per broker",
+            m.wire_in_flight.clone(),
+        );
+        registry.register(
+            "wire_responses",
+            "Responses the Kafka client received, per broker",
+            m.wire_responses.clone(),
+        );
+        registry.register(
+            "wire_response_seconds",
+            "The time those responses took, summed, per broker (divide by wire_responses for the mean)",
+            m.wire_response_seconds.clone(),
+        );
+        registry.register(
             "dropped_records",
             "Records joins skipped (no key or no value), over this worker's tasks",
             m.dropped.clone(),
@@ -307,6 +394,7 @@ impl WebState {
             queries,
             query_rx: Mutex::new(Some(rx)),
             directory: std::sync::OnceLock::new(),
+            scrape: Mutex::new(()),
         }
     }
 
@@ -333,6 +421,10 @@ impl WebState {
             p.since = Instant::now();
         }
         if let Some(lag) = lag {
+            // Records to read again after none: the clock starts now.
+            if p.lag <= 0 && lag > 0 {
+                p.since = Instant::now();
+            }
             p.lag = lag;
             self.metrics.lag.get_or_create(&labels).set(lag);
         }
@@ -365,10 +457,53 @@ impl WebState {
     }
 
     fn metrics_text(&self) -> String {
+        // One scrape at a time raises the wire counters.
+        let _one = self.scrape.lock().unwrap_or_else(|e| e.into_inner());
+        for b in faustus_wire::stats::snapshot() {
+            let l = BrokerLabels { broker: b.broker };
+            self.metrics
+                .wire_in_flight
+                .get_or_create(&l)
+                .set(b.in_flight);
+            raise(&self.metrics.wire_responses.get_or_create(&l), b.responses);
+            let secs = self.metrics.wire_response_seconds.get_or_create(&l);
+            let delta = b.latency_seconds - secs.get();
+            if delta > 0.0 {
+                secs.inc_by(delta);
+            }
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Warns, once, about each partition the moment it stalls (and again if
+/// it stalls again after moving on), until the state is dropped. Runs
+/// apart from the worker's loop: an agent that never returns holds the
+/// loop, not this.
+pub(crate) async fn watch_stalls(state: std::sync::Weak<WebState>) {
+    let mut warned: Vec<(String, i32)> = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let Some(s) = state.upgrade() else { return };
+        let stalled = s.stalled_now();
+        for ((topic, partition), lag) in &stalled {
+            if !warned.iter().any(|(t, p)| t == topic && p == partition) {
+                tracing::warn!(%topic, partition, lag, stall_ms = s.stall.as_millis() as u64, "partition stalled: records to read and no progress within health.stall.ms");
+            }
+        }
+        warned = stalled.into_iter().map(|(k, _)| k).collect();
+    }
+}
+
+/// Raises a counter to `total` (a total kept elsewhere).
+pub(crate) fn raise(c: &Counter, total: u64) {
+    let now = c.get();
+    if total > now {
+        c.inc_by(total - now);
     }
 }
 

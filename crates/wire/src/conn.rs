@@ -46,6 +46,7 @@ struct Outgoing {
 struct Pending {
     header_version: i16,
     reply: Reply,
+    sent: Instant,
 }
 
 struct Shared {
@@ -53,6 +54,7 @@ struct Shared {
     pending: Mutex<HashMap<i32, Pending>>,
     closed: AtomicBool,
     throttled_until: Mutex<Option<Instant>>,
+    stats: Arc<crate::stats::BrokerStats>,
 }
 
 impl Shared {
@@ -63,6 +65,7 @@ impl Shared {
             Ok(mut p) => p.drain().map(|(_, v)| v).collect(),
             Err(_) => Vec::new(),
         };
+        self.stats.abandoned(drained.len());
         for p in drained {
             let _ = p.reply.send(Err(Error::Disconnected {
                 broker: self.addr.clone(),
@@ -143,6 +146,7 @@ impl Connection {
             pending: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             throttled_until: Mutex::new(None),
+            stats: crate::stats::for_broker(addr),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write_loop(wr, rx, shared.clone()));
@@ -409,8 +413,10 @@ impl Connection {
                     Pending {
                         header_version,
                         reply,
+                        sent: Instant::now(),
                     },
                 );
+                self.shared.stats.sent();
             }
             Some(rx)
         } else {
@@ -513,6 +519,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, shared: Arc<Shared>) {
                     // A response to a request whose caller timed out: drop it.
                     continue;
                 };
+                shared.stats.answered(p.sent.elapsed());
                 let res = read_response_header(&mut frame, p.header_version)
                     .map(|_| frame)
                     .map_err(|source| Error::Frame {

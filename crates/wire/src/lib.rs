@@ -18,6 +18,7 @@ pub mod group;
 pub mod producer;
 pub mod protocol;
 pub mod record;
+pub mod stats;
 pub mod types;
 
 pub use admin::{Admin, NewTopic, OffsetSpec};

@@ -134,6 +134,9 @@ pub(crate) struct Dispatcher {
     /// worker started.
     pub(crate) skipped: std::cell::Cell<u64>,
     pub(crate) dead_lettered: std::cell::Cell<u64>,
+    /// Records handed to each agent (by agent index and input partition)
+    /// since the loop last took them, counted by offsets.
+    pub(crate) handed: RefCell<BTreeMap<(usize, TopicPartition), u64>>,
 }
 
 impl Dispatcher {
@@ -170,6 +173,7 @@ impl Dispatcher {
             idle,
             skipped: std::cell::Cell::new(0),
             dead_lettered: std::cell::Cell::new(0),
+            handed: RefCell::new(BTreeMap::new()),
         }
     }
 
@@ -215,6 +219,11 @@ impl Dispatcher {
             .filter(|h| h.records.len() > MAX_HELD)
             .map(|h| h.tp.clone())
             .collect()
+    }
+
+    /// The agents' names, by index.
+    pub(crate) fn agent_name(&self, i: usize) -> &str {
+        &self.agents[i].name
     }
 
     /// Feeds one poll's batches to the agents: partitions in parallel (up to
@@ -511,6 +520,12 @@ impl Dispatcher {
             return Ok(());
         };
         let (topic, partition) = (first.topic().to_owned(), first.partition());
+        let end = fs.last().map_or(from, |f| f.next_offset()).min(until);
+        *self
+            .handed
+            .borrow_mut()
+            .entry((i, first.topic_partition().clone()))
+            .or_default() += end.saturating_sub(from).max(0) as u64;
         loop {
             let input = BatchInput {
                 fetched: fs.clone(),

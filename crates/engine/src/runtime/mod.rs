@@ -77,8 +77,11 @@ struct Worker<'t> {
     timers: crate::timer::Timers,
     /// What the web server answers from (with `web.port`).
     web: Option<Arc<crate::web::WebState>>,
-    /// The partitions the worker warned about as stalled.
-    stalled: Vec<(String, i32)>,
+    /// The restorations the metrics show under way.
+    restoring_shown: Vec<(
+        crate::web::TableLabels,
+        prometheus_client::metrics::gauge::Gauge,
+    )>,
     last_health_check: Instant,
     /// Table queries from the web server.
     queries: Option<tokio::sync::mpsc::UnboundedReceiver<crate::web::Query>>,
@@ -135,38 +138,41 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
     let globals = global
         .as_ref()
         .map_or_else(Default::default, |g| g.stores.clone());
-    let web = match cfg.web_port {
-        Some(port) => {
-            let state = Arc::new(crate::web::WebState::new(cfg.health_stall));
-            let addr =
-                crate::web::serve(state.clone(), &cfg.web_bind, port, topology.pages.clone())
-                    .await?;
-            let me = match &cfg.application_server {
-                Some(a) => a.clone(),
-                None if addr.ip().is_unspecified() => {
-                    return Err(Error::Config(format!(
-                        "web.bind={}: set application.server to the host:port other workers reach this one at",
-                        cfg.web_bind
-                    )))
-                }
-                None => addr.to_string(),
-            };
-            tracing::info!(%addr, advertised = %me, "web server listening");
-            // Other members find this worker's tables here.
-            group_cfg.user_data = Some(format!("{}{me}", crate::web::WEB_USER_DATA).into());
-            let _ = state.directory.set(crate::web::Directory::new(
-                admin.clone(),
-                group_cfg.group_id.clone(),
-                topics.iter().map(|t| t.to_string()).collect(),
-                me,
-            ));
-            Some(state)
-        }
-        None => None,
-    };
-    let queries = web
-        .as_ref()
-        .and_then(|w| w.query_rx.lock().unwrap_or_else(|e| e.into_inner()).take());
+    // Health and metrics are kept whether or not they are served: the
+    // stall warning needs them.
+    let state = Arc::new(crate::web::WebState::new(cfg.health_stall));
+    tokio::spawn(crate::web::watch_stalls(Arc::downgrade(&state)));
+    if let Some(port) = cfg.web_port {
+        let addr =
+            crate::web::serve(state.clone(), &cfg.web_bind, port, topology.pages.clone()).await?;
+        let me = match &cfg.application_server {
+            Some(a) => a.clone(),
+            None if addr.ip().is_unspecified() => {
+                return Err(Error::Config(format!(
+                    "web.bind={}: set application.server to the host:port other workers reach this one at",
+                    cfg.web_bind
+                )))
+            }
+            None => addr.to_string(),
+        };
+        tracing::info!(%addr, advertised = %me, "web server listening");
+        // Other members find this worker's tables here.
+        group_cfg.user_data = Some(format!("{}{me}", crate::web::WEB_USER_DATA).into());
+        let _ = state.directory.set(crate::web::Directory::new(
+            admin.clone(),
+            group_cfg.group_id.clone(),
+            topics.iter().map(|t| t.to_string()).collect(),
+            me,
+        ));
+    }
+    let queries = cfg.web_port.and_then(|_| {
+        state
+            .query_rx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    });
+    let web = Some(state);
     let consumer = GroupConsumer::subscribe(group_cfg, &topics, Listener(shared.clone())).await?;
     shared.set_group_metadata(consumer.metadata_handle());
     tracing::info!(app = %cfg.app_id, worker = %id, guarantee = ?cfg.guarantee, ?topics, "worker starting");
@@ -183,7 +189,7 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
         held_paused: std::collections::BTreeSet::new(),
         timers: crate::timer::Timers::new(&topology.timers, wall_clock_ms()),
         web,
-        stalled: Vec::new(),
+        restoring_shown: Vec::new(),
         last_health_check: Instant::now(),
         queries,
         partitions,
@@ -506,6 +512,16 @@ impl Worker<'_> {
 
     /// Records how far each partition got.
     fn progressed(&mut self, progress: Vec<Progress>) {
+        if let Some(web) = &self.web {
+            for ((i, tp), n) in std::mem::take(&mut *self.dispatcher.handed.borrow_mut()) {
+                let labels = crate::web::AgentLabels {
+                    agent: self.dispatcher.agent_name(i).to_owned(),
+                    topic: tp.topic.to_string(),
+                    partition: i64::from(tp.partition),
+                };
+                web.metrics.agent_records.get_or_create(&labels).inc_by(n);
+            }
+        }
         for p in progress {
             self.processed += p.records;
             if let Some(web) = &self.web {
@@ -544,6 +560,12 @@ impl Worker<'_> {
         self.begin().await?;
         set_wall_clock(&self.tasks, wall_clock_ms());
         for f in &fetched {
+            // Known before the agents run: one that never returns leaves
+            // its partition with records to read, which health reports.
+            if let Some(web) = &self.web {
+                let lag = f.high_watermark() - f.start_offset();
+                web.progressed(f.topic(), f.partition(), 0, Some(lag));
+            }
             self.lag.insert(
                 f.topic_partition().clone(),
                 f.high_watermark() - f.next_offset(),
@@ -663,17 +685,24 @@ impl Worker<'_> {
             .set(self.dispatcher.dead_lettered.get() as i64);
         web.set_ready(!owned.is_empty() && restoring == 0);
         web.assigned(owned);
-        let stalled = web.stalled_now();
-        for ((topic, partition), lag) in &stalled {
-            if !self
-                .stalled
-                .iter()
-                .any(|(t, p)| t == topic && p == partition)
-            {
-                tracing::warn!(%topic, partition, lag, "partition stalled: records to read and no progress within health.stall.ms");
-            }
+        let m = &web.metrics;
+        let ordering = std::sync::atomic::Ordering::Relaxed;
+        crate::web::raise(&m.send_errors, self.shared.send_errors.load(ordering));
+        crate::web::raise(&m.aborts, self.shared.aborts.load(ordering));
+        // Finished restorations read as none remaining.
+        for (_, g) in self.restoring_shown.drain(..) {
+            g.set(0);
         }
-        self.stalled = stalled.into_iter().map(|(k, _)| k).collect();
+        for r in self.restorer.progress() {
+            let labels = crate::web::TableLabels {
+                table: r.table,
+                partition: i64::from(r.partition),
+            };
+            m.restored.get_or_create(&labels).set(r.restored as i64);
+            let remaining = m.restore_remaining.get_or_create(&labels).clone();
+            remaining.set(r.remaining);
+            self.restoring_shown.push((labels, remaining));
+        }
     }
 
     /// Commits (see [`commit`]).

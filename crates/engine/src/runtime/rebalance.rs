@@ -57,6 +57,14 @@ pub(crate) struct Shared {
     meta: OnceLock<GroupMetadataHandle>,
     machine: Mutex<CommitMachine>,
     pending: Mutex<Pending>,
+    /// Sends and flushes that failed (the metrics' producer errors).
+    pub(crate) send_errors: std::sync::atomic::AtomicU64,
+    /// Transactions aborted (abortable errors, roll-backs).
+    pub(crate) aborts: std::sync::atomic::AtomicU64,
+}
+
+fn count(c: &std::sync::atomic::AtomicU64) {
+    c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -65,10 +73,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Sink for Shared {
     async fn send(&self, rec: ProducerRecord) -> Result<Delivery> {
-        Ok(Delivery::Pending(match &self.outputs {
-            Outputs::Exactly(p) => p.send(rec).await?,
-            Outputs::AtLeast(p) => p.send(rec).await?,
-        }))
+        let sent = match &self.outputs {
+            Outputs::Exactly(p) => p.send(rec).await,
+            Outputs::AtLeast(p) => p.send(rec).await,
+        };
+        if sent.is_err() {
+            count(&self.send_errors);
+        }
+        Ok(Delivery::Pending(sent?))
     }
 }
 
@@ -83,6 +95,8 @@ impl Shared {
             meta: OnceLock::new(),
             machine: Mutex::new(CommitMachine::new(guarantee)),
             pending: Mutex::new(Pending::default()),
+            send_errors: Default::default(),
+            aborts: Default::default(),
         }
     }
 
@@ -129,6 +143,9 @@ impl Shared {
                 }
                 (CommitAction::Flush, Outputs::AtLeast(p)) => {
                     let r = p.flush().await;
+                    if r.is_err() {
+                        count(&self.send_errors);
+                    }
                     let more = lock(&self.machine).handle(CommitEvent::Flushed { ok: r.is_ok() });
                     // Offsets stay uncommitted, now and when leaving.
                     r?;
@@ -164,6 +181,7 @@ impl Shared {
                     more
                 }
                 (CommitAction::AbortTxn, Outputs::Exactly(p)) => {
+                    count(&self.aborts);
                     p.abort().await?;
                     Vec::new()
                 }

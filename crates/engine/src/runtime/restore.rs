@@ -126,6 +126,19 @@ struct Restoring {
     ends: BTreeMap<TopicPartition, i64>,
     began: Instant,
     applied: u64,
+    /// Records applied, by table id.
+    applied_by: Vec<u64>,
+}
+
+/// How far one table partition's restoration got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RestoreProgress {
+    pub(crate) table: String,
+    pub(crate) partition: i32,
+    /// Changelog records applied so far.
+    pub(crate) restored: u64,
+    /// Changelog offsets still to read.
+    pub(crate) remaining: i64,
 }
 
 /// What opening a task gave.
@@ -238,9 +251,30 @@ impl<'t> Restorer<'t> {
                 ends,
                 began: Instant::now(),
                 applied: 0,
+                applied_by: vec![0; self.tables.len()],
             },
         );
         Ok(Opened::Restoring)
+    }
+
+    /// How far each table partition being restored got.
+    pub(crate) fn progress(&self) -> Vec<RestoreProgress> {
+        let mut out = Vec::new();
+        for (&p, r) in &self.restoring {
+            for (tp, &end) in &r.ends {
+                let Some(&i) = self.by_changelog.get(&tp.topic) else {
+                    continue;
+                };
+                let at = self.recovery.position(tp).unwrap_or(0);
+                out.push(RestoreProgress {
+                    table: self.tables[i].name.clone(),
+                    partition: p,
+                    restored: r.applied_by[i],
+                    remaining: (end - at).max(0),
+                });
+            }
+        }
+        out
     }
 
     /// Whether partition `p`'s task is being restored.
@@ -281,7 +315,9 @@ impl<'t> Restorer<'t> {
                     continue;
                 };
                 if let Some(r) = self.restoring.get_mut(&f.partition()) {
-                    r.applied += apply_changelog(&mut *r.parts[i].store, &f)?;
+                    let n = apply_changelog(&mut *r.parts[i].store, &f)?;
+                    r.applied += n;
+                    r.applied_by[i] += n;
                 }
             }
             let recovery = &self.recovery;
