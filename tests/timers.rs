@@ -1,6 +1,6 @@
 //! Timers end to end (`examples/timers.rs` as worker processes against the
-//! harness Kafka): a leader timer runs on one worker of two, keeps its
-//! grid, moves to the other worker when its worker dies; a crontab fires on
+//! harness Kafka): a leader timer runs on one worker of three, keeps its
+//! grid, moves to one other worker when its worker dies; a crontab fires on
 //! the second.
 
 use std::path::PathBuf;
@@ -110,10 +110,11 @@ impl Run {
             }
             if deadline.passed() {
                 panic!(
-                    "{what}: {} reports\n--- a\n{}\n--- b\n{}",
+                    "{what}: {} reports\n--- a\n{}\n--- b\n{}\n--- c\n{}",
                     out.len(),
                     faustus_suite::log_tail(&self.log("a"), 30),
-                    faustus_suite::log_tail(&self.log("b"), 30)
+                    faustus_suite::log_tail(&self.log("b"), 30),
+                    faustus_suite::log_tail(&self.log("c"), 30)
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -145,9 +146,11 @@ async fn a_leader_timer_runs_on_one_worker_keeps_its_grid_and_moves_when_it_dies
     run.reports_until("a's first reports", |out| leader_reports(out).len() >= 3)
         .await;
     let b = run.worker("b");
-    // Once b owns a task, the assignment stands.
-    let deadline = Deadline::new("b to own a task", Duration::from_secs(60));
-    while !run.log("b").contains("task ready") {
+    let c = run.worker("c");
+    // Once b and c own a task each, the assignment stands (three
+    // partitions, three workers).
+    let deadline = Deadline::new("b and c to own a task", Duration::from_secs(60));
+    while !(run.log("b").contains("task ready") && run.log("c").contains("task ready")) {
         deadline.check("waiting");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -191,22 +194,42 @@ async fn a_leader_timer_runs_on_one_worker_keeps_its_grid_and_moves_when_it_dies
         let due: i64 = r.value.parse().expect("a due time");
         assert_eq!(due % 1000, 0, "{} fired at {due}", r.key);
     }
-    // The leader dies: the other worker takes partition 0 and the timer.
-    let (mut dead, alive, survivor) = if leader == "a" {
-        (a, b, "b")
-    } else {
-        (b, a, "a")
-    };
+    // The leader dies: one of the others takes partition 0 and the timer,
+    // and it alone reports from then on.
+    let mut workers = vec![("a", a), ("b", b), ("c", c)];
+    let i = workers
+        .iter()
+        .position(|(n, _)| *n == leader)
+        .expect("the leader is a worker");
+    let (_, mut dead) = workers.remove(i);
     let _ = dead.kill();
     let _ = dead.wait();
     let killed = now_ms();
-    run.reports_until("the survivor's reports", |out| {
-        leader_reports(out)
-            .iter()
-            .any(|r| r.key == survivor && due(r) > killed)
-    })
-    .await;
-    let mut alive = alive;
-    let _ = alive.kill();
-    let _ = alive.wait();
+    let out = run
+        .reports_until("five reports of a survivor", |out| {
+            leader_reports(out)
+                .iter()
+                .filter(|r| r.key != leader && due(r) > killed)
+                .count()
+                >= 5
+        })
+        .await;
+    let after: Vec<(&str, i64)> = leader_reports(&out)
+        .iter()
+        .filter(|r| due(r) > killed)
+        .map(|r| (r.key.as_str(), due(r)))
+        .collect();
+    let new_leader = after
+        .iter()
+        .find(|(k, _)| *k != leader)
+        .map(|(k, _)| *k)
+        .expect("a survivor reports");
+    assert!(
+        after.iter().all(|(k, _)| *k == new_leader),
+        "one survivor reports: {after:?}"
+    );
+    for (_, mut w) in workers {
+        let _ = w.kill();
+        let _ = w.wait();
+    }
 }
