@@ -13,8 +13,9 @@
 //! | `store` | `rocksdb` | table store: `rocksdb` or `memory` |
 //! | `table.standby.replicas` | 0 | 1 or more: every worker keeps a standby copy of each table partition it does not own, kept current from the changelog, so that taking a partition over replays only the last records (RocksDB stores only) |
 //! | `max.task.idle.ms` | 0 | joined inputs: how long a task waits for an input that is caught up before it processes the others' records (it always waits for one whose records are on the broker and not fetched yet); `-1`: never wait (see `docs/joins.md`) |
-//! | `web.port` | none | serve `/health`, `/ready` and `/metrics` on this port (0: any free one; the log says which) |
+//! | `web.port` | none | serve `/health`, `/ready`, `/metrics`, `/tables` and the app's pages on this port (0: any free one; the log says which) |
 //! | `web.bind` | `127.0.0.1` | the address the web server listens on |
+//! | `application.server` | `web.bind:port` | the `host:port` other workers forward table queries to (required with `web.bind=0.0.0.0`) |
 //! | `health.stall.ms` | 60000 | `/health` answers 503 (and the worker warns) when an assigned partition with records to read has not moved on for this long |
 //! | `transaction.timeout.ms` | 10000 | as Kafka Streams under exactly-once: a crashed worker's open transaction is aborted after this |
 //!
