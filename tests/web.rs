@@ -85,7 +85,7 @@ async fn start_worker(
     topic: &str,
     bootstrap: &str,
 ) -> (std::process::Child, String) {
-    start_worker_with(dir, name, app, topic, bootstrap, &[]).await
+    start_worker_with(dir, name, app, topic, bootstrap, &[], &[]).await
 }
 
 /// [`start_worker`] with more environment.
@@ -96,6 +96,7 @@ async fn start_worker_with(
     topic: &str,
     bootstrap: &str,
     env: &[(&str, &str)],
+    settings: &[&str],
 ) -> (std::process::Child, String) {
     std::fs::create_dir_all(dir.path()).expect("scratch dir");
     let log_path = dir.path().join(format!("{name}.log"));
@@ -114,6 +115,7 @@ async fn start_worker_with(
             "-X",
             "topic.partitions=2",
         ])
+        .args(settings.iter().flat_map(|s| ["-X", s]))
         .args(["worker", "-l", "info"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log_path).expect("log"))
@@ -186,6 +188,21 @@ async fn await_counts(addrs: &[&str], expected: &BTreeMap<String, u64>, what: &s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn table_queries_are_answered_by_the_owner_from_any_worker_through_rebalances() {
+    table_queries_through_rebalances("classic").await;
+}
+
+/// KIP-848 groups: owners found through the directory topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn table_queries_reach_the_owner_in_a_kip_848_group_too() {
+    table_queries_through_rebalances("consumer").await;
+}
+
+async fn table_queries_through_rebalances(protocol: &str) {
+    let group_protocol = format!("group.protocol={protocol}");
+    let settings = [group_protocol.as_str()];
+    let start = |dir, name, app, topic, bootstrap| {
+        start_worker_with(dir, name, app, topic, bootstrap, &[], &settings)
+    };
     let kafka = shared().expect("kafka");
     let bootstrap = kafka.bootstrap().to_owned();
     let app = unique_topic("webq");
@@ -201,8 +218,8 @@ async fn table_queries_are_answered_by_the_owner_from_any_worker_through_rebalan
         .await
         .expect("topic");
     send(&bootstrap, &topic, 100, "1").await;
-    let (a, addr_a) = start_worker(&dir, "a", &app, &topic, &bootstrap).await;
-    let (b, addr_b) = start_worker(&dir, "b", &app, &topic, &bootstrap).await;
+    let (a, addr_a) = start(&dir, "a", &app, &topic, &bootstrap).await;
+    let (b, addr_b) = start(&dir, "b", &app, &topic, &bootstrap).await;
     // Both workers own a partition.
     let deadline = Deadline::new(
         "both workers in the group with a partition each",
@@ -280,7 +297,7 @@ async fn table_queries_are_answered_by_the_owner_from_any_worker_through_rebalan
     assert_eq!(listed, expected, "A's listing");
 
     // C joins: the partitions split again, and both answer every key.
-    let (c, addr_c) = start_worker(&dir, "c", &app, &topic, &bootstrap).await;
+    let (c, addr_c) = start(&dir, "c", &app, &topic, &bootstrap).await;
     send(&bootstrap, &topic, 10, "1").await;
     let expected: BTreeMap<String, u64> = (0..10).map(|i| (format!("/page/{i}"), 12)).collect();
     await_counts(
@@ -378,6 +395,7 @@ async fn a_stuck_agent_turns_health_to_503_naming_its_partition_and_is_logged() 
         &topic,
         &bootstrap,
         &[("PAGE_VIEWS_HANG_ON", "/page/3")],
+        &[],
     )
     .await;
     let deadline = Deadline::new("the worker ready", Duration::from_secs(60));

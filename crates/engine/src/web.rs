@@ -197,8 +197,11 @@ pub(crate) struct Query {
     pub(crate) reply: tokio::sync::oneshot::Sender<Answer>,
 }
 
-/// Finds which worker owns a partition: the group's members, their
-/// partitions and the web address each advertises in its subscription.
+/// Finds which worker owns a partition, and the web address it
+/// advertises: from the members' subscription user data (classic groups),
+/// or from the directory topic where each worker writes, for every
+/// partition it is assigned, its address (KIP-848 groups, whose protocol
+/// has no user data).
 pub(crate) struct Directory {
     pub(crate) admin: faustus_wire::Admin,
     pub(crate) group: String,
@@ -206,25 +209,36 @@ pub(crate) struct Directory {
     pub(crate) topics: Vec<String>,
     /// This worker's advertised address.
     pub(crate) me: String,
+    /// The directory topic (KIP-848 groups), and the client settings to
+    /// read it with.
+    pub(crate) topic: Option<(String, faustus_wire::Properties)>,
     cache: tokio::sync::Mutex<Option<(Instant, BTreeMap<i32, String>)>>,
 }
 
 /// What a member's subscription user data says: `faustus-web=host:port`.
 pub(crate) const WEB_USER_DATA: &str = "faustus-web=";
 
+/// The directory topic of an app in a KIP-848 group.
+pub(crate) fn directory_topic(app_id: &str) -> String {
+    format!("{app_id}-web-directory")
+}
+
 impl Directory {
-    /// A directory of `group`'s members.
+    /// A directory of `group`'s members; `topic`: read owners from this
+    /// directory topic instead of the members' user data.
     pub(crate) fn new(
         admin: faustus_wire::Admin,
         group: String,
         topics: Vec<String>,
         me: String,
+        topic: Option<(String, faustus_wire::Properties)>,
     ) -> Self {
         Self {
             admin,
             group,
             topics,
             me,
+            topic,
             cache: tokio::sync::Mutex::new(None),
         }
     }
@@ -237,11 +251,67 @@ impl Directory {
             .as_ref()
             .is_none_or(|(at, _)| fresh || at.elapsed() > Duration::from_secs(1));
         if stale {
-            let desc = self.admin.describe_group(&self.group).await?;
-            *cache = Some((Instant::now(), owners(&desc, &self.topics)));
+            let owners = match &self.topic {
+                None => owners(&self.admin.describe_group(&self.group).await?, &self.topics),
+                Some((t, props)) => read_directory(&self.admin, t, props).await?,
+            };
+            *cache = Some((Instant::now(), owners));
         }
         Ok(cache.as_ref().and_then(|(_, m)| m.get(&p).cloned()))
     }
+}
+
+/// The latest address written for each partition in a directory topic.
+async fn read_directory(
+    admin: &faustus_wire::Admin,
+    topic: &str,
+    props: &faustus_wire::Properties,
+) -> Result<BTreeMap<i32, String>> {
+    use faustus_wire::consumer::{Consumer, ConsumerConfig, Offset};
+    let end = admin
+        .list_offsets(topic, &[0], faustus_wire::OffsetSpec::Latest, false)
+        .await?
+        .get(&0)
+        .copied()
+        .unwrap_or(0);
+    let mut out = BTreeMap::new();
+    if end == 0 {
+        return Ok(out);
+    }
+    let props = props
+        .clone()
+        .set("fetch.max.wait.ms", "50")
+        .set("isolation.level", "read_uncommitted");
+    let mut c = Consumer::with_client(
+        admin.client().clone(),
+        ConsumerConfig::from_properties(&props)?,
+    );
+    c.assign(topic, &[0], Offset::Beginning).await?;
+    let tp = faustus_wire::consumer::TopicPartition {
+        topic: topic.into(),
+        partition: 0,
+    };
+    let until = Instant::now() + Duration::from_secs(5);
+    while c.position(&tp).is_none_or(|pos| pos < end) {
+        if Instant::now() > until {
+            return Err(Error::Config(format!(
+                "reading {topic}: not at its end within 5 s"
+            )));
+        }
+        for f in c.poll().await? {
+            for r in f.records() {
+                let r = r?;
+                let p = r
+                    .key()
+                    .and_then(|k| std::str::from_utf8(k).ok()?.parse::<i32>().ok());
+                let addr = r.value().and_then(|v| std::str::from_utf8(v).ok());
+                if let (Some(p), Some(addr)) = (p, addr) {
+                    out.insert(p, addr.to_owned());
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Each partition's owner's web address, by the members' assignments and

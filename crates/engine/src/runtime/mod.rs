@@ -87,6 +87,35 @@ struct Worker<'t> {
     queries: Option<tokio::sync::mpsc::UnboundedReceiver<crate::web::Query>>,
     /// The partitions of the app's topics.
     partitions: i32,
+    /// KIP-848 groups with a web server: tells the directory topic which
+    /// partitions this worker got.
+    announce: Option<Announcer>,
+}
+
+/// Writes this worker's web address into the directory topic for each
+/// partition it is assigned (what classic groups carry in user data).
+struct Announcer {
+    producer: Producer,
+    topic: String,
+    me: String,
+}
+
+impl Announcer {
+    async fn assigned(&self, tps: &[TopicPartition]) -> Result<()> {
+        let parts: std::collections::BTreeSet<i32> = tps.iter().map(|tp| tp.partition).collect();
+        let mut sent = Vec::new();
+        for p in parts {
+            let rec = faustus_wire::producer::ProducerRecord::new(self.topic.as_str())
+                .partition(0)
+                .key(p.to_string())
+                .value(self.me.clone());
+            sent.push(self.producer.send(rec).await?);
+        }
+        for d in sent {
+            d.await?;
+        }
+        Ok(())
+    }
 }
 
 /// Runs a worker until `shutdown` resolves (or an error stops it), then
@@ -141,6 +170,7 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
     // Health and metrics are kept whether or not they are served: the
     // stall warning needs them.
     let state = Arc::new(crate::web::WebState::new(cfg.health_stall));
+    let mut announce = None;
     tokio::spawn(crate::web::watch_stalls(Arc::downgrade(&state)));
     if let Some(port) = cfg.web_port {
         let addr =
@@ -156,13 +186,37 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
             None => addr.to_string(),
         };
         tracing::info!(%addr, advertised = %me, "web server listening");
-        // Other members find this worker's tables here.
+        // Other members find this worker's tables here: in its
+        // subscription, or (KIP-848 groups) in the directory topic.
         group_cfg.user_data = Some(format!("{}{me}", crate::web::WEB_USER_DATA).into());
+        let directory = if group_cfg.protocol == faustus_wire::group::GroupProtocol::Consumer {
+            let topic = crate::web::directory_topic(&cfg.app_id);
+            admin
+                .create_topic(
+                    faustus_wire::NewTopic::new(&topic, 1, cfg.replication_factor)
+                        .config("cleanup.policy", "compact"),
+                    true,
+                )
+                .await?;
+            let producer = Producer::connect(ProducerConfig::from_properties(
+                &cfg.properties.clone().set("acks", "all"),
+            )?)
+            .await?;
+            announce = Some(Announcer {
+                producer,
+                topic: topic.clone(),
+                me: me.clone(),
+            });
+            Some((topic, cfg.properties.clone()))
+        } else {
+            None
+        };
         let _ = state.directory.set(crate::web::Directory::new(
             admin.clone(),
             group_cfg.group_id.clone(),
             topics.iter().map(|t| t.to_string()).collect(),
             me,
+            directory,
         ));
     }
     let queries = cfg.web_port.and_then(|_| {
@@ -193,6 +247,7 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
         last_health_check: Instant::now(),
         queries,
         partitions,
+        announce,
         shared,
         consumer,
         tasks: Tasks::new(),
@@ -419,6 +474,12 @@ impl Worker<'_> {
                 Change::Assigned(tps) => {
                     if let Some(web) = &self.web {
                         web.metrics.rebalances.inc();
+                    }
+                    if let Some(a) = &self.announce {
+                        // Queries for these partitions answer 503 meanwhile.
+                        if let Err(e) = a.assigned(&tps).await {
+                            tracing::warn!(error = %e, topic = %a.topic, "announcing this worker's partitions failed");
+                        }
                     }
                     self.ownership.assign(&tps)
                 }
