@@ -7,8 +7,6 @@ use std::process::{Command, Output, Stdio};
 
 use faustus_suite::{unique_topic, ScratchDir};
 use faustus_testcontainers::shared;
-use faustus_wire::producer::{Producer, ProducerConfig};
-use faustus_wire::{Admin, NewTopic, Properties};
 
 fn ask(app: &str, topic: &str, bootstrap: &str, timeout_ms: u64, numbers: &[&str]) -> Output {
     Command::new(faustus_suite::example_binary("rpc"))
@@ -28,14 +26,7 @@ async fn ask_times_out_while_the_agent_is_down_and_is_answered_once_it_runs() {
     let app = unique_topic("rpc");
     let topic = format!("{app}-numbers");
     let dir = ScratchDir::new(&app);
-    let props = Properties::new().set("bootstrap.servers", &bootstrap);
-    let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
-        .await
-        .expect("producer");
-    Admin::new(p.client().clone())
-        .create_topic(NewTopic::new(&topic, 2, 1), false)
-        .await
-        .expect("topic");
+    faustus_suite::create_topic(&bootstrap, &topic, 2).await;
 
     // No worker: the request waits in the topic, and the asker gives up.
     let out = ask(&app, &topic, &bootstrap, 1500, &["7"]);

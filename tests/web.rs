@@ -14,7 +14,7 @@ use std::time::Duration;
 use faustus_suite::{unique_topic, Deadline, ScratchDir};
 use faustus_testcontainers::shared;
 use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
-use faustus_wire::{Admin, NewTopic, Properties};
+use faustus_wire::Properties;
 
 /// A GET on the worker: (status, body).
 fn get(addr: &str, path: &str) -> (u16, String) {
@@ -208,15 +208,7 @@ async fn table_queries_through_rebalances(protocol: &str) {
     let app = unique_topic("webq");
     let topic = format!("{app}-clicks");
     let dir = ScratchDir::new(&app);
-    let props = Properties::new().set("bootstrap.servers", &bootstrap);
-    let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
-        .await
-        .expect("producer");
-    let admin = Admin::new(p.client().clone());
-    admin
-        .create_topic(NewTopic::new(&topic, 2, 1), false)
-        .await
-        .expect("topic");
+    let admin = faustus_suite::create_topic(&bootstrap, &topic, 2).await;
     send(&bootstrap, &topic, 100, "1").await;
     let (a, addr_a) = start(&dir, "a", &app, &topic, &bootstrap).await;
     let (b, addr_b) = start(&dir, "b", &app, &topic, &bootstrap).await;
@@ -322,14 +314,7 @@ async fn ready_metrics_and_health_tell_how_the_worker_is_doing() {
     let app = unique_topic("web");
     let topic = format!("{app}-clicks");
     let dir = ScratchDir::new(&app);
-    let props = Properties::new().set("bootstrap.servers", &bootstrap);
-    let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
-        .await
-        .expect("producer");
-    Admin::new(p.client().clone())
-        .create_topic(NewTopic::new(&topic, 2, 1), false)
-        .await
-        .expect("topic");
+    faustus_suite::create_topic(&bootstrap, &topic, 2).await;
     send(&bootstrap, &topic, 100, "1").await;
     let (worker, addr) = start_worker(&dir, "a", &app, &topic, &bootstrap).await;
     let deadline = Deadline::new("ready and the clicks counted", Duration::from_secs(60));
@@ -379,14 +364,7 @@ async fn a_stuck_agent_turns_health_to_503_naming_its_partition_and_is_logged() 
     let app = unique_topic("stuck");
     let topic = format!("{app}-clicks");
     let dir = ScratchDir::new(&app);
-    let props = Properties::new().set("bootstrap.servers", &bootstrap);
-    let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
-        .await
-        .expect("producer");
-    Admin::new(p.client().clone())
-        .create_topic(NewTopic::new(&topic, 1, 1), false)
-        .await
-        .expect("topic");
+    faustus_suite::create_topic(&bootstrap, &topic, 1).await;
     // The worker's agent never returns from the batch holding /page/3.
     let (worker, addr) = start_worker_with(
         &dir,

@@ -140,6 +140,23 @@ pub fn build_example(name: &str, release: bool) -> std::path::PathBuf {
         .join(name)
 }
 
+/// Creates `topic` with `partitions` partitions (replication 1) and
+/// returns an admin client on the cluster.
+pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Admin {
+    let props = Properties::new().set("bootstrap.servers", bootstrap);
+    let client = faustus_wire::Client::connect(
+        faustus_wire::ClientConfig::from_properties(&props).expect("config"),
+    )
+    .await
+    .expect("client");
+    let admin = Admin::new(client);
+    admin
+        .create_topic(faustus_wire::NewTopic::new(topic, partitions, 1), false)
+        .await
+        .expect("topic");
+    admin
+}
+
 /// Creates a topic named after `prefix` with `partitions` partitions
 /// (replication 1) and fills it with `records` records: 8-digit keys and
 /// `value_len`-byte values. Returns the topic's name. For benchmarks.

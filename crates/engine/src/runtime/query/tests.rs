@@ -185,3 +185,34 @@ fn a_bad_cursor_is_refused() {
         Answer::BadKey(_)
     ));
 }
+
+#[test]
+fn a_standby_answers_only_when_the_query_allows_it() {
+    let names = keys(20);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (tables, tasks) = setup(&[0], &refs);
+    let k = names
+        .iter()
+        .find(|k| partition_of(k.as_bytes(), PARTITIONS) == 1)
+        .expect("a key of partition 1");
+    let mut standby = MemoryStore::default();
+    standby
+        .apply(
+            &mut [(k.as_bytes().to_vec(), Some(b"41".to_vec()))].into_iter(),
+            7,
+        )
+        .expect("apply");
+    let standby_of = |t: usize, p: i32| (t == 0 && p == 1).then_some(&standby as &dyn Store);
+    let restoring = |_| false;
+    let l = Local {
+        standby: &standby_of,
+        ..local(&tables, &tasks, &restoring)
+    };
+    assert_eq!(answer(&l, &get(k)), Answer::Elsewhere { partition: 1 });
+    let allowed = TableRequest::Get {
+        table: "counts".into(),
+        key: k.clone(),
+        standby: true,
+    };
+    assert_eq!(answer(&l, &allowed), Answer::Found(serde_json::json!(41)));
+}
