@@ -13,7 +13,9 @@
 //! ```
 //!
 //! Table queries can be asked of any worker of the app: one that does not
-//! own the URL's partition forwards the query to the one that does.
+//! own the URL's partition forwards the query to the one that does. The
+//! app's own page `/views?url=URL` answers in words, reading the table the
+//! same way (`curl '127.0.0.1:6066/views?url=/page/1'`).
 //!
 //! Every `App::main` command works (`worker`, `send`, `agents`, `tables`);
 //! `clicks N [URLS]` sends N demo clicks over URLS URLs (default 100).
@@ -26,7 +28,11 @@
 
 use std::process::ExitCode;
 
+use faustus_engine::axum::extract::Query;
+use faustus_engine::axum::routing::get;
+use faustus_engine::axum::Extension;
 use faustus_engine::prelude::*;
+use faustus_engine::Tables;
 
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
@@ -56,6 +62,23 @@ fn main() -> ExitCode {
         }
         Ok(())
     });
+
+    // A page of the app's own (Faust's `@app.page`): any worker answers,
+    // from the worker that owns the URL.
+    app.page(
+        "/views",
+        get(
+            |Extension(tables): Extension<Tables>,
+             Query(q): Query<std::collections::HashMap<String, String>>| async move {
+                let url = q.get("url").cloned().unwrap_or_default();
+                match tables.get("click_counts", &url).await {
+                    Ok(Some(n)) => format!("{url} was viewed {n} times\n"),
+                    Ok(None) => format!("{url} was never viewed\n"),
+                    Err(e) => format!("{url}: {e}\n"),
+                }
+            },
+        ),
+    );
 
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "clicks") {

@@ -250,6 +250,16 @@ async fn table_queries_through_rebalances(protocol: &str) {
     assert_eq!(status, 404, "{body}");
     let (status, body) = get(&addr_a, "/tables/nope/x");
     assert_eq!(status, 404, "{body}");
+    // The app's own page reads the table through any worker too.
+    for addr in [&addr_a, &addr_b] {
+        for (url, n) in &expected {
+            let (status, body) = get(addr, &format!("/views?url={}", url.replace('/', "%2F")));
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(body, format!("{url} was viewed {n} times\n"));
+        }
+    }
+    let (_, body) = get(&addr_a, "/views?url=%2Fnever");
+    assert_eq!(body, "/never was never viewed\n");
 
     // B leaves: A owns everything, restored from the changelog.
     faustus_suite::stop_worker(b);

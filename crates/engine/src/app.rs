@@ -1168,6 +1168,7 @@ impl App {
     /// app.page("/hello", faustus_engine::axum::routing::get(|| async { "hello" }));
     /// ```
     ///
+    /// Pages read tables through the [`Tables`](crate::Tables) extension.
     /// A path the server already serves is refused when the worker starts.
     pub fn page(&mut self, path: &str, route: axum::routing::MethodRouter) {
         if ["/health", "/ready", "/metrics"].contains(&path) || path.starts_with("/tables") {

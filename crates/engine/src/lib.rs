@@ -67,6 +67,7 @@ pub use join::{JoinKind, JoinWindow, TopicTable, TopicTableView};
 pub use table::{Table, TableSpec, TableView};
 pub use timer::{Timer, TimerCtx};
 pub use topology::Topology;
+pub use web::Tables;
 pub use windowed::{Emit, WindowedTable, WindowedView};
 
 /// The names most Faustus programs need.

@@ -711,6 +711,61 @@ fn local_reply(table: &str, answer: Answer) -> Reply {
     }
 }
 
+/// A handle for an app's pages ([`App::page`](crate::App::page)) to read
+/// tables as `GET /tables/{table}/{key}` does: from whichever worker owns
+/// the key. Pages get it as an axum extension:
+///
+/// ```no_run
+/// use faustus_engine::axum::{extract::Path, routing::get, Extension};
+/// use faustus_engine::Tables;
+/// # let mut app = faustus_engine::App::new("shop", Default::default());
+/// app.page(
+///     "/count/{url}",
+///     get(|Extension(tables): Extension<Tables>, Path(url): Path<String>| async move {
+///         match tables.get("click_counts", &url).await {
+///             Ok(Some(n)) => format!("{url}: {n}"),
+///             Ok(None) => format!("{url}: never"),
+///             Err(e) => e.to_string(),
+///         }
+///     }),
+/// );
+/// ```
+#[derive(Clone)]
+pub struct Tables(Arc<WebState>);
+
+impl std::fmt::Debug for Tables {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tables")
+    }
+}
+
+impl Tables {
+    /// `key`'s value in `table` as JSON, `None` if the table lacks it; an
+    /// error when the table is unknown, the key unreadable, or its
+    /// partition restored or without an owner now.
+    pub async fn get(&self, table: &str, key: &str) -> Result<Option<serde_json::Value>> {
+        let (status, _, body) = self
+            .0
+            .table_get(table.to_owned(), key.to_owned(), false, false)
+            .await;
+        let value: serde_json::Value = serde_json::from_str(&body)
+            .map_err(|e| Error::Config(format!("table {table}: an unreadable answer: {e}")))?;
+        match status.as_u16() {
+            200 => Ok(Some(value)),
+            404 if value["error"]
+                .as_str()
+                .is_some_and(|e| e.ends_with("no such key")) =>
+            {
+                Ok(None)
+            }
+            _ => Err(Error::Table {
+                table: table.to_owned(),
+                message: value["error"].as_str().unwrap_or("unavailable").to_owned(),
+            }),
+        }
+    }
+}
+
 /// Percent-encodes a path segment (all but unreserved characters).
 fn encode_segment(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -776,8 +831,10 @@ pub(crate) async fn serve(
     let ready = state.clone();
     let one = state.clone();
     let list = state.clone();
+    let tables = Tables(state.clone());
     let metrics = state;
     let app = pages
+        .layer(axum::Extension(tables))
         .route(
             "/tables/{table}/{key}",
             get(
