@@ -10,8 +10,10 @@
 //! `ask N...` asks the agent about each number (`ask` for one, `join` for
 //! several) and prints each reply on a line, in the order asked; a reply
 //! that does not come within `RPC_TIMEOUT_MS` (default 5000) is an error
-//! (exit status 1). Every `App::main` command works too. Environment:
-//! `RPC_APP` (app id, default `rpc`), `RPC_TOPIC` (default `squares`).
+//! (exit status 1). With `RPC_AS_THEY_COME=1` it uses `map` instead and
+//! prints `INDEX=REPLY` lines as the replies arrive. Every `App::main`
+//! command works too. Environment: `RPC_APP` (app id, default `rpc`),
+//! `RPC_TOPIC` (default `squares`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -63,6 +65,26 @@ fn ask(square: &Agent<String, u64>, args: &[String]) -> ExitCode {
     };
     let timeout = Duration::from_millis(env("RPC_TIMEOUT_MS", "5000").parse().unwrap_or(5000));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    if std::env::var("RPC_AS_THEY_COME").is_ok_and(|v| v == "1") {
+        return rt.block_on(async {
+            use futures::StreamExt;
+            let replies = square
+                .map::<u64>(numbers.iter().map(|&n| (None, n)), timeout)
+                .await;
+            let mut replies = std::pin::pin!(replies);
+            let mut status = ExitCode::SUCCESS;
+            while let Some((i, r)) = replies.next().await {
+                match r {
+                    Ok(v) => println!("{i}={v}"),
+                    Err(e) => {
+                        eprintln!("rpc: {e}");
+                        status = ExitCode::FAILURE;
+                    }
+                }
+            }
+            status
+        });
+    }
     let replies: Vec<faustus_engine::Result<u64>> = rt.block_on(async {
         if let [n] = numbers[..] {
             vec![square.ask(None, &n).timeout(timeout).await]

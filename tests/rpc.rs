@@ -78,5 +78,30 @@ async fn ask_times_out_while_the_agent_is_down_and_is_answered_once_it_runs() {
     let expected: String = (1..=20u64).map(|n| format!("{}\n", n * n)).collect();
     assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
 
+    // As they come (`map`): every reply once, with its request's index.
+    let out = Command::new(faustus_suite::example_binary("rpc"))
+        .env("RPC_APP", &app)
+        .env("RPC_TOPIC", &topic)
+        .env("RPC_AS_THEY_COME", "1")
+        .args(["-b", &bootstrap, "ask"])
+        .args(&refs)
+        .output()
+        .expect("rpc ask runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut got: Vec<(usize, u64)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let (i, v) = l.split_once('=').expect("INDEX=REPLY");
+            (i.parse().expect("index"), v.parse().expect("reply"))
+        })
+        .collect();
+    got.sort_unstable();
+    let expected: Vec<(usize, u64)> = (1..=20u64).map(|n| (n as usize - 1, n * n)).collect();
+    assert_eq!(got, expected);
+
     faustus_suite::stop_worker(worker);
 }

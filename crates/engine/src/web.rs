@@ -72,6 +72,9 @@ pub(crate) struct Metrics {
     pub(crate) restored: Family<TableLabels, Gauge>,
     /// Changelog offsets still to restore, per table partition.
     pub(crate) restore_remaining: Family<TableLabels, Gauge>,
+    /// Records windowed tables dropped for closed windows, per table
+    /// partition (while this worker has it).
+    pub(crate) late: Family<TableLabels, Gauge>,
     /// Producer sends and flushes that failed.
     pub(crate) send_errors: Counter,
     /// Transactions aborted.
@@ -113,6 +116,7 @@ impl Default for Metrics {
             agent_records: Family::default(),
             restored: Family::default(),
             restore_remaining: Family::default(),
+            late: Family::default(),
             send_errors: Counter::default(),
             aborts: Counter::default(),
             wire_in_flight: Family::default(),
@@ -423,6 +427,11 @@ impl WebState {
             "restore_remaining_records",
             "Changelog offsets the restoration under way still has to read, per table partition",
             m.restore_remaining.clone(),
+        );
+        registry.register(
+            "late_records",
+            "Records windowed tables dropped for windows already closed (late beyond the grace), per table partition, since this worker got it",
+            m.late.clone(),
         );
         registry.register(
             "producer_errors",

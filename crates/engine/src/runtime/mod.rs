@@ -750,6 +750,20 @@ impl Worker<'_> {
         let ordering = std::sync::atomic::Ordering::Relaxed;
         crate::web::raise(&m.send_errors, self.shared.send_errors.load(ordering));
         crate::web::raise(&m.aborts, self.shared.aborts.load(ordering));
+        for (&p, t) in &self.tasks {
+            for part in &t.tables {
+                let Ok(part) = part.try_borrow() else {
+                    continue;
+                };
+                if let Some(w) = &part.window {
+                    let labels = crate::web::TableLabels {
+                        table: part.name.clone(),
+                        partition: i64::from(p),
+                    };
+                    m.late.get_or_create(&labels).set(w.dropped as i64);
+                }
+            }
+        }
         // Finished restorations read as none remaining.
         for (_, g) in self.restoring_shown.drain(..) {
             g.set(0);
