@@ -533,7 +533,9 @@ impl Dispatcher {
                 until,
                 task: task.clone(),
             };
-            let Err(e) = agent.run.call(input).await else {
+            // A span per call, for those who collect traces.
+            let span = tracing::debug_span!("agent", agent = %agent.name, %topic, partition, from);
+            let Err(e) = tracing::Instrument::instrument(agent.run.call(input), span).await else {
                 return Ok(());
             };
             let at = match e.location() {

@@ -783,8 +783,12 @@ impl Worker<'_> {
     /// Commits (see [`commit`]).
     async fn commit(&mut self) -> Result<()> {
         let started = Instant::now();
-        let rest = self.shared.drive(CommitEvent::Commit).await?;
-        self.act(rest).await?;
+        let span = tracing::debug_span!("commit", processed = self.processed);
+        let rest =
+            tracing::Instrument::instrument(self.shared.drive(CommitEvent::Commit), span.clone())
+                .await?;
+        tracing::Instrument::instrument(self.act(rest), span).await?;
+        tracing::debug!(ms = started.elapsed().as_millis() as u64, "committed");
         if let Some(web) = &self.web {
             web.metrics.commits.inc();
             web.metrics
