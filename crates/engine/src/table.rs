@@ -8,8 +8,8 @@
 //! writes the overlay to the store once those records are durable (see
 //! `store.rs`).
 
+use rustc_hash::FxHashMap;
 use std::cell::{RefCell, RefMut};
-use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -370,7 +370,7 @@ pub(crate) struct TablePart {
     pub(crate) partition: i32,
     pub(crate) store: Box<dyn Store>,
     /// Changes not yet in the store (newer than its changelog offset).
-    pub(crate) overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    pub(crate) overlay: FxHashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Changelog records the agent staged; sent after it returns.
     pub(crate) staged: Vec<ProducerRecord>,
     /// The last changelog record sent since the store was written: its
@@ -384,7 +384,7 @@ pub(crate) struct TablePart {
     /// over `overlay`. A window changes many times within one batch; its
     /// changelog gets its latest value once per batch (Kafka Streams'
     /// record cache does the same per commit).
-    pub(crate) batch: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    pub(crate) batch: FxHashMap<Vec<u8>, Option<Vec<u8>>>,
     /// Sliding and session windows (whose updates scan a key's windows),
     /// and stream–stream join buffers: the keys of `overlay` and `batch`,
     /// in order, so that a range of changes is found without visiting
@@ -417,12 +417,12 @@ impl TablePart {
             changelog,
             partition,
             store,
-            overlay: HashMap::new(),
+            overlay: FxHashMap::default(),
             staged: Vec::new(),
             last_sent: None,
             window: None,
             outputs: Vec::new(),
-            batch: HashMap::new(),
+            batch: FxHashMap::default(),
             ordered: None,
             join: None,
         }
@@ -499,7 +499,7 @@ impl TablePart {
 
     /// The overlay, taken to be written to the store (its changelog
     /// records are durable); changes not staged yet stay.
-    pub(crate) fn take_overlay(&mut self) -> HashMap<Vec<u8>, Option<Vec<u8>>> {
+    pub(crate) fn take_overlay(&mut self) -> FxHashMap<Vec<u8>, Option<Vec<u8>>> {
         if let Some(keys) = &mut self.ordered {
             keys.clear();
             keys.extend(self.batch.keys().cloned());
@@ -587,20 +587,31 @@ impl<K, V> TableView<'_, K, V> {
         encode_into(&*t.codecs.key, key, &mut self.key_buf, &t.name, "key")
     }
 
-    fn decode_value(&self, raw: Option<Vec<u8>>) -> Result<V> {
-        match raw {
-            None => Ok((self.table.inner.default)()),
-            Some(b) => self
-                .table
-                .inner
+    /// The value under the encoded key, decoded where it lies (no copy
+    /// out of the pending changes), or the table's default.
+    fn read_value(&self) -> Result<V> {
+        let inner = &self.table.inner;
+        self.part.read_raw(&self.key_buf, |raw| match raw {
+            None => Ok((inner.default)()),
+            Some(b) => inner
                 .codecs
                 .value
-                .decode(Some(&b))
+                .decode(Some(b))
                 .map_err(|e| Error::Table {
-                    table: self.table.inner.name.clone(),
+                    table: inner.name.clone(),
                     message: format!("stored value undecodable: {e}"),
                 }),
-        }
+        })
+    }
+
+    /// Stages `value` under the encoded key.
+    fn write_value(&mut self, value: &V) -> Result<()> {
+        let mut v = Vec::new();
+        let t = &self.table.inner;
+        encode_into(&*t.codecs.value, value, &mut v, &t.name, "value")?;
+        let k = self.key_buf.clone();
+        self.part.put_raw(k, Some(v));
+        Ok(())
     }
 
     /// The partition this view covers.
@@ -611,25 +622,19 @@ impl<K, V> TableView<'_, K, V> {
     /// The value of `key`, or the table's default.
     pub fn get(&mut self, key: &K) -> Result<V> {
         self.encode_key(key)?;
-        let raw = self.part.get_raw(&self.key_buf)?;
-        self.decode_value(raw)
+        self.read_value()
     }
 
     /// Whether `key` has a value (other than by default).
     pub fn contains(&mut self, key: &K) -> Result<bool> {
         self.encode_key(key)?;
-        Ok(self.part.get_raw(&self.key_buf)?.is_some())
+        self.part.read_raw(&self.key_buf, |raw| Ok(raw.is_some()))
     }
 
     /// Sets `key` to `value` (one changelog record).
     pub fn set(&mut self, key: &K, value: &V) -> Result<()> {
         self.encode_key(key)?;
-        let mut v = Vec::new();
-        let t = &self.table.inner;
-        encode_into(&*t.codecs.value, value, &mut v, &t.name, "value")?;
-        let k = self.key_buf.clone();
-        self.part.put_raw(k, Some(v));
-        Ok(())
+        self.write_value(value)
     }
 
     /// Changes `key`'s value (starting from the default) in place, writes
@@ -638,9 +643,11 @@ impl<K, V> TableView<'_, K, V> {
     where
         V: Clone,
     {
-        let mut v = self.get(key)?;
+        // The key encoded once for the read and the write.
+        self.encode_key(key)?;
+        let mut v = self.read_value()?;
         f(&mut v);
-        self.set(key, &v)?;
+        self.write_value(&v)?;
         Ok(v)
     }
 
