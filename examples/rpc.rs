@@ -65,25 +65,27 @@ fn ask(square: &Agent<String, u64>, args: &[String]) -> ExitCode {
     };
     let timeout = Duration::from_millis(env("RPC_TIMEOUT_MS", "5000").parse().unwrap_or(5000));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let mut status = ExitCode::SUCCESS;
+    // A reply on a line (after `prefix`), or the error on stderr.
+    let mut show = |prefix: String, r: faustus_engine::Result<u64>| match r {
+        Ok(v) => println!("{prefix}{v}"),
+        Err(e) => {
+            eprintln!("rpc: {e}");
+            status = ExitCode::FAILURE;
+        }
+    };
     if std::env::var("RPC_AS_THEY_COME").is_ok_and(|v| v == "1") {
-        return rt.block_on(async {
+        rt.block_on(async {
             use futures::StreamExt;
             let replies = square
                 .map::<u64>(numbers.iter().map(|&n| (None, n)), timeout)
                 .await;
             let mut replies = std::pin::pin!(replies);
-            let mut status = ExitCode::SUCCESS;
             while let Some((i, r)) = replies.next().await {
-                match r {
-                    Ok(v) => println!("{i}={v}"),
-                    Err(e) => {
-                        eprintln!("rpc: {e}");
-                        status = ExitCode::FAILURE;
-                    }
-                }
+                show(format!("{i}="), r);
             }
-            status
         });
+        return status;
     }
     let replies: Vec<faustus_engine::Result<u64>> = rt.block_on(async {
         if let [n] = numbers[..] {
@@ -94,15 +96,8 @@ fn ask(square: &Agent<String, u64>, args: &[String]) -> ExitCode {
                 .await
         }
     });
-    let mut status = ExitCode::SUCCESS;
     for r in replies {
-        match r {
-            Ok(v) => println!("{v}"),
-            Err(e) => {
-                eprintln!("rpc: {e}");
-                status = ExitCode::FAILURE;
-            }
-        }
+        show(String::new(), r);
     }
     status
 }

@@ -366,14 +366,8 @@ impl<K, V> Agent<K, V> {
         requests: impl IntoIterator<Item = (Option<K>, V)>,
         timeout: std::time::Duration,
     ) -> Vec<Result<R>> {
-        let name = self.topic.name();
         let waiting = self.send_all(requests).await;
-        futures::future::join_all(
-            waiting
-                .into_iter()
-                .map(|w| async move { crate::rpc::await_reply(w?, name, timeout).await }),
-        )
-        .await
+        futures::future::join_all(waiting.into_iter().map(|w| self.reply_of(w, timeout))).await
     }
 
     /// Faust's `map`: asks the agent about each value and yields each reply
@@ -384,18 +378,21 @@ impl<K, V> Agent<K, V> {
         requests: impl IntoIterator<Item = (Option<K>, V)>,
         timeout: std::time::Duration,
     ) -> impl futures::Stream<Item = (usize, Result<R>)> + '_ {
-        let name = self.topic.name();
         let waiting = self.send_all(requests).await;
         waiting
             .into_iter()
             .enumerate()
-            .map(|(i, w)| async move {
-                (
-                    i,
-                    async { crate::rpc::await_reply(w?, name, timeout).await }.await,
-                )
-            })
+            .map(|(i, w)| async move { (i, self.reply_of(w, timeout).await) })
             .collect::<futures::stream::FuturesUnordered<_>>()
+    }
+
+    /// The reply to a request sent (or why it was not sent).
+    async fn reply_of<R: serde::de::DeserializeOwned>(
+        &self,
+        waiting: Result<crate::rpc::Waiting>,
+        timeout: std::time::Duration,
+    ) -> Result<R> {
+        crate::rpc::await_reply(waiting?, self.topic.name(), timeout).await
     }
 
     /// Sends each request, then awaits their acknowledgements.
@@ -409,13 +406,7 @@ impl<K, V> Agent<K, V> {
         }
         let mut out = Vec::with_capacity(sent.len());
         for s in sent {
-            out.push(match s {
-                Ok((waiting, delivery)) => match delivery.await {
-                    Ok(_) => Ok(waiting),
-                    Err(e) => Err(e.into()),
-                },
-                Err(e) => Err(e),
-            });
+            out.push(acknowledged(s).await);
         }
         out
     }
@@ -423,9 +414,7 @@ impl<K, V> Agent<K, V> {
     /// Sends a request record with its reply headers; what its reply
     /// arrives on.
     async fn request(&self, rec: ProducerRecord) -> Result<crate::rpc::Waiting> {
-        let (waiting, delivery) = self.queue(Ok(rec)).await?;
-        delivery.await?;
-        Ok(waiting)
+        acknowledged(self.queue(Ok(rec)).await).await
     }
 
     async fn queue(
@@ -438,6 +427,15 @@ impl<K, V> Agent<K, V> {
         let p = self.producer.get().await?;
         Ok((waiting, p.send(rec).await?))
     }
+}
+
+/// A queued request once the broker has it.
+async fn acknowledged(
+    queued: Result<(crate::rpc::Waiting, faustus_wire::producer::DeliveryFuture)>,
+) -> Result<crate::rpc::Waiting> {
+    let (waiting, delivery) = queued?;
+    delivery.await?;
+    Ok(waiting)
 }
 
 /// A Faustus application: settings, topics, tables and agents.
@@ -648,11 +646,11 @@ impl App {
             }
         });
         let mut def = TableDef::plain(name, changelog, show);
-        // Values are stored after their record's timestamp (8 bytes).
+        // Values are stored after their record's timestamp.
         def.web = Some(crate::table::WebView::of(
             topic.inner.clone(),
             |t: &crate::app::TopicInner<K, V>| &t.codecs,
-            8,
+            |v| crate::join::unstored(v).1,
         ));
         self.tables.push(def);
         let feeder = Rc::new(crate::join::Feeder {

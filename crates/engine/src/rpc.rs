@@ -215,11 +215,10 @@ async fn read_replies(mut consumer: Consumer, pending: Pending) {
 
 /// Waits for a registered request's reply, up to `timeout`, and decodes it.
 pub(crate) async fn await_reply<R: serde::de::DeserializeOwned>(
-    waiting: Waiting,
+    mut waiting: Waiting,
     agent: &str,
     timeout: Duration,
 ) -> Result<R> {
-    let mut waiting = waiting;
     let id = waiting.id.clone();
     let (at, value) = match tokio::time::timeout(timeout, &mut waiting.rx).await {
         Ok(Ok(reply)) => reply,

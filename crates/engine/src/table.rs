@@ -147,20 +147,18 @@ pub(crate) struct WebView {
 
 impl WebView {
     /// The view of a table whose codecs `codecs` finds in `owner`, and
-    /// whose stored values start with `value_skip` bytes of the engine's
-    /// own (a timestamp).
+    /// whose stored values `unstore` takes the engine's own bytes off (a
+    /// timestamp).
     pub(crate) fn of<T: 'static, K: std::fmt::Debug + 'static, V: std::fmt::Debug + 'static>(
         owner: Arc<T>,
         codecs: fn(&T) -> &Codecs<K, V>,
-        value_skip: usize,
+        unstore: fn(&[u8]) -> &[u8],
     ) -> Self {
         let (a, b, c) = (owner.clone(), owner.clone(), owner);
         Self {
             key: Rc::new(move |text| key_from_text(&*codecs(&a).key, text)),
             key_json: Rc::new(move |k| bytes_to_json(&*codecs(&b).key, k)),
-            value_json: Rc::new(move |v| {
-                bytes_to_json(&*codecs(&c).value, v.get(value_skip..).unwrap_or_default())
-            }),
+            value_json: Rc::new(move |v| bytes_to_json(&*codecs(&c).value, unstore(v))),
         }
     }
 }
@@ -253,7 +251,7 @@ impl<K: std::fmt::Debug + 'static, V: std::fmt::Debug + 'static> Table<K, V> {
             emission: RefCell::new(Emission::default()),
         });
         let shown = inner.clone();
-        let web = WebView::of(inner.clone(), |t: &TableInner<K, V>| &t.codecs, 0);
+        let web = WebView::of(inner.clone(), |t: &TableInner<K, V>| &t.codecs, |v| v);
         let table_handle = Self { inner };
         let def = TableDef {
             name: name.to_owned(),

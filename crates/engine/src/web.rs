@@ -632,29 +632,24 @@ impl WebState {
             .ok()
     }
 
-    /// `GET /tables/{table}/{key}`: answered here, or by the owner.
-    async fn table_get(&self, table: String, key: String, standby: bool, forwarded: bool) -> Reply {
+    /// A key's value: answered here, or by the worker that owns its
+    /// partition (a `forwarded` query is answered here or not at all).
+    async fn lookup(&self, table: &str, key: &str, standby: bool, forwarded: bool) -> Lookup {
         let request = TableRequest::Get {
-            table: table.clone(),
-            key: key.clone(),
+            table: table.to_owned(),
+            key: key.to_owned(),
             standby,
         };
         let partition = match self.ask_loop(request).await {
-            None => return error(503, "the worker did not answer in time".into()),
+            None => return Lookup::Unavailable("the worker did not answer in time".into()),
             Some(Answer::Elsewhere { partition }) => partition,
-            Some(other) => return local_reply(&table, other),
+            Some(other) => return Lookup::Here(other),
         };
-        let not_here = || {
-            error(
-                503,
-                format!("table {table}: partition {partition} has no owner now (a rebalance under way?)"),
-            )
-        };
-        if forwarded {
-            return not_here();
-        }
-        let Some(dir) = self.directory.get() else {
-            return not_here();
+        let not_here = Lookup::Unavailable(format!(
+            "table {table}: partition {partition} has no owner now (a rebalance under way?)"
+        ));
+        let Some(dir) = self.directory.get().filter(|_| !forwarded) else {
+            return not_here;
         };
         // A second try with a fresh description: the first may predate a
         // rebalance.
@@ -662,10 +657,9 @@ impl WebState {
             let owner = match dir.owner(partition, fresh).await {
                 Ok(o) => o,
                 Err(e) => {
-                    return error(
-                        503,
-                        format!("finding the owner of partition {partition}: {e}"),
-                    )
+                    return Lookup::Unavailable(format!(
+                        "finding the owner of partition {partition}: {e}"
+                    ))
                 }
             };
             let Some(addr) = owner.filter(|a| *a != dir.me) else {
@@ -673,50 +667,80 @@ impl WebState {
             };
             let mut path = format!(
                 "/tables/{}/{}?forwarded=true",
-                encode_segment(&table),
-                encode_segment(&key)
+                encode_segment(table),
+                encode_segment(key)
             );
             if standby {
                 path.push_str("&standby=true");
             }
             match forward(&addr, &path).await {
                 Ok((503, _)) if !fresh => continue,
-                Ok((status, body)) => {
-                    return (
-                        axum::http::StatusCode::from_u16(status)
-                            .unwrap_or(axum::http::StatusCode::BAD_GATEWAY),
-                        [(axum::http::header::CONTENT_TYPE, "application/json")],
-                        body,
-                    )
-                }
+                Ok((status, body)) => return Lookup::There { status, body },
                 Err(e) if !fresh => {
                     tracing::debug!(%addr, error = %e, "forwarding a table query failed; asking again")
                 }
                 Err(e) => {
-                    return error(503, format!("partition {partition}'s owner at {addr}: {e}"))
+                    return Lookup::Unavailable(format!(
+                        "partition {partition}'s owner at {addr}: {e}"
+                    ))
                 }
             }
         }
-        not_here()
+        not_here
     }
+
+    /// `GET /tables/{table}/{key}`.
+    async fn table_get(&self, table: String, key: String, standby: bool, forwarded: bool) -> Reply {
+        match self.lookup(&table, &key, standby, forwarded).await {
+            Lookup::Here(answer) => local_reply(&table, answer),
+            Lookup::There { status, body } => (
+                axum::http::StatusCode::from_u16(status)
+                    .unwrap_or(axum::http::StatusCode::BAD_GATEWAY),
+                [(axum::http::header::CONTENT_TYPE, "application/json")],
+                body,
+            ),
+            Lookup::Unavailable(why) => error(503, why),
+        }
+    }
+}
+
+/// Where a key's value was found.
+enum Lookup {
+    /// This worker's loop answered.
+    Here(Answer),
+    /// The owner answered this (its HTTP status and JSON body).
+    There { status: u16, body: String },
+    /// Nobody could answer now.
+    Unavailable(String),
 }
 
 /// The reply to what the loop answered itself.
 fn local_reply(table: &str, answer: Answer) -> Reply {
     match answer {
         Answer::Found(v) => reply(200, v),
-        Answer::Missing => error(404, format!("table {table}: no such key")),
-        Answer::NoTable => error(404, format!("no table {table}")),
-        Answer::BadKey(e) => error(400, format!("table {table}: {e}")),
-        Answer::Restoring { partition } => error(
+        other => {
+            let (status, message) = problem(table, &other);
+            error(status, message)
+        }
+    }
+}
+
+/// The status and message of an answer that is not a value.
+fn problem(table: &str, answer: &Answer) -> (u16, String) {
+    match answer {
+        Answer::Found(_) => (200, String::new()),
+        Answer::Missing => (404, format!("table {table}: no such key")),
+        Answer::NoTable => (404, format!("no table {table}")),
+        Answer::BadKey(e) => (400, format!("table {table}: {e}")),
+        Answer::Restoring { partition } => (
             503,
             format!("table {table}: partition {partition} is being restored"),
         ),
-        Answer::Elsewhere { partition } => error(
+        Answer::Elsewhere { partition } => (
             503,
             format!("table {table}: partition {partition} is not on this worker"),
         ),
-        Answer::Failed(e) => error(500, format!("table {table}: {e}")),
+        Answer::Failed(e) => (500, format!("table {table}: {e}")),
     }
 }
 
@@ -753,24 +777,22 @@ impl Tables {
     /// error when the table is unknown, the key unreadable, or its
     /// partition restored or without an owner now.
     pub async fn get(&self, table: &str, key: &str) -> Result<Option<serde_json::Value>> {
-        let (status, _, body) = self
-            .0
-            .table_get(table.to_owned(), key.to_owned(), false, false)
-            .await;
-        let value: serde_json::Value = serde_json::from_str(&body)
-            .map_err(|e| Error::Config(format!("table {table}: an unreadable answer: {e}")))?;
-        match status.as_u16() {
-            200 => Ok(Some(value)),
-            404 if value["error"]
-                .as_str()
-                .is_some_and(|e| e.ends_with("no such key")) =>
-            {
-                Ok(None)
-            }
-            _ => Err(Error::Table {
-                table: table.to_owned(),
-                message: value["error"].as_str().unwrap_or("unavailable").to_owned(),
-            }),
+        let failed = |message: String| Error::Table {
+            table: table.to_owned(),
+            message,
+        };
+        match self.0.lookup(table, key, false, false).await {
+            Lookup::Here(Answer::Found(v)) => Ok(Some(v)),
+            Lookup::Here(Answer::Missing) => Ok(None),
+            Lookup::Here(other) => Err(failed(problem(table, &other).1)),
+            Lookup::There { status: 200, body } => serde_json::from_str(&body)
+                .map(Some)
+                .map_err(|e| failed(format!("an unreadable answer: {e}"))),
+            // The owner runs the same app: it knows the table, so its
+            // 404 is a missing key.
+            Lookup::There { status: 404, .. } => Ok(None),
+            Lookup::There { body, .. } => Err(failed(body)),
+            Lookup::Unavailable(why) => Err(failed(why)),
         }
     }
 }
@@ -817,10 +839,6 @@ async fn forward(addr: &str, path: &str) -> std::result::Result<(u16, String), S
     tokio::time::timeout(Duration::from_secs(10), work)
         .await
         .map_err(|_| "no answer within 10 s".to_owned())?
-}
-
-fn json_string(s: &str) -> String {
-    serde_json::Value::String(s.to_owned()).to_string()
 }
 
 /// Starts the server on `bind:port` (port 0: any free one) and returns
@@ -885,25 +903,15 @@ pub(crate) async fn serve(
                 async move {
                     let stalled = s.stalled_now();
                     if stalled.is_empty() {
-                        (StatusCode::OK, "{\"status\":\"ok\"}".to_owned())
-                    } else {
-                        let parts: Vec<String> = stalled
-                            .iter()
-                            .map(|((t, p), lag)| {
-                                format!(
-                                    "{{\"topic\":{},\"partition\":{p},\"lag\":{lag}}}",
-                                    json_string(t)
-                                )
-                            })
-                            .collect();
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!(
-                                "{{\"status\":\"stalled\",\"stalled\":[{}]}}",
-                                parts.join(",")
-                            ),
-                        )
+                        return reply(200, serde_json::json!({ "status": "ok" }));
                     }
+                    let stalled: Vec<serde_json::Value> = stalled
+                        .iter()
+                        .map(|((topic, partition), lag)| {
+                            serde_json::json!({ "topic": topic, "partition": partition, "lag": lag })
+                        })
+                        .collect();
+                    reply(503, serde_json::json!({ "status": "stalled", "stalled": stalled }))
                 }
             }),
         )

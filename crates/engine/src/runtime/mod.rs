@@ -75,13 +75,12 @@ struct Worker<'t> {
     held_paused: std::collections::BTreeSet<TopicPartition>,
     /// The app's timers and when each is next due.
     timers: crate::timer::Timers,
-    /// What the web server answers from (with `web.port`).
-    web: Option<Arc<crate::web::WebState>>,
-    /// The restorations the metrics show under way.
-    restoring_shown: Vec<(
-        crate::web::TableLabels,
-        prometheus_client::metrics::gauge::Gauge,
-    )>,
+    /// Health and metrics: what the web server answers from (with
+    /// `web.port`) and the stall watchdog reads.
+    web: Arc<crate::web::WebState>,
+    /// The remaining-records gauges of the restorations the metrics show
+    /// under way.
+    restoring_shown: Vec<prometheus_client::metrics::gauge::Gauge>,
     last_health_check: Instant,
     /// Table queries from the web server.
     queries: Option<tokio::sync::mpsc::UnboundedReceiver<crate::web::Query>>,
@@ -226,7 +225,7 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
             .unwrap_or_else(|e| e.into_inner())
             .take()
     });
-    let web = Some(state);
+    let web = state;
     let consumer = GroupConsumer::subscribe(group_cfg, &topics, Listener(shared.clone())).await?;
     shared.set_group_metadata(consumer.metadata_handle());
     tracing::info!(app = %cfg.app_id, worker = %id, guarantee = ?cfg.guarantee, ?topics, "worker starting");
@@ -432,9 +431,7 @@ impl Worker<'_> {
                         .note(CommitEvent::OffsetsCommitted { offsets, ok });
                 }
                 CommitAction::RollBack => {
-                    if let Some(web) = &self.web {
-                        web.metrics.rollbacks.inc();
-                    }
+                    self.web.metrics.rollbacks.inc();
                     self.dispatcher.clear();
                     for t in self.tasks.values() {
                         t.roll_back();
@@ -472,9 +469,7 @@ impl Worker<'_> {
                     continue;
                 }
                 Change::Assigned(tps) => {
-                    if let Some(web) = &self.web {
-                        web.metrics.rebalances.inc();
-                    }
+                    self.web.metrics.rebalances.inc();
                     if let Some(a) = &self.announce {
                         // Queries for these partitions answer 503 meanwhile.
                         if let Err(e) = a.assigned(&tps).await {
@@ -573,22 +568,23 @@ impl Worker<'_> {
 
     /// Records how far each partition got.
     fn progressed(&mut self, progress: Vec<Progress>) {
-        if let Some(web) = &self.web {
-            for ((i, tp), n) in std::mem::take(&mut *self.dispatcher.handed.borrow_mut()) {
-                let labels = crate::web::AgentLabels {
-                    agent: self.dispatcher.agent_name(i).to_owned(),
-                    topic: tp.topic.to_string(),
-                    partition: i64::from(tp.partition),
-                };
-                web.metrics.agent_records.get_or_create(&labels).inc_by(n);
-            }
+        for ((i, tp), n) in std::mem::take(&mut *self.dispatcher.handed.borrow_mut()) {
+            let labels = crate::web::AgentLabels {
+                agent: self.dispatcher.agent_name(i).to_owned(),
+                topic: tp.topic.to_string(),
+                partition: i64::from(tp.partition),
+            };
+            self.web
+                .metrics
+                .agent_records
+                .get_or_create(&labels)
+                .inc_by(n);
         }
         for p in progress {
             self.processed += p.records;
-            if let Some(web) = &self.web {
-                let lag = self.lag.get(&p.tp).copied();
-                web.progressed(&p.tp.topic, p.tp.partition, p.records, lag);
-            }
+            let lag = self.lag.get(&p.tp).copied();
+            self.web
+                .progressed(&p.tp.topic, p.tp.partition, p.records, lag);
             self.shared.note(CommitEvent::Processed {
                 tp: p.tp,
                 next: p.at,
@@ -623,10 +619,8 @@ impl Worker<'_> {
         for f in &fetched {
             // Known before the agents run: one that never returns leaves
             // its partition with records to read, which health reports.
-            if let Some(web) = &self.web {
-                let lag = f.high_watermark() - f.start_offset();
-                web.progressed(f.topic(), f.partition(), 0, Some(lag));
-            }
+            let lag = f.high_watermark() - f.start_offset();
+            self.web.progressed(f.topic(), f.partition(), 0, Some(lag));
             self.lag.insert(
                 f.topic_partition().clone(),
                 f.high_watermark() - f.next_offset(),
@@ -723,7 +717,7 @@ impl Worker<'_> {
     /// Keeps the web server's view current (readiness, assignment,
     /// dropped records) and warns, once, about each partition that stalls.
     fn report_health(&mut self) {
-        let Some(web) = &self.web else { return };
+        let web = &self.web;
         if self.last_health_check.elapsed() < Duration::from_millis(500) {
             return;
         }
@@ -765,7 +759,7 @@ impl Worker<'_> {
             }
         }
         // Finished restorations read as none remaining.
-        for (_, g) in self.restoring_shown.drain(..) {
+        for g in self.restoring_shown.drain(..) {
             g.set(0);
         }
         for r in self.restorer.progress() {
@@ -776,7 +770,7 @@ impl Worker<'_> {
             m.restored.get_or_create(&labels).set(r.restored as i64);
             let remaining = m.restore_remaining.get_or_create(&labels).clone();
             remaining.set(r.remaining);
-            self.restoring_shown.push((labels, remaining));
+            self.restoring_shown.push(remaining);
         }
     }
 
@@ -789,12 +783,11 @@ impl Worker<'_> {
                 .await?;
         tracing::Instrument::instrument(self.act(rest), span).await?;
         tracing::debug!(ms = started.elapsed().as_millis() as u64, "committed");
-        if let Some(web) = &self.web {
-            web.metrics.commits.inc();
-            web.metrics
-                .commit_seconds
-                .observe(started.elapsed().as_secs_f64());
-        }
+        self.web.metrics.commits.inc();
+        self.web
+            .metrics
+            .commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         Ok(())
     }
 }

@@ -168,7 +168,7 @@ fn read_key(src: &Source<'_>, def: &TableDef, view: &WebView, key: &[u8]) -> Res
             Some(json!({
                 "start": w.start,
                 "end": w.end,
-                "value": (view.value_json)(v.get(8..).unwrap_or_default()),
+                "value": (view.value_json)(crate::windowed::show_value(v)),
             }))
         })
         .collect();
@@ -214,7 +214,7 @@ fn list(
                 }
                 let value = match &def.frozen_window {
                     None => (view.value_json)(&v),
-                    Some(_) => (view.value_json)(v.get(8..).unwrap_or_default()),
+                    Some(_) => (view.value_json)(crate::windowed::show_value(&v)),
                 };
                 entries.push((p, k, value));
             }

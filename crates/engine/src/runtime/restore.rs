@@ -125,9 +125,15 @@ struct Restoring {
     /// (the last stable offset when restoration began).
     ends: BTreeMap<TopicPartition, i64>,
     began: Instant,
-    applied: u64,
     /// Records applied, by table id.
     applied_by: Vec<u64>,
+}
+
+impl Restoring {
+    /// Records applied over all its tables.
+    fn applied(&self) -> u64 {
+        self.applied_by.iter().sum()
+    }
 }
 
 /// How far one table partition's restoration got.
@@ -250,7 +256,6 @@ impl<'t> Restorer<'t> {
                 parts,
                 ends,
                 began: Instant::now(),
-                applied: 0,
                 applied_by: vec![0; self.tables.len()],
             },
         );
@@ -292,9 +297,9 @@ impl<'t> Restorer<'t> {
     /// directory goes on from there.
     pub(crate) fn cancel(&mut self, p: i32) {
         if let Some(r) = self.restoring.remove(&p) {
-            let tps: Vec<TopicPartition> = r.ends.into_keys().collect();
+            let tps: Vec<TopicPartition> = r.ends.keys().cloned().collect();
             self.recovery.unassign(&tps);
-            tracing::info!(partition = p, applied = r.applied, "recovery cancelled");
+            tracing::info!(partition = p, applied = r.applied(), "recovery cancelled");
         }
     }
 
@@ -315,9 +320,7 @@ impl<'t> Restorer<'t> {
                     continue;
                 };
                 if let Some(r) = self.restoring.get_mut(&f.partition()) {
-                    let n = apply_changelog(&mut *r.parts[i].store, &f)?;
-                    r.applied += n;
-                    r.applied_by[i] += n;
+                    r.applied_by[i] += apply_changelog(&mut *r.parts[i].store, &f)?;
                 }
             }
             let recovery = &self.recovery;
@@ -333,11 +336,11 @@ impl<'t> Restorer<'t> {
                 .collect();
             for p in finished {
                 if let Some(r) = self.restoring.remove(&p) {
-                    let tps: Vec<TopicPartition> = r.ends.into_keys().collect();
+                    let tps: Vec<TopicPartition> = r.ends.keys().cloned().collect();
                     self.recovery.unassign(&tps);
                     tracing::info!(
                         partition = p,
-                        applied = r.applied,
+                        applied = r.applied(),
                         ms = r.began.elapsed().as_millis() as u64,
                         "recovered"
                     );
@@ -347,7 +350,7 @@ impl<'t> Restorer<'t> {
             }
             if !done.is_empty() || self.restoring.is_empty() || Instant::now() >= until {
                 if let Some((p, r)) = self.restoring.iter().next() {
-                    tracing::debug!(partition = p, applied = r.applied, "recovering");
+                    tracing::debug!(partition = p, applied = r.applied(), "recovering");
                 }
                 return Ok(done);
             }
