@@ -674,3 +674,98 @@ async fn manual_sync_and_async_commits_under_both_protocols() {
         c.close().await.expect("close");
     }
 }
+
+/// Holds the first revocation back, then lets revocations run; records
+/// what happened in order.
+struct Holder {
+    holds_left: usize,
+    log: Arc<Mutex<Vec<&'static str>>>,
+}
+
+impl RebalanceListener for Holder {
+    fn hold_revocation(&mut self, _tps: &[TopicPartition]) -> bool {
+        let hold = self.holds_left > 0;
+        if hold {
+            self.holds_left -= 1;
+            self.log.lock().expect("log").push("held");
+        }
+        hold
+    }
+    async fn revoked(&mut self, _tps: &[TopicPartition]) {
+        self.log.lock().expect("log").push("revoked");
+    }
+}
+
+/// A listener that holds a revocation back makes that poll return at once,
+/// with no records and before `revoked`; the next poll revokes, and the
+/// new member gets its partitions. Both group protocols.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_revocation_runs_in_the_next_poll() {
+    let kafka = shared().expect("kafka");
+    let topic = unique_topic("held");
+    create_topic(kafka.bootstrap(), &topic, 4).await;
+    for protocol in ["classic", "consumer"] {
+        let props = Properties::new()
+            .set("bootstrap.servers", kafka.bootstrap())
+            .set("group.id", unique_topic(&format!("g-held-{protocol}")))
+            .set("group.protocol", protocol);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let listener = Holder {
+            holds_left: 1,
+            log: log.clone(),
+        };
+        let cfg = GroupConfig::from_properties(&props).expect("group config");
+        let mut a = GroupConsumer::subscribe(cfg, &[topic.as_str()], listener)
+            .await
+            .expect("subscribe");
+        let deadline = Deadline::new("a's assignment", Duration::from_secs(120));
+        while owned(&a) < 4 {
+            deadline.check(());
+            a.poll().await.expect("poll");
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let b = tokio::spawn({
+            let (props, topic, stop) = (props.clone(), topic.clone(), stop.clone());
+            async move {
+                let mut b = stable_consumer(&props, &topic).await;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    b.poll().await.expect("b polls");
+                }
+                let got = b.assignment().values().map(Vec::len).sum::<usize>();
+                b.close().await.expect("close b");
+                got
+            }
+        });
+        let deadline = Deadline::new("a's revocation", Duration::from_secs(120));
+        loop {
+            deadline.check(log.lock().expect("log").clone());
+            let before = log.lock().expect("log").len();
+            let got = a.poll().await.expect("poll");
+            let now = log.lock().expect("log").clone();
+            if now[before..].contains(&"held") {
+                // The poll that held the revocation returned at once,
+                // without revoking.
+                assert_eq!(&now[before..], ["held"], "{protocol}");
+                assert!(got.is_empty(), "{} records", got.len());
+            }
+            if now.contains(&"revoked") {
+                assert_eq!(now, vec!["held", "revoked"], "{protocol}");
+                break;
+            }
+        }
+        let deadline = Deadline::new("b's partitions", Duration::from_secs(120));
+        while owned(&a) == 4 {
+            deadline.check(());
+            a.poll().await.expect("poll");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let b_got = b.await.expect("b");
+        assert!(b_got > 0, "{protocol}: b got nothing");
+        a.close().await.expect("close a");
+    }
+}
+
+/// How many partitions a member owns.
+fn owned<L: RebalanceListener>(c: &GroupConsumer<L>) -> usize {
+    c.assignment().values().map(Vec::len).sum()
+}

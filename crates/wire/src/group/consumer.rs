@@ -192,6 +192,19 @@ pub trait RebalanceListener: Send {
         let _ = partitions;
         None
     }
+    /// Asked before [`revoked`](Self::revoked) during a
+    /// [`poll`](GroupConsumer::poll): `true` holds the revocation back,
+    /// and that poll returns at once, with no records, so that the caller
+    /// can make its state ready to commit (flush what it buffers) outside
+    /// the callback; the next poll revokes. A stream processor whose state
+    /// lives where the listener cannot reach it (Kafka Streams flushes its
+    /// caches inside `onPartitionsRevoked`) uses this. Return `true` only
+    /// when the caller has something to flush, or polls never revoke.
+    /// Never asked while closing. Default: `false`.
+    fn hold_revocation(&mut self, partitions: &[TopicPartition]) -> bool {
+        let _ = partitions;
+        false
+    }
     /// Partitions newly given to this member (positions are set already).
     fn assigned(&mut self, partitions: &[TopicPartition]) -> impl Future<Output = ()> + Send {
         let _ = partitions;
@@ -361,6 +374,15 @@ impl<L: RebalanceListener> std::fmt::Debug for GroupConsumer<L> {
             .field("topics", &self.topics)
             .finish()
     }
+}
+
+/// How [`GroupConsumer::run`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    /// Nothing more to do now.
+    Done,
+    /// The listener held a revocation back; it is pending.
+    Held,
 }
 
 fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -540,7 +562,9 @@ impl<L: RebalanceListener> GroupConsumer<L> {
                 }
             }
         }
-        self.run(actions).await?;
+        if self.run(actions, true).await? == Run::Held {
+            return Ok(Vec::new());
+        }
         if self.cfg.auto_commit && self.last_auto_commit.elapsed() >= self.cfg.auto_commit_interval
         {
             self.commit_processed(None).await?;
@@ -556,8 +580,10 @@ impl<L: RebalanceListener> GroupConsumer<L> {
                 biased;
                 fetched = self.consumer.poll() => break fetched?,
                 _ = work => {
-                    if !lock(&self.shared).pending.is_empty() {
-                        self.run(Vec::new()).await?;
+                    if !lock(&self.shared).pending.is_empty()
+                        && self.run(Vec::new(), true).await? == Run::Held
+                    {
+                        break Vec::new();
                     }
                 }
             }
@@ -682,14 +708,16 @@ impl<L: RebalanceListener> GroupConsumer<L> {
         let actions = lock(&self.shared)
             .membership
             .handle(Instant::now(), Event::Close);
-        let res = self.run(actions).await;
+        let res = self.run(actions, false).await;
         self.heartbeat.abort();
-        res
+        res.map(|_| ())
     }
 
     /// Drives the membership until it is stable (or nothing more can be
-    /// done now), carrying out each action in order.
-    async fn run(&mut self, first: Vec<Action>) -> Result<()> {
+    /// done now), carrying out each action in order. With `may_hold`, the
+    /// listener may hold a revocation back: the actions left wait for the
+    /// next call.
+    async fn run(&mut self, first: Vec<Action>, may_hold: bool) -> Result<Run> {
         let mut queue: VecDeque<Action> = first.into();
         let deadline = Instant::now() + self.cfg.max_poll_interval;
         loop {
@@ -703,7 +731,7 @@ impl<L: RebalanceListener> GroupConsumer<L> {
                     (s.membership.phase(), s.membership.next_deadline())
                 };
                 match phase {
-                    Phase::Stable | Phase::Left => return Ok(()),
+                    Phase::Stable | Phase::Left => return Ok(Run::Done),
                     Phase::Failed => return Err(Error::Config("group membership failed".into())),
                     _ => {}
                 }
@@ -721,6 +749,17 @@ impl<L: RebalanceListener> GroupConsumer<L> {
                 queue.extend(acts);
                 continue;
             };
+            if let (Action::Revoke(ps), true) = (&action, may_hold) {
+                if self.listener.hold_revocation(&self.tps(ps)) {
+                    tracing::debug!(group = %self.cfg.group_id, "revocation held for the application to flush");
+                    let mut s = lock(&self.shared);
+                    for a in queue.into_iter().rev() {
+                        s.pending.push_front(a);
+                    }
+                    s.pending.push_front(action);
+                    return Ok(Run::Held);
+                }
+            }
             tracing::trace!(?action, "group action");
             let events = self.act(action).await?;
             for e in events {
