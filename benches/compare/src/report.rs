@@ -131,10 +131,17 @@ fn engine_tables(out: &mut String, samples: &[Sample]) {
         samples,
         "engine",
         "engine: page-view count",
-        &["faustus", "kafka-streams", "kafka-streams-nocache", "faust"],
+        &[
+            "faustus",
+            "faustus-nocache",
+            "kafka-streams",
+            "kafka-streams-nocache",
+            "faust",
+        ],
         &[
             ("faustus", "kafka-streams"),
-            ("faustus", "kafka-streams-nocache"),
+            ("faustus-nocache", "kafka-streams-nocache"),
+            ("faustus", "faustus-nocache"),
             ("faustus", "faust"),
         ],
     );

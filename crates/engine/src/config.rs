@@ -17,6 +17,7 @@
 //! | `web.bind` | `127.0.0.1` | the address the web server listens on |
 //! | `application.server` | `web.bind:port` | the `host:port` other workers forward table queries to (required with `web.bind=0.0.0.0`) |
 //! | `health.stall.ms` | 60000 | `/health` answers 503 (and the worker warns) when an assigned partition with records to read has not moved on for this long |
+//! | `cache.max.bytes` | 10485760 | the worker's table cache (Kafka Streams' record cache; `statestore.cache.max.bytes` is accepted too): a key's updates between commits are coalesced and its changelog gets the latest value when the worker commits, when the cache is full, or before partitions are revoked; `0`: every update is a changelog record |
 //! | `transaction.timeout.ms` | 10000 | as Kafka Streams under exactly-once: a crashed worker's open transaction is aborted after this |
 //!
 //! The consumer group is the app id (`group.id` may override it), assigned
@@ -29,6 +30,9 @@ use std::time::Duration;
 use faustus_wire::Properties;
 
 use crate::error::{Error, Result};
+
+/// `cache.max.bytes` unless set: 10 MB, as Kafka Streams.
+pub const DEFAULT_CACHE_MAX_BYTES: usize = 10 * 1024 * 1024;
 
 /// `processing.guarantee`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +86,9 @@ pub struct EngineConfig {
     /// workers forward table queries to. Default: `web.bind` and the port
     /// the server listens on (the host name when bound to every address).
     pub application_server: Option<String>,
+    /// `cache.max.bytes` (or Kafka Streams' `statestore.cache.max.bytes`):
+    /// the table cache's bytes per worker; 0 turns it off.
+    pub cache_max_bytes: usize,
 }
 
 impl EngineConfig {
@@ -149,6 +156,10 @@ impl EngineConfig {
             web_bind: p.get("web.bind").unwrap_or("127.0.0.1").to_owned(),
             health_stall: p.millis_or("health.stall.ms", 60_000)?,
             application_server: p.get("application.server").map(str::to_owned),
+            cache_max_bytes: match p.get("cache.max.bytes") {
+                Some(_) => p.parse_or("cache.max.bytes", 0)?,
+                None => p.parse_or("statestore.cache.max.bytes", DEFAULT_CACHE_MAX_BYTES)?,
+            },
         })
     }
 }
@@ -170,6 +181,21 @@ mod tests {
         assert_eq!(c.replication_factor, 1);
         assert_eq!(c.state_dir, PathBuf::from("pv-data"));
         assert_eq!(c.store, StoreKind::RocksDb);
+        assert_eq!(c.cache_max_bytes, DEFAULT_CACHE_MAX_BYTES);
+    }
+
+    #[test]
+    fn cache_size_takes_either_name() {
+        let c = |p: Properties| EngineConfig::from_properties("pv", &p).expect("ok");
+        assert_eq!(c(props().set("cache.max.bytes", "0")).cache_max_bytes, 0);
+        assert_eq!(
+            c(props().set("statestore.cache.max.bytes", "1024")).cache_max_bytes,
+            1024
+        );
+        let both = props()
+            .set("statestore.cache.max.bytes", "1024")
+            .set("cache.max.bytes", "7");
+        assert_eq!(c(both).cache_max_bytes, 7);
     }
 
     #[test]
@@ -180,6 +206,7 @@ mod tests {
             ("topic.partitions", "0"),
             ("table.standby.replicas", "x"),
             ("commit.interval.ms", "soon"),
+            ("cache.max.bytes", "-1"),
         ] {
             let e = EngineConfig::from_properties("pv", &props().set(k, v)).expect_err("an error");
             assert!(

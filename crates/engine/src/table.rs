@@ -2,11 +2,18 @@
 //! a compacted changelog topic.
 //!
 //! An agent reaches the partition of a table that matches the partition of
-//! the batch it processes ([`Batch::table`](crate::Batch::table)). Each
-//! change is kept in an overlay over the store and staged as a changelog
-//! record; the engine sends the staged records after the agent returns, and
-//! writes the overlay to the store once those records are durable (see
-//! `store.rs`).
+//! the batch it processes ([`Batch::table`](crate::Batch::table)). Changes
+//! go through three layers over the store:
+//!
+//! - the **cache** (`cache.max.bytes`, Kafka Streams' record cache): a
+//!   key's changes between commits are coalesced there, and its changelog
+//!   gets only the latest value, when the worker commits, when the cache
+//!   is full, or before partitions are revoked. Reads see it. Windowed
+//!   tables and the engine's ordered buffers coalesce per agent call
+//!   instead. With `cache.max.bytes=0` every change is a changelog record;
+//! - the **staged** changelog records, sent after the agent returns;
+//! - the **overlay**: changes whose changelog records are sent, written to
+//!   the store once those records are durable (see `store.rs`).
 
 use rustc_hash::FxHashMap;
 use std::cell::{RefCell, RefMut};
@@ -378,11 +385,17 @@ pub(crate) struct TablePart {
     pub(crate) window: Option<WindowState>,
     /// Results a windowed table emitted; sent before the changelog records.
     pub(crate) outputs: Vec<ProducerRecord>,
-    /// Windowed tables: changes since changelog records were last staged,
-    /// over `overlay`. A window changes many times within one batch; its
-    /// changelog gets its latest value once per batch (Kafka Streams'
-    /// record cache does the same per commit).
+    /// Changes since changelog records were last staged, over `overlay`:
+    /// the cache of a cached table (flushed by [`flush_cache`]), or a
+    /// windowed table's changes in one agent call (a window changes many
+    /// times within one batch; its changelog gets its latest value once
+    /// per batch).
+    ///
+    /// [`flush_cache`]: Self::flush_cache
     pub(crate) batch: FxHashMap<Vec<u8>, Option<Vec<u8>>>,
+    /// The worker's cache budget, and this partition's share of it, when
+    /// `batch` is a cache.
+    cache: Option<CacheShare>,
     /// Sliding and session windows (whose updates scan a key's windows),
     /// and stream–stream join buffers: the keys of `overlay` and `batch`,
     /// in order, so that a range of changes is found without visiting
@@ -421,9 +434,20 @@ impl TablePart {
             window: None,
             outputs: Vec::new(),
             batch: FxHashMap::default(),
+            cache: None,
             ordered: None,
             join: None,
         }
+    }
+
+    /// Coalesces changes in the worker's cache (`Some`) until it is
+    /// flushed. Windowed tables and ordered buffers keep coalescing per
+    /// agent call: a cache is not given to them.
+    pub(crate) fn with_cache(mut self, budget: Option<Rc<CacheBudget>>) -> Self {
+        self.cache = budget
+            .filter(|_| self.window.is_none() && self.ordered.is_none())
+            .map(|budget| CacheShare { budget, bytes: 0 });
+        self
     }
 
     /// Keeps pending changes in key order too, for range scans (`ordered`
@@ -511,6 +535,17 @@ impl TablePart {
                 keys.insert(key.clone());
             }
         }
+        if let Some(share) = &mut self.cache {
+            // A new key costs its entry; a replaced value only the
+            // difference.
+            let entry = ENTRY_OVERHEAD + key.len();
+            let len = value.as_ref().map_or(0, Vec::len);
+            match self.batch.insert(key, value) {
+                Some(old) => share.charge(len, old.map_or(0, |v| v.len())),
+                None => share.charge(entry + len, 0),
+            }
+            return;
+        }
         if self.window.is_some() {
             self.batch.insert(key, value);
             return;
@@ -523,24 +558,42 @@ impl TablePart {
     }
 
     /// The changelog records to send: those staged, and for a windowed
-    /// table the latest value of each key changed since the last call.
+    /// table the latest value of each key changed since the last call. A
+    /// cache's changes stay until [`flush_cache`](Self::flush_cache).
     pub(crate) fn take_staged(&mut self) -> Vec<ProducerRecord> {
-        let mut out = std::mem::take(&mut self.staged);
-        if self.batch.is_empty() {
-            return out;
+        if self.cache.is_none() {
+            self.stage_batch();
         }
-        // In key order: the same input makes the same changelog.
+        std::mem::take(&mut self.staged)
+    }
+
+    /// Stages the cache's changes, each key's latest value once, to be
+    /// sent by the next [`take_staged`](Self::take_staged).
+    pub(crate) fn flush_cache(&mut self) {
+        if self.cache.is_some() {
+            self.stage_batch();
+        }
+        if let Some(share) = &mut self.cache {
+            share.release();
+        }
+    }
+
+    /// Moves `batch` to the staged records and the overlay, in key order:
+    /// the same input makes the same changelog.
+    fn stage_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
         let mut changed: Vec<(Vec<u8>, Option<Vec<u8>>)> = self.batch.drain().collect();
         changed.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        out.reserve(changed.len());
+        self.staged.reserve(changed.len());
         for (key, value) in changed {
             let mut rec = ProducerRecord::new(&*self.changelog).partition(self.partition);
             rec.key = Some(bytes::Bytes::copy_from_slice(&key));
             rec.value = value.as_deref().map(bytes::Bytes::copy_from_slice);
-            out.push(rec);
+            self.staged.push(rec);
             self.overlay.insert(key, value);
         }
-        out
     }
 
     /// Drops changes the store does not have (after an aborted
@@ -550,6 +603,9 @@ impl TablePart {
         self.staged.clear();
         self.outputs.clear();
         self.batch.clear();
+        if let Some(share) = &mut self.cache {
+            share.release();
+        }
         if let Some(keys) = &mut self.ordered {
             keys.clear();
         }
@@ -559,6 +615,67 @@ impl TablePart {
             // Reloaded from the store on next use.
             w.reset();
         }
+    }
+}
+
+/// Bytes an entry costs in the cache beside its key and value (the map's
+/// slot, two vectors), as Kafka Streams counts a fixed overhead per entry.
+const ENTRY_OVERHEAD: usize = 64;
+
+/// The worker's table cache budget (`cache.max.bytes`), shared by every
+/// cached table partition of its tasks: when the entries they hold pass
+/// it, the worker flushes every cache.
+#[derive(Debug)]
+pub(crate) struct CacheBudget {
+    max: usize,
+    used: std::cell::Cell<usize>,
+}
+
+impl CacheBudget {
+    /// A budget of `max` bytes; `None` for 0 (no cache).
+    pub(crate) fn new(max: usize) -> Option<Rc<Self>> {
+        (max > 0).then(|| {
+            Rc::new(Self {
+                max,
+                used: std::cell::Cell::new(0),
+            })
+        })
+    }
+    /// Bytes the caches hold.
+    pub(crate) fn used(&self) -> usize {
+        self.used.get()
+    }
+    /// Whether the caches hold more than the budget.
+    pub(crate) fn full(&self) -> bool {
+        self.used.get() > self.max
+    }
+}
+
+/// One table partition's share of the cache budget: released when the
+/// cache is flushed, rolled back or dropped with its task.
+#[derive(Debug)]
+struct CacheShare {
+    budget: Rc<CacheBudget>,
+    bytes: usize,
+}
+
+impl CacheShare {
+    fn charge(&mut self, added: usize, removed: usize) {
+        let removed = removed.min(self.bytes + added);
+        self.bytes = self.bytes + added - removed;
+        let used = &self.budget.used;
+        used.set((used.get() + added).saturating_sub(removed));
+    }
+    fn release(&mut self) {
+        let used = &self.budget.used;
+        used.set(used.get().saturating_sub(self.bytes));
+        self.bytes = 0;
+    }
+}
+
+impl Drop for CacheShare {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -666,7 +783,8 @@ impl<K, V> TableView<'_, K, V> {
             .into_iter()
             .map(|(k, v)| (k, Some(v)))
             .collect();
-        for (k, v) in &self.part.overlay {
+        // The cache's changes are newer than the overlay's.
+        for (k, v) in self.part.changes() {
             all.insert(k.clone(), v.clone());
         }
         all.into_iter()
@@ -736,6 +854,89 @@ mod tests {
             ]
         );
         assert!(p.staged.iter().all(|r| r.topic == "app-counts-changelog"));
+    }
+
+    fn cached(budget: &Rc<CacheBudget>) -> (Table<String, u64>, RefCell<TablePart>) {
+        let (table, part) = setup();
+        let part = RefCell::new(part.into_inner().with_cache(Some(budget.clone())));
+        (table, part)
+    }
+
+    fn staged(p: &mut TablePart) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        p.take_staged()
+            .into_iter()
+            .map(|r| (r.key.expect("key").to_vec(), r.value.map(|v| v.to_vec())))
+            .collect()
+    }
+
+    #[test]
+    fn a_cache_coalesces_updates_until_flushed_and_reads_see_it() {
+        let budget = CacheBudget::new(1 << 20).expect("a budget");
+        let (table, part) = cached(&budget);
+        {
+            let mut v = view(&table, &part);
+            for _ in 0..5 {
+                v.update(&"/b".to_string(), |n| *n += 1).expect("update");
+                v.update(&"/a".to_string(), |n| *n += 10).expect("update");
+            }
+            v.delete(&"/c".to_string()).expect("delete");
+            assert_eq!(v.get(&"/a".to_string()).expect("get"), 50);
+            assert_eq!(
+                v.entries().expect("entries"),
+                vec![("/a".to_string(), 50), ("/b".to_string(), 5)]
+            );
+        }
+        // Nothing goes to the changelog before a flush.
+        assert!(staged(&mut part.borrow_mut()).is_empty());
+        assert!(budget.used() > 0);
+        part.borrow_mut().flush_cache();
+        assert_eq!(budget.used(), 0);
+        // Each key's latest value once, in key order.
+        assert_eq!(
+            staged(&mut part.borrow_mut()),
+            vec![
+                (b"/a".to_vec(), Some(b"50".to_vec())),
+                (b"/b".to_vec(), Some(b"5".to_vec())),
+                (b"/c".to_vec(), None),
+            ]
+        );
+        // Flushed values are read from the overlay until the store has them.
+        assert_eq!(view(&table, &part).get(&"/b".to_string()).expect("get"), 5);
+    }
+
+    #[test]
+    fn the_budget_counts_what_the_caches_hold_and_gets_it_back() {
+        let budget = CacheBudget::new(200).expect("a budget");
+        let (table, one) = cached(&budget);
+        let (_, two) = cached(&budget);
+        view(&table, &one).set(&"/a".to_string(), &1).expect("set");
+        let after_one = budget.used();
+        assert_eq!(after_one, ENTRY_OVERHEAD + 2 + 1);
+        // A replaced value costs the difference only.
+        view(&table, &one)
+            .set(&"/a".to_string(), &100)
+            .expect("set");
+        assert_eq!(budget.used(), after_one + 2);
+        assert!(!budget.full());
+        view(&table, &two).set(&"/b".to_string(), &1).expect("set");
+        view(&table, &two).set(&"/c".to_string(), &1).expect("set");
+        assert!(budget.full(), "{} of 200", budget.used());
+        one.borrow_mut().roll_back();
+        assert_eq!(budget.used(), 2 * after_one);
+        drop(two);
+        assert_eq!(budget.used(), 0);
+        assert!(CacheBudget::new(0).is_none());
+    }
+
+    #[test]
+    fn windowed_and_ordered_partitions_take_no_cache() {
+        let budget = CacheBudget::new(1 << 20).expect("a budget");
+        let (_, part) = setup();
+        let part = part
+            .into_inner()
+            .with_ordered(true)
+            .with_cache(Some(budget));
+        assert!(part.cache.is_none());
     }
 
     #[test]

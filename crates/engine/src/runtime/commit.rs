@@ -120,6 +120,9 @@ pub(crate) struct CommitMachine {
     outputs_failed: bool,
     /// The worker is stopping on an error (exactly-once: nothing commits).
     failed: bool,
+    /// Tables coalesce changes in a cache (`cache.max.bytes`): processed
+    /// records may have changes no changelog record carries yet.
+    cached: bool,
 }
 
 impl CommitMachine {
@@ -131,7 +134,16 @@ impl CommitMachine {
             positions: Offsets::new(),
             outputs_failed: false,
             failed: false,
+            cached: false,
         }
+    }
+
+    /// The machine of a worker whose tables cache changes between
+    /// commits: a failing worker commits nothing it processed, since the
+    /// roll-back drops the cached changes of records already processed.
+    pub(crate) fn with_cache(mut self, cached: bool) -> Self {
+        self.cached = cached;
+        self
     }
 
     /// Whether a transaction is open.
@@ -260,7 +272,11 @@ impl CommitMachine {
                 }
                 // At-least-once: what was processed (whole fetches, outputs
                 // sent) may still commit when the worker leaves, unless an
-                // output failed.
+                // output failed, or the roll-back drops cached table changes
+                // of processed records.
+                if self.cached && !exactly {
+                    self.positions.clear();
+                }
                 actions.push(A::RollBack);
                 actions
             }
@@ -428,6 +444,22 @@ mod tests {
         assert!(m.handle(CommitEvent::Processing).is_empty());
         assert!(m.handle(CommitEvent::Commit).is_empty());
         assert!(m.revoked_offsets(None).is_empty());
+    }
+
+    #[test]
+    fn a_failing_worker_with_a_table_cache_commits_nothing_it_processed() {
+        for cached in [false, true] {
+            let mut m = CommitMachine::new(Guarantee::AtLeastOnce).with_cache(cached);
+            m.handle(CommitEvent::Processed { tp: tp(0), next: 3 });
+            assert_eq!(m.handle(CommitEvent::Failed), vec![CommitAction::RollBack]);
+            // Leaving commits what is left.
+            assert_eq!(m.handle(CommitEvent::Commit), vec![CommitAction::Flush]);
+            let mut expected = vec![CommitAction::WriteStores];
+            if !cached {
+                expected.push(CommitAction::CommitOffsets(offsets(&[(0, 3)])));
+            }
+            assert_eq!(m.handle(CommitEvent::Flushed { ok: true }), expected);
+        }
     }
 
     /// One step of a random run: an event, with the outcomes of the

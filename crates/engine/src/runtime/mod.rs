@@ -89,6 +89,8 @@ struct Worker<'t> {
     /// KIP-848 groups with a web server: tells the directory topic which
     /// partitions this worker got.
     announce: Option<Announcer>,
+    /// The tables' cache budget (`cache.max.bytes`; `None`: no cache).
+    cache: Option<Rc<crate::table::CacheBudget>>,
 }
 
 /// Writes this worker's web address into the directory topic for each
@@ -155,7 +157,10 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
             Outputs::AtLeast(Producer::connect(ProducerConfig::from_properties(&props)?).await?)
         }
     };
-    let shared = Arc::new(Shared::new(outputs));
+    // One table cache for the worker's tasks (`cache.max.bytes`).
+    let cache =
+        crate::table::CacheBudget::new(cfg.cache_max_bytes).filter(|_| !topology.tables.is_empty());
+    let shared = Arc::new(Shared::new(outputs, cache.is_some()));
     let mut group_cfg = GroupConfig::from_properties(&props)?;
     // Well inside `max.poll.interval.ms`: a poll runs beside each step.
     let restore_budget =
@@ -233,7 +238,8 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
         tables: &topology.tables,
         global,
         globals,
-        restorer: Restorer::new(&topology.tables, cfg, client, partitions)?,
+        restorer: Restorer::new(&topology.tables, cfg, client, partitions, cache.clone())?,
+        cache,
         dispatcher: Dispatcher::new(
             topology.agents.clone(),
             topology.ordered.clone(),
@@ -274,6 +280,10 @@ impl Worker<'_> {
             // Restoring tasks catch up while the consumer polls: neither
             // waits for the other, and polls keep their pace. Table queries
             // are answered meanwhile.
+            // Revocations happen in polls: the listener holds one back
+            // while the caches hold changes (flushed below).
+            self.shared
+                .set_cache_dirty(self.cache.as_ref().is_some_and(|c| c.used() > 0));
             let (fetched, restored) = self.poll_and_answer().await;
             let (fetched, restored) = (fetched?, restored?);
             for (p, task) in restored {
@@ -283,6 +293,12 @@ impl Worker<'_> {
             }
             if !self.apply_changes().await? {
                 // Rewound: what this poll returned is read again.
+                continue;
+            }
+            if self.shared.take_revocation_held() {
+                // The next poll revokes and commits what is processed:
+                // nothing more is processed before it.
+                self.flush_caches().await?;
                 continue;
             }
             if std::mem::take(&mut self.commit_before_restoring) {
@@ -298,6 +314,9 @@ impl Worker<'_> {
             self.flush_gathered(false).await?;
             self.tick_wall_clock().await?;
             self.run_timers().await?;
+            if self.cache.as_ref().is_some_and(|c| c.full()) {
+                self.flush_caches().await?;
+            }
             let owned: std::collections::BTreeSet<i32> = self
                 .tasks
                 .keys()
@@ -669,6 +688,21 @@ impl Worker<'_> {
         self.held_paused = full;
     }
 
+    /// Sends each cached table change's latest value to its changelog
+    /// (inside the open transaction under exactly-once).
+    async fn flush_caches(&mut self) -> Result<()> {
+        if !self.cache.as_ref().is_some_and(|c| c.used() > 0) {
+            return Ok(());
+        }
+        for t in self.tasks.values() {
+            for part in &t.tables {
+                part.borrow_mut().flush_cache();
+            }
+            task::send_staged(t, &*self.shared).await?;
+        }
+        Ok(())
+    }
+
     /// Calls the `take` agents whose gathering is due (all with `all`).
     async fn flush_gathered(&mut self, all: bool) -> Result<()> {
         let now = Instant::now();
@@ -777,6 +811,7 @@ impl Worker<'_> {
     /// Commits (see [`commit`]).
     async fn commit(&mut self) -> Result<()> {
         let started = Instant::now();
+        self.flush_caches().await?;
         let span = tracing::debug_span!("commit", processed = self.processed);
         let rest =
             tracing::Instrument::instrument(self.shared.drive(CommitEvent::Commit), span.clone())

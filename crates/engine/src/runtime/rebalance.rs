@@ -9,6 +9,7 @@
 //! queues as [`Change`]s, which the loop applies in order after `poll`.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use faustus_wire::consumer::TopicPartition;
@@ -61,6 +62,11 @@ pub(crate) struct Shared {
     pub(crate) send_errors: std::sync::atomic::AtomicU64,
     /// Transactions aborted (abortable errors, roll-backs).
     pub(crate) aborts: std::sync::atomic::AtomicU64,
+    /// The tables' caches hold changes no changelog record carries yet
+    /// (set by the loop before each poll).
+    cache_dirty: AtomicBool,
+    /// A revocation waits for the loop to flush the caches.
+    revocation_held: AtomicBool,
 }
 
 fn count(c: &std::sync::atomic::AtomicU64) {
@@ -85,7 +91,9 @@ impl Sink for Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(outputs: Outputs) -> Self {
+    /// The worker's commit driver; `cached` when its tables cache changes
+    /// between commits (`cache.max.bytes` > 0).
+    pub(crate) fn new(outputs: Outputs, cached: bool) -> Self {
         let guarantee = match outputs {
             Outputs::Exactly(_) => Guarantee::ExactlyOnce,
             Outputs::AtLeast(_) => Guarantee::AtLeastOnce,
@@ -93,11 +101,25 @@ impl Shared {
         Self {
             outputs,
             meta: OnceLock::new(),
-            machine: Mutex::new(CommitMachine::new(guarantee)),
+            machine: Mutex::new(CommitMachine::new(guarantee).with_cache(cached)),
             pending: Mutex::new(Pending::default()),
             send_errors: Default::default(),
             aborts: Default::default(),
+            cache_dirty: AtomicBool::new(false),
+            revocation_held: AtomicBool::new(false),
         }
+    }
+
+    /// Tells the listener whether the caches hold unflushed changes (the
+    /// loop calls it before each poll, where revocations happen).
+    pub(crate) fn set_cache_dirty(&self, dirty: bool) {
+        self.cache_dirty.store(dirty, Ordering::Relaxed);
+    }
+
+    /// Whether a revocation waits for the caches to be flushed (the flag
+    /// is cleared).
+    pub(crate) fn take_revocation_held(&self) -> bool {
+        self.revocation_held.swap(false, Ordering::Relaxed)
     }
 
     /// The group's metadata, once the consumer is subscribed (KIP-447).
@@ -228,6 +250,16 @@ impl Listener {
 }
 
 impl RebalanceListener for Listener {
+    fn hold_revocation(&mut self, _partitions: &[TopicPartition]) -> bool {
+        // The revocation commits what was processed: the tables' cached
+        // changes of those records must be in the changelog first. The
+        // loop flushes them and polls again.
+        let dirty = self.0.cache_dirty.swap(false, Ordering::Relaxed);
+        if dirty {
+            self.0.revocation_held.store(true, Ordering::Relaxed);
+        }
+        dirty
+    }
     async fn revoked(&mut self, partitions: &[TopicPartition]) {
         tracing::info!(?partitions, "partitions revoked: committing");
         self.commit().await;

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,7 @@ use super::task::TaskCtx;
 use crate::config::{EngineConfig, StoreKind};
 use crate::error::{Error, Result};
 use crate::store::{MemoryStore, RocksStore, Store};
-use crate::table::{TableDef, TablePart};
+use crate::table::{CacheBudget, TableDef, TablePart};
 
 /// Whether a table partition's local store must be wiped and rebuilt from
 /// its changelog rather than caught up, and why: a store whose last applied
@@ -168,15 +169,19 @@ pub(crate) struct Restorer<'t> {
     /// Table index by changelog topic.
     by_changelog: HashMap<Arc<str>, usize>,
     standby: Option<Standby>,
+    /// The worker's table cache, given to the partitions it opens.
+    cache: Option<Rc<CacheBudget>>,
 }
 
 impl<'t> Restorer<'t> {
-    /// A restorer for these tables, with `partitions` partitions each.
+    /// A restorer for these tables, with `partitions` partitions each,
+    /// whose partitions share the cache `cache`.
     pub(crate) fn new(
         tables: &'t [TableDef],
         cfg: &'t EngineConfig,
         client: Client,
         partitions: i32,
+        cache: Option<Rc<CacheBudget>>,
     ) -> Result<Self> {
         let props = changelog_reader_props(&cfg.properties);
         let recovery =
@@ -212,6 +217,7 @@ impl<'t> Restorer<'t> {
                 .map(|(i, t)| (t.changelog.clone(), i))
                 .collect(),
             standby,
+            cache,
         })
     }
 
@@ -423,7 +429,8 @@ impl<'t> Restorer<'t> {
                 def.frozen_window,
                 self.cfg.guarantee == crate::config::Guarantee::ExactlyOnce,
             )
-            .with_ordered(def.ordered);
+            .with_ordered(def.ordered)
+            .with_cache(self.cache.clone());
         Ok((part, behind))
     }
 
