@@ -579,6 +579,9 @@ impl TransactionalProducer {
             tracing::debug!(transactional_id = %self.txn.id, error = %e, "TxnOffsetCommit failed");
             ErrorCode::COORDINATOR_NOT_AVAILABLE
         });
+        if !code.is_ok() {
+            tracing::debug!(transactional_id = %self.txn.id, %code, "TxnOffsetCommit answered");
+        }
         if code.is_coordinator_error() {
             inner
                 .client

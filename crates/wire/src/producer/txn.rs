@@ -185,6 +185,8 @@ pub struct TxnMachine {
     started: bool,
     /// Why the producer stopped, once fatal.
     fatal: Option<(ErrorCode, String)>,
+    /// CONCURRENT_TRANSACTIONS answers in a row to the current step.
+    concurrent: u32,
 }
 
 fn classify(code: ErrorCode) -> Kind {
@@ -233,6 +235,7 @@ impl TxnMachine {
             bump_epoch: false,
             started: false,
             fatal: None,
+            concurrent: 0,
         }
     }
 
@@ -278,11 +281,19 @@ impl TxnMachine {
     /// The request for the current step, after a backoff or a coordinator
     /// lookup.
     fn resend(&mut self, now: Instant, backoff: bool) -> Vec<TxnAction> {
-        let not_before = if backoff {
-            now + self.cfg.retry_backoff
-        } else {
-            now
-        };
+        self.resend_after(
+            now,
+            if backoff {
+                self.cfg.retry_backoff
+            } else {
+                Duration::ZERO
+            },
+        )
+    }
+
+    /// The request for the current step, not before `wait` has passed.
+    fn resend_after(&mut self, now: Instant, wait: Duration) -> Vec<TxnAction> {
+        let not_before = now + wait;
         if !self.coordinator_known && !matches!(self.step, Step::CommitOffsets(_)) {
             return vec![TxnAction::FindCoordinator { not_before }];
         }
@@ -297,6 +308,27 @@ impl TxnMachine {
 
     /// Handles a response code for the current step's request.
     fn answer(&mut self, now: Instant, code: ErrorCode, what: &str) -> Option<Vec<TxnAction>> {
+        // Kafka 4's group coordinator answers TxnOffsetCommit below v5 (we
+        // send v4) with COORDINATOR_LOAD_IN_PROGRESS where a newer client
+        // gets CONCURRENT_TRANSACTIONS: the previous transaction's offsets
+        // are not completed yet.
+        let concurrent = code == ErrorCode::CONCURRENT_TRANSACTIONS
+            || (code == ErrorCode::COORDINATOR_LOAD_IN_PROGRESS
+                && matches!(self.step, Step::CommitOffsets(_)));
+        if concurrent {
+            // The previous transaction's markers are still being written,
+            // which takes milliseconds: retry after 1 ms, doubling up to
+            // 20 (never past `retry.backoff.ms`), or the first requests of
+            // every transaction wait the whole backoff (AddOffsetsToTxn and
+            // TxnOffsetCommit right after a commit did: 100 ms each, the
+            // exactly-once copier's regression).
+            let wait = Duration::from_millis(1 << self.concurrent.min(5))
+                .min(Duration::from_millis(20))
+                .min(self.cfg.retry_backoff);
+            self.concurrent += 1;
+            return Some(self.resend_after(now, wait));
+        }
+        self.concurrent = 0;
         match classify(code) {
             Kind::Ok => None,
             Kind::Retry => Some(self.resend(now, true)),
@@ -717,6 +749,55 @@ mod tests {
                 "{code}: {a:?}"
             );
         }
+    }
+
+    #[test]
+    fn concurrent_transactions_are_retried_within_milliseconds_not_the_backoff() {
+        let now = Instant::now();
+        let mut m = in_txn(now);
+        let _ = m.handle(now, TxnEvent::SendOffsets("g".into()));
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            let a = m.handle(
+                now,
+                TxnEvent::OffsetsAdded(ErrorCode::CONCURRENT_TRANSACTIONS),
+            );
+            match a.as_slice() {
+                [TxnAction::AddOffsets { not_before, .. }] => {
+                    waits.push((*not_before - now).as_millis())
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(waits, vec![1, 2, 4, 8, 16, 20, 20]);
+        // Another answer starts the count again; other retriable errors
+        // wait retry.backoff.ms.
+        let a = m.handle(
+            now,
+            TxnEvent::OffsetsAdded(ErrorCode::COORDINATOR_LOAD_IN_PROGRESS),
+        );
+        assert!(
+            matches!(a.as_slice(), [TxnAction::AddOffsets { not_before, .. }] if *not_before == now + Duration::from_millis(100)),
+            "{a:?}"
+        );
+        let a = m.handle(
+            now,
+            TxnEvent::OffsetsAdded(ErrorCode::CONCURRENT_TRANSACTIONS),
+        );
+        assert!(
+            matches!(a.as_slice(), [TxnAction::AddOffsets { not_before, .. }] if *not_before == now + Duration::from_millis(1)),
+            "{a:?}"
+        );
+        // TxnOffsetCommit v4's way of saying the same.
+        let _ = m.handle(now, TxnEvent::OffsetsAdded(ErrorCode::NONE));
+        let a = m.handle(
+            now,
+            TxnEvent::OffsetsCommitted(ErrorCode::COORDINATOR_LOAD_IN_PROGRESS),
+        );
+        assert!(
+            matches!(a.as_slice(), [TxnAction::CommitOffsets { not_before, .. }] if *not_before == now + Duration::from_millis(1)),
+            "{a:?}"
+        );
     }
 
     #[test]
