@@ -34,6 +34,22 @@ pub(crate) trait Store: Send {
     fn entries(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.range(&[], None)?.collect()
     }
+    /// [`apply`](Self::apply) for a changelog replay (restoration, standby
+    /// replicas): may skip the write-ahead log. A crash may then lose the
+    /// latest replayed writes, but always together with the offset they
+    /// brought, so the store stays at a consistent earlier point and the
+    /// replay repeats them.
+    fn apply_replayed(
+        &mut self,
+        changes: &mut dyn Iterator<Item = Change>,
+        offset: i64,
+    ) -> Result<()> {
+        self.apply(changes, offset)
+    }
+    /// Makes replayed writes durable (a restoration ended).
+    fn sync(&mut self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Entries in key order, read lazily.
@@ -106,6 +122,8 @@ pub(crate) struct RocksStore {
     db: rocksdb::DB,
     path: PathBuf,
     offset: Option<i64>,
+    /// Writes without the write-ahead log since the last flush.
+    unsynced: bool,
 }
 
 impl std::fmt::Debug for RocksStore {
@@ -127,6 +145,10 @@ impl RocksStore {
         let mut opts = rocksdb::Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
+        // Replays write without the WAL: the data and offset column
+        // families must then reach disk together, or a crash could keep
+        // an offset whose data was lost.
+        opts.set_atomic_flush(true);
         let db = rocksdb::DB::open_cf(&opts, path, [rocksdb::DEFAULT_COLUMN_FAMILY_NAME, META])
             .map_err(|e| err(&e))?;
         let offset = {
@@ -147,6 +169,7 @@ impl RocksStore {
             db,
             path: path.to_owned(),
             offset,
+            unsynced: false,
         })
     }
 
@@ -160,16 +183,35 @@ impl RocksStore {
 
 impl RocksStore {
     /// Writes `batch` with the changelog offset it brings the store to, in
-    /// one atomic write.
-    fn write_with_offset(&mut self, mut batch: rocksdb::WriteBatch, offset: i64) -> Result<()> {
+    /// one atomic write (without the WAL with `wal` false).
+    fn write_with_offset(
+        &mut self,
+        mut batch: rocksdb::WriteBatch,
+        offset: i64,
+        wal: bool,
+    ) -> Result<()> {
         let cf = self
             .db
             .cf_handle(META)
             .ok_or_else(|| self.err("no meta column family"))?;
         batch.put_cf(&cf, OFFSET_KEY, offset.to_be_bytes());
-        self.db.write(batch).map_err(|e| self.err(e))?;
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.disable_wal(!wal);
+        self.db.write_opt(batch, &opts).map_err(|e| self.err(e))?;
+        self.unsynced |= !wal;
         self.offset = Some(offset);
         Ok(())
+    }
+
+    fn batch_of(changes: &mut dyn Iterator<Item = Change>) -> rocksdb::WriteBatch {
+        let mut batch = rocksdb::WriteBatch::default();
+        for (k, v) in changes {
+            match v {
+                Some(v) => batch.put(k, v),
+                None => batch.delete(k),
+            }
+        }
+        batch
     }
 }
 
@@ -181,14 +223,28 @@ impl Store for RocksStore {
         self.offset
     }
     fn apply(&mut self, changes: &mut dyn Iterator<Item = Change>, offset: i64) -> Result<()> {
-        let mut batch = rocksdb::WriteBatch::default();
-        for (k, v) in changes {
-            match v {
-                Some(v) => batch.put(k, v),
-                None => batch.delete(k),
-            }
+        let batch = Self::batch_of(changes);
+        self.write_with_offset(batch, offset, true)
+    }
+    fn apply_replayed(
+        &mut self,
+        changes: &mut dyn Iterator<Item = Change>,
+        offset: i64,
+    ) -> Result<()> {
+        let batch = Self::batch_of(changes);
+        self.write_with_offset(batch, offset, false)
+    }
+    fn sync(&mut self) -> Result<()> {
+        if std::mem::take(&mut self.unsynced) {
+            let cfs: Vec<_> = [rocksdb::DEFAULT_COLUMN_FAMILY_NAME, META]
+                .iter()
+                .filter_map(|name| self.db.cf_handle(name))
+                .collect();
+            self.db
+                .flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())
+                .map_err(|e| self.err(e))?;
         }
-        self.write_with_offset(batch, offset)
+        Ok(())
     }
     fn range<'a>(&'a self, from: &[u8], to: Option<&[u8]>) -> Result<Entries<'a>> {
         if to.is_some_and(|to| to <= from) {
@@ -212,7 +268,7 @@ impl Store for RocksStore {
         if from < to {
             batch.delete_range(from, to);
         }
-        self.write_with_offset(batch, offset)
+        self.write_with_offset(batch, offset, true)
     }
 }
 
@@ -349,6 +405,46 @@ mod tests {
         let s = RocksStore::open(&dir).expect("ok");
         assert_eq!(s.offset(), Some(9));
         assert_eq!(s.get(b"b").expect("ok"), Some(b"2".to_vec()));
+        drop(s);
+        std::fs::remove_dir_all(&dir).expect("ok");
+    }
+
+    #[test]
+    fn replayed_writes_skip_the_wal_and_are_on_disk_after_sync() {
+        let dir = std::env::temp_dir().join(format!("faustus-replay-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let wal_bytes = |dir: &Path| -> u64 {
+            std::fs::read_dir(dir)
+                .expect("dir")
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+                .map(|e| e.metadata().map_or(0, |m| m.len()))
+                .sum()
+        };
+        {
+            let mut s = RocksStore::open(&dir).expect("ok");
+            let big = vec![7u8; 1 << 16];
+            let changes: Vec<Change> = (0..64u32)
+                .map(|i| (i.to_be_bytes().to_vec(), Some(big.clone())))
+                .collect();
+            s.apply_replayed(&mut changes.into_iter(), 41).expect("ok");
+            assert!(wal_bytes(&dir) < 1 << 16, "4 MB replayed went to the WAL");
+            s.sync().expect("ok");
+            // Later writes use the WAL again.
+            s.apply(
+                &mut vec![(b"x".to_vec(), Some(big.clone()))].into_iter(),
+                42,
+            )
+            .expect("ok");
+            assert!(wal_bytes(&dir) >= 1 << 16, "a normal write skipped the WAL");
+        }
+        let s = RocksStore::open(&dir).expect("ok");
+        assert_eq!(s.offset(), Some(42));
+        assert_eq!(
+            s.get(&63u32.to_be_bytes()).expect("ok").map(|v| v.len()),
+            Some(1 << 16)
+        );
+        assert!(s.get(b"x").expect("ok").is_some());
         drop(s);
         std::fs::remove_dir_all(&dir).expect("ok");
     }

@@ -282,8 +282,7 @@ impl Worker<'_> {
             // are answered meanwhile.
             // Revocations happen in polls: the listener holds one back
             // while the caches hold changes (flushed below).
-            self.shared
-                .set_cache_dirty(self.cache.as_ref().is_some_and(|c| c.used() > 0));
+            self.shared.set_cache_dirty(self.cache_dirty());
             let (fetched, restored) = self.poll_and_answer().await;
             let (fetched, restored) = (fetched?, restored?);
             for (p, task) in restored {
@@ -688,10 +687,15 @@ impl Worker<'_> {
         self.held_paused = full;
     }
 
+    /// Whether the tables' caches hold changes no changelog record carries.
+    fn cache_dirty(&self) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.used() > 0)
+    }
+
     /// Sends each cached table change's latest value to its changelog
     /// (inside the open transaction under exactly-once).
     async fn flush_caches(&mut self) -> Result<()> {
-        if !self.cache.as_ref().is_some_and(|c| c.used() > 0) {
+        if !self.cache_dirty() {
             return Ok(());
         }
         for t in self.tasks.values() {

@@ -60,11 +60,15 @@ pub(crate) fn changes_of(f: &Fetched) -> Result<Changes> {
 }
 
 /// Applies one fetch of changelog records to a store; returns how many.
+/// Only each key's last change in the fetch is written (a changelog not
+/// compacted yet repeats hot keys many times), without the WAL (see
+/// [`Store::apply_replayed`]).
 pub(crate) fn apply_changelog(store: &mut dyn Store, f: &Fetched) -> Result<u64> {
     let (changes, last) = changes_of(f)?;
     let n = changes.len() as u64;
     if let Some(offset) = last {
-        store.apply(&mut changes.into_iter(), offset)?;
+        let latest: rustc_hash::FxHashMap<Vec<u8>, Option<Vec<u8>>> = changes.into_iter().collect();
+        store.apply_replayed(&mut latest.into_iter(), offset)?;
     }
     Ok(n)
 }
@@ -341,7 +345,10 @@ impl<'t> Restorer<'t> {
                 .map(|(&p, _)| p)
                 .collect();
             for p in finished {
-                if let Some(r) = self.restoring.remove(&p) {
+                if let Some(mut r) = self.restoring.remove(&p) {
+                    for part in &mut r.parts {
+                        part.store.sync()?;
+                    }
                     let tps: Vec<TopicPartition> = r.ends.keys().cloned().collect();
                     self.recovery.unassign(&tps);
                     tracing::info!(
