@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
 use kafka_protocol::protocol::{Decodable, Request, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -507,26 +507,34 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, shared: Arc<Shared>) {
     let mut buf = BytesMut::with_capacity(256 * 1024);
     loop {
+        // A large frame (a fetch response) is read into a pooled buffer of
+        // its own: growing `buf` for it would allocate fresh megabytes per
+        // fetch, as the records of the last one are still borrowed.
+        if let Some(len) = large_frame(&buf) {
+            buf.advance(4);
+            let mut body = crate::pool::take(len);
+            body.extend_from_slice(&buf);
+            buf.clear();
+            while body.len() < len {
+                let want = len - body.len();
+                match rd.read_buf(&mut (&mut body).limit(want)).await {
+                    Ok(0) | Err(_) => {
+                        shared.close();
+                        return;
+                    }
+                    Ok(_) => {}
+                }
+            }
+            if !deliver(&shared, crate::pool::bytes(body)) {
+                break;
+            }
+            continue;
+        }
         match split_frame(&mut buf) {
             Ok(Some(frame)) => {
-                let mut frame = frame.freeze();
-                if frame.len() < 4 {
+                if !deliver(&shared, frame.freeze()) {
                     break;
                 }
-                let id = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
-                let pending = shared.pending.lock().ok().and_then(|mut p| p.remove(&id));
-                let Some(p) = pending else {
-                    // A response to a request whose caller timed out: drop it.
-                    continue;
-                };
-                shared.stats.answered(p.sent.elapsed());
-                let res = read_response_header(&mut frame, p.header_version)
-                    .map(|_| frame)
-                    .map_err(|source| Error::Frame {
-                        broker: shared.addr.clone(),
-                        source,
-                    });
-                let _ = p.reply.send(res);
                 continue;
             }
             Ok(None) => {}
@@ -541,4 +549,64 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, shared: Arc<Shared>) {
         }
     }
     shared.close();
+}
+
+/// The length of the frame `buf` begins, when it is a large one (at least
+/// [`MIN_POOLED`](crate::pool::MIN_POOLED) bytes) not wholly in `buf` yet.
+/// Bad lengths are left to [`split_frame`].
+fn large_frame(buf: &BytesMut) -> Option<usize> {
+    let head: [u8; 4] = buf.get(..4)?.try_into().ok()?;
+    let len = usize::try_from(i32::from_be_bytes(head)).ok()?;
+    (len >= crate::pool::MIN_POOLED && len <= crate::protocol::MAX_FRAME && buf.len() < 4 + len)
+        .then_some(len)
+}
+
+/// Hands a response frame to the request waiting for it; false when the
+/// frame is too short to be one (the connection is closed).
+fn deliver(shared: &Shared, mut frame: Bytes) -> bool {
+    if frame.len() < 4 {
+        return false;
+    }
+    let id = i32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+    let pending = shared.pending.lock().ok().and_then(|mut p| p.remove(&id));
+    let Some(p) = pending else {
+        // A response to a request whose caller timed out: drop it.
+        return true;
+    };
+    shared.stats.answered(p.sent.elapsed());
+    let res = read_response_header(&mut frame, p.header_version)
+        .map(|_| frame)
+        .map_err(|source| Error::Frame {
+            broker: shared.addr.clone(),
+            source,
+        });
+    let _ = p.reply.send(res);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn framed(len: usize, have: usize) -> BytesMut {
+        let mut b = BytesMut::new();
+        b.extend_from_slice(&i32::try_from(len).expect("len").to_be_bytes());
+        b.extend_from_slice(&vec![0u8; have]);
+        b
+    }
+
+    #[test]
+    fn only_large_frames_not_yet_read_whole_go_to_a_pooled_buffer() {
+        let big = crate::pool::MIN_POOLED;
+        assert_eq!(large_frame(&framed(big, 10)), Some(big));
+        assert_eq!(large_frame(&framed(big, 0)), Some(big));
+        // Whole already, small, or not even a length yet: split as usual.
+        assert_eq!(large_frame(&framed(big, big)), None);
+        assert_eq!(large_frame(&framed(big - 1, 0)), None);
+        assert_eq!(large_frame(&BytesMut::from(&[0u8, 1][..])), None);
+        // A bad length is split_frame's to refuse.
+        let mut bad = BytesMut::new();
+        bad.extend_from_slice(&(-5i32).to_be_bytes());
+        assert_eq!(large_frame(&bad), None);
+    }
 }

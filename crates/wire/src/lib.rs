@@ -15,6 +15,7 @@ pub mod consumer;
 pub mod coordinator;
 mod error;
 pub mod group;
+mod pool;
 pub mod producer;
 pub mod protocol;
 pub mod record;

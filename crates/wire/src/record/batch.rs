@@ -305,7 +305,7 @@ impl RecordBatch {
         self.inflated
             .get_or_init(|| {
                 decompress(codec, &self.buf[HEADER_LEN..], MAX_BATCH_BYTES)
-                    .map(Bytes::from)
+                    .map(crate::pool::bytes)
                     .map_err(|reason| RecordError::Decompression {
                         base_offset: self.base_offset(),
                         codec,

@@ -135,7 +135,8 @@ pub(crate) fn decompress(
     input: &[u8],
     limit: usize,
 ) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(input.len().saturating_mul(4).min(limit));
+    // Pooled: the batch's Bytes give it back (see `pool`).
+    let mut out = crate::pool::take(input.len().saturating_mul(4).min(limit));
     let read_capped = |r: &mut dyn Read, out: &mut Vec<u8>| -> Result<(), String> {
         let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
         r.take(cap).read_to_end(out).map_err(|e| e.to_string())?;
