@@ -72,6 +72,8 @@ struct Inner {
     opts: ConnectionOptions,
     conns: tokio::sync::Mutex<HashMap<String, ConnSlot>>,
     meta: RwLock<Arc<ClusterInfo>>,
+    /// Bumped each time `meta` is replaced.
+    meta_version: std::sync::atomic::AtomicU64,
     refresh: tokio::sync::Mutex<Instant>,
     coordinators: crate::coordinator::CoordinatorCache,
 }
@@ -112,6 +114,7 @@ impl Client {
                 opts,
                 conns: tokio::sync::Mutex::new(HashMap::new()),
                 meta: RwLock::new(Arc::new(ClusterInfo::default())),
+                meta_version: std::sync::atomic::AtomicU64::new(0),
                 refresh: tokio::sync::Mutex::new(Instant::now()),
                 coordinators: Default::default(),
                 config,
@@ -376,8 +379,20 @@ impl Client {
         }
         if let Ok(mut m) = self.inner.meta.write() {
             *m = Arc::new(info);
+            self.inner
+                .meta_version
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
         }
         Ok(())
+    }
+
+    /// A number that changes whenever the cached metadata
+    /// ([`cluster`](Self::cluster)) is replaced: callers that keep what
+    /// they read from it check this instead of taking a snapshot each time.
+    pub fn metadata_version(&self) -> u64 {
+        self.inner
+            .meta_version
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Metadata of `topic`, refreshing when it is not cached or `refresh` is

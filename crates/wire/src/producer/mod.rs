@@ -310,13 +310,23 @@ impl IntoFuture for DeliveryFuture {
     }
 }
 
+/// What `send` keeps of a topic between records.
+struct KnownTopic {
+    name: Arc<str>,
+    info: Arc<crate::client::TopicInfo>,
+    /// The client's metadata version `info` was read at.
+    version: u64,
+}
+
 struct Inner {
     client: Client,
     cfg: ProducerConfig,
     acc: Mutex<Accumulator>,
     sticky: Mutex<Sticky>,
-    /// Interned topic names (a fast hash: looked up once per record).
-    topics: Mutex<rustc_hash::FxHashMap<String, Arc<str>>>,
+    /// Per topic: its interned name and its metadata as of a metadata
+    /// version (a fast hash, looked up once per record; no metadata
+    /// snapshot per record).
+    topics: Mutex<rustc_hash::FxHashMap<String, KnownTopic>>,
     wake: Notify,
     idle: Notify,
     memory: Arc<Semaphore>,
@@ -412,6 +422,44 @@ impl Producer {
         &self.inner.client
     }
 
+    /// `topic`'s interned name and metadata: kept from the last record while
+    /// the client's metadata is unchanged, else read (and fetched when
+    /// unknown, up to `max.block.ms`).
+    async fn topic(&self, topic: &str) -> Result<(Arc<str>, Arc<crate::client::TopicInfo>)> {
+        let inner = &self.inner;
+        let version = inner.client.metadata_version();
+        if let Some(t) = lock(&inner.topics).get(topic) {
+            if t.version == version {
+                return Ok((t.name.clone(), t.info.clone()));
+            }
+        }
+        let info = match inner.client.cluster().topics.get(topic) {
+            Some(t) => t.clone(),
+            None => {
+                inner
+                    .client
+                    .retry("producer metadata", inner.cfg.max_block, || {
+                        inner.client.topic(topic, false, true)
+                    })
+                    .await?
+            }
+        };
+        let mut topics = lock(&inner.topics);
+        let name = match topics.get(topic) {
+            Some(t) => t.name.clone(),
+            None => Arc::from(topic),
+        };
+        topics.insert(
+            topic.to_owned(),
+            KnownTopic {
+                name: name.clone(),
+                info: info.clone(),
+                version,
+            },
+        );
+        Ok((name, info))
+    }
+
     /// Queues a record and returns a future for its delivery. Waits (up to
     /// `max.block.ms`) for the topic's metadata and for room in
     /// `buffer.memory`: that wait is the backpressure.
@@ -435,17 +483,7 @@ impl Producer {
                 },
             });
         }
-        let info = match inner.client.cluster().topics.get(&rec.topic) {
-            Some(t) => t.clone(),
-            None => {
-                inner
-                    .client
-                    .retry("producer metadata", inner.cfg.max_block, || {
-                        inner.client.topic(&rec.topic, false, true)
-                    })
-                    .await?
-            }
-        };
+        let (topic, info) = self.topic(&rec.topic).await?;
         let partitions = info.partitions.len() as i32;
         let partition = match (rec.partition, &rec.key) {
             (Some(p), _) => {
@@ -481,17 +519,6 @@ impl Producer {
                 after: inner.cfg.max_block,
             })?
             .map_err(|_| Error::Closed)?,
-        };
-        let topic: Arc<str> = {
-            let mut topics = lock(&inner.topics);
-            match topics.get(&rec.topic) {
-                Some(t) => t.clone(),
-                None => {
-                    let t: Arc<str> = Arc::from(rec.topic.as_str());
-                    topics.insert(rec.topic.clone(), t.clone());
-                    t
-                }
-            }
         };
         let tp = TopicPartition {
             topic: topic.clone(),
