@@ -557,7 +557,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, shared: Arc<Shared>) {
 fn large_frame(buf: &BytesMut) -> Option<usize> {
     let head: [u8; 4] = buf.get(..4)?.try_into().ok()?;
     let len = usize::try_from(i32::from_be_bytes(head)).ok()?;
-    (len >= crate::pool::MIN_POOLED && len <= crate::protocol::MAX_FRAME && buf.len() < 4 + len)
+    ((crate::pool::MIN_POOLED..=crate::protocol::MAX_FRAME).contains(&len) && buf.len() < 4 + len)
         .then_some(len)
 }
 
