@@ -59,11 +59,22 @@ fn decode(c: &mut Criterion) {
     g.throughput(Throughput::Elements(RECORDS as u64));
     let plain = our_batch(Compression::None);
     assert_eq!(decode_ours(&plain), decode_theirs(&plain));
+    assert_eq!(
+        u64::from(crc32c::crc32c(&plain[21..])),
+        crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, &plain[21..])
+    );
     g.bench_function(BenchmarkId::new("faustus", "none"), |b| {
         b.iter(|| decode_ours(black_box(&plain)))
     });
     g.bench_function(BenchmarkId::new("kafka-protocol", "none"), |b| {
         b.iter(|| decode_theirs(black_box(&plain)))
+    });
+    // The share of decoding that is the batch's CRC-32C alone.
+    g.bench_function(BenchmarkId::new("crc32c-only", "none"), |b| {
+        b.iter(|| crc32c::crc32c(black_box(&plain[21..])))
+    });
+    g.bench_function(BenchmarkId::new("crc-fast-only", "none"), |b| {
+        b.iter(|| crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, black_box(&plain[21..])))
     });
     for codec in [
         Compression::Lz4,

@@ -199,7 +199,7 @@ impl RecordBatch {
         let mut buf = buf;
         let rest = buf.split_off(total);
         let stored = i32_at(&buf, CRC_OFFSET) as u32;
-        let computed = crc32c::crc32c(&buf[ATTRIBUTES_OFFSET..]);
+        let computed = super::crc32c(&buf[ATTRIBUTES_OFFSET..]);
         if stored != computed {
             return Err(RecordError::Crc {
                 base_offset,
@@ -426,7 +426,76 @@ fn varint_reason(e: VarintError) -> &'static str {
     }
 }
 
+/// Reads a zigzag varint of at most three bytes (21 bits: every length up
+/// to 1 MiB and every delta within ±1 Mi), the common case; `None` for
+/// anything else, which the careful reader then takes.
+#[inline(always)]
+fn short_zigzag(d: &[u8], p: usize) -> Option<(i64, usize)> {
+    let b0 = *d.get(p)?;
+    let (raw, n) = if b0 < 0x80 {
+        (u32::from(b0), 1)
+    } else {
+        let b1 = *d.get(p + 1)?;
+        if b1 < 0x80 {
+            (u32::from(b0 & 0x7f) | u32::from(b1) << 7, 2)
+        } else {
+            let b2 = *d.get(p + 2)?;
+            if b2 >= 0x80 {
+                return None;
+            }
+            (
+                u32::from(b0 & 0x7f) | u32::from(b1 & 0x7f) << 7 | u32::from(b2) << 14,
+                3,
+            )
+        }
+    };
+    Some((i64::from(raw >> 1) ^ -i64::from(raw & 1), p + n))
+}
+
+/// A length-prefixed field of at most 1 MiB read with [`short_zigzag`].
+#[inline(always)]
+fn short_bytes(d: &[u8], p: usize) -> Option<(Option<&[u8]>, usize)> {
+    let (len, p) = short_zigzag(d, p)?;
+    if len < 0 {
+        return (len == -1).then_some((None, p));
+    }
+    let end = p + len as usize;
+    Some((Some(d.get(p..end)?), end))
+}
+
 impl<'a> Records<'a> {
+    /// The record at `self.pos` when it has no headers and every varint is
+    /// short: one pass, no error bookkeeping. `None` sends the record to
+    /// [`Records::read_one`], which accepts the same records and names
+    /// what is wrong with the others.
+    #[inline(always)]
+    fn read_plain(&mut self) -> Option<Record<'a>> {
+        let data = self.data;
+        let (len, body_start) = short_zigzag(data, self.pos)?;
+        let end = body_start + usize::try_from(len).ok()?;
+        let body = data.get(..end)?;
+        // Skip the attributes byte.
+        let (ts_delta, p) = short_zigzag(body, body_start + 1)?;
+        let (offset_delta, p) = short_zigzag(body, p)?;
+        let (key, p) = short_bytes(body, p)?;
+        let (value, p) = short_bytes(body, p)?;
+        // No headers: a single zero byte ends the record.
+        if p + 1 != end || body[p] != 0 {
+            return None;
+        }
+        self.pos = end;
+        Some(Record {
+            offset: self.base_offset + offset_delta,
+            timestamp: self
+                .log_append_time
+                .unwrap_or_else(|| self.base_timestamp.wrapping_add(ts_delta)),
+            key,
+            value,
+            headers: &[],
+            header_count: 0,
+        })
+    }
+
     fn read_one(&mut self) -> Result<Record<'a>, &'static str> {
         let data = self.data;
         let mut pos = self.pos;
@@ -482,6 +551,9 @@ impl<'a> Iterator for Records<'a> {
         }
         let index = self.index;
         self.index += 1;
+        if let Some(r) = self.read_plain() {
+            return Some(Ok(r));
+        }
         match self.read_one() {
             Ok(r) => Some(Ok(r)),
             Err(reason) => {
@@ -562,5 +634,126 @@ impl Iterator for Batches {
                 Some(Err(e))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+    use crate::record::{BatchBuilder, Compression};
+    use proptest::prelude::*;
+
+    type Fields = (i64, i64, Option<Vec<u8>>, Option<Vec<u8>>, Vec<u8>, i32);
+    type Seen = Result<Fields, String>;
+
+    fn records(data: &[u8], count: i32) -> Records<'_> {
+        Records {
+            base_offset: 1000,
+            base_timestamp: 5000,
+            log_append_time: None,
+            data,
+            pos: 0,
+            index: 0,
+            count,
+        }
+    }
+
+    fn seen(r: Record<'_>) -> Fields {
+        (
+            r.offset,
+            r.timestamp,
+            r.key().map(<[u8]>::to_vec),
+            r.value().map(<[u8]>::to_vec),
+            r.headers()
+                .flat_map(|(k, v)| [k.as_bytes().to_vec(), v.unwrap_or_default().to_vec()])
+                .flatten()
+                .collect(),
+            r.header_count,
+        )
+    }
+
+    /// The iterator as it runs: the fast path first.
+    fn walk(data: &[u8], count: i32) -> Vec<Seen> {
+        records(data, count)
+            .map(|r| match r {
+                Ok(r) => Ok(seen(r)),
+                Err(RecordError::CorruptRecord { reason, .. }) => Err(reason.to_owned()),
+                Err(e) => Err(e.to_string()),
+            })
+            .collect()
+    }
+
+    /// The careful reader alone, the reference the fast path must agree with.
+    fn walk_careful(data: &[u8], count: i32) -> Vec<Seen> {
+        let mut recs = records(data, count);
+        let mut out = Vec::new();
+        for _ in 0..count {
+            match recs.read_one() {
+                Ok(r) => out.push(Ok(seen(r))),
+                Err(reason) => {
+                    out.push(Err(reason.to_owned()));
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    type Rec = (i64, Option<Vec<u8>>, Option<Vec<u8>>, bool);
+
+    fn arb_rec() -> impl Strategy<Value = Rec> {
+        (
+            // Deltas of one to four varint bytes.
+            prop_oneof![0i64..64, 0i64..10_000, 0i64..3_000_000],
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
+            proptest::bool::weighted(0.2),
+        )
+    }
+
+    proptest! {
+        /// Valid records, and the same with one byte of the records section
+        /// changed: the fast path yields exactly what the careful reader
+        /// does, records and errors alike.
+        #[test]
+        fn fast_path_agrees_with_careful_reader(
+            recs in proptest::collection::vec(arb_rec(), 1..30),
+            flip in proptest::option::of((any::<prop::sample::Index>(), any::<u8>())),
+            extra in 0i32..3,
+        ) {
+            let mut b = BatchBuilder::new(Compression::None);
+            for (delta, key, value, header) in &recs {
+                let headers: &[(&str, Option<&[u8]>)] = if *header { &[("h", Some(b"x"))] } else { &[] };
+                b.append(5000 + delta, key.as_deref(), value.as_deref(), headers);
+            }
+            let batch = b.finish().expect("batch");
+            let mut data = batch[HEADER_LEN..].to_vec();
+            if let Some((at, x)) = flip {
+                let i = at.index(data.len());
+                data[i] ^= x;
+            }
+            let count = recs.len() as i32 + extra;
+            prop_assert_eq!(walk(&data, count), walk_careful(&data, count));
+        }
+    }
+
+    #[test]
+    fn long_varints_take_the_careful_path() {
+        // A 1.1 MB value's length needs four varint bytes; a delta of
+        // 2^40 ms needs six.
+        let big = vec![7u8; 1_100_000];
+        let mut b = BatchBuilder::new(Compression::None);
+        b.append::<&str, &[u8]>(5000, Some(b"k"), Some(&big), &[]);
+        b.append::<&str, &[u8]>(5000 + (1 << 40), None, Some(b"v"), &[]);
+        let batch = b.finish().expect("batch");
+        let data = &batch[HEADER_LEN..];
+        let got = walk(data, 2);
+        assert_eq!(got, walk_careful(data, 2));
+        let (_, ts, _, value, _, _) = got[1].clone().expect("second record");
+        assert_eq!((ts, value.as_deref()), (5000 + (1 << 40), Some(&b"v"[..])));
+        assert_eq!(
+            got[0].as_ref().expect("first").3.as_ref().map(Vec::len),
+            Some(big.len())
+        );
     }
 }

@@ -46,6 +46,17 @@ impl SliceWriter<'_> {
 
     #[inline]
     fn unsigned(&mut self, mut v: u64) {
+        if v < 0x80 {
+            self.byte(v as u8);
+            return;
+        }
+        if v < 0x4000 {
+            // Two bytes: most record lengths, value lengths and deltas.
+            let at = self.pos;
+            self.buf[at..at + 2].copy_from_slice(&[(v as u8) | 0x80, (v >> 7) as u8]);
+            self.pos = at + 2;
+            return;
+        }
         while v >= 0x80 {
             self.byte((v as u8) | 0x80);
             v >>= 7;
@@ -249,7 +260,7 @@ impl BatchBuilder {
         h[51..53].copy_from_slice(&self.producer_epoch.to_be_bytes());
         h[53..57].copy_from_slice(&self.base_sequence.to_be_bytes());
         h[57..61].copy_from_slice(&self.count.to_be_bytes());
-        let crc = crc32c::crc32c(&out[21..]);
+        let crc = super::crc32c(&out[21..]);
         out[17..21].copy_from_slice(&crc.to_be_bytes());
         Ok(Bytes::from(out))
     }

@@ -49,8 +49,18 @@ pub fn restamp_producer(batch: &mut [u8], producer_id: i64, epoch: i16, base_seq
     batch[43..51].copy_from_slice(&producer_id.to_be_bytes());
     batch[51..53].copy_from_slice(&epoch.to_be_bytes());
     batch[53..57].copy_from_slice(&base_sequence.to_be_bytes());
-    let crc = crc32c::crc32c(&batch[21..]);
+    let crc = crc32c(&batch[21..]);
     batch[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// CRC-32C (Castagnoli), the checksum of a batch's bytes from its attributes
+/// on (KIP-98). Computed with carry-less multiplication where the CPU has it
+/// (AVX-512 VPCLMULQDQ, PCLMULQDQ, ARM PMULL): about twice as fast as the
+/// SSE 4.2 `crc32` instruction alone on a 100 KB batch (`benches/codec.rs`).
+#[inline]
+pub(crate) fn crc32c(bytes: &[u8]) -> u32 {
+    // The CRC-32/ISCSI parameters are CRC-32C's; the result fits 32 bits.
+    crc_fast::checksum(crc_fast::CrcAlgorithm::Crc32Iscsi, bytes) as u32
 }
 
 /// Walks every batch, record and header in `data`, discarding the results:
