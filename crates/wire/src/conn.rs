@@ -22,7 +22,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use kafka_protocol::messages::{ApiKey, ApiVersionsRequest, ApiVersionsResponse};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, ProduceRequest, ProduceResponse,
+};
 use kafka_protocol::protocol::{Decodable, Request, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -40,6 +42,9 @@ type Reply = oneshot::Sender<Result<Bytes>>;
 /// bytes are on the socket (for requests that get no response).
 struct Outgoing {
     frame: BytesMut,
+    /// The rest of a frame written in pieces (a Produce request's batches,
+    /// sent from their own buffers).
+    tail: Vec<Bytes>,
     written: Option<oneshot::Sender<()>>,
 }
 
@@ -347,6 +352,46 @@ impl Connection {
         })
     }
 
+    /// [`enqueue_at_most`](Self::enqueue_at_most) for a Produce request:
+    /// its record batches go to the socket from their own buffers, not
+    /// copied into the frame ([`encode_produce`](crate::protocol::encode_produce)).
+    pub fn enqueue_produce_at_most(
+        &self,
+        req: &ProduceRequest,
+        max_version: i16,
+    ) -> Result<impl Future<Output = Result<ProduceResponse>> + Send + 'static> {
+        let version = self.negotiated::<ProduceRequest>()?.min(max_version);
+        if self
+            .versions
+            .broker_range(ProduceRequest::KEY)
+            .is_some_and(|(min, _)| version < min)
+        {
+            return Err(Error::UnsupportedVersion {
+                api: api_name(ProduceRequest::KEY),
+                broker: self.shared.addr.clone(),
+            });
+        }
+        if self.is_closed() {
+            return Err(Error::Disconnected {
+                broker: self.shared.addr.clone(),
+            });
+        }
+        let header_version = ApiKey::Produce.response_header_version(version);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) & i32::MAX;
+        let pieces = crate::protocol::encode_produce(version, id, &self.client_id, req).map_err(
+            |source| Error::Frame {
+                broker: self.shared.addr.clone(),
+                source,
+            },
+        )?;
+        let rx = self.register_and_push(id, header_version, true, pieces, None)?;
+        let this = self.clone();
+        Ok(async move {
+            let body = this.await_reply(ProduceRequest::KEY, rx).await?;
+            this.decode::<ProduceResponse>(body, ProduceRequest::KEY, version)
+        })
+    }
+
     async fn send_raw<M: kafka_protocol::protocol::Encodable>(
         &self,
         api_key: i16,
@@ -405,6 +450,28 @@ impl Connection {
                 source,
             },
         )?;
+        self.register_and_push(
+            id,
+            header_version,
+            expect_response,
+            crate::protocol::Pieces {
+                head: frame,
+                tail: Vec::new(),
+            },
+            written,
+        )
+    }
+
+    /// Registers request `id` for its response (when one is expected) and
+    /// queues its frame for the writer.
+    fn register_and_push(
+        &self,
+        id: i32,
+        header_version: i16,
+        expect_response: bool,
+        frame: crate::protocol::Pieces,
+        written: Option<oneshot::Sender<()>>,
+    ) -> Result<Option<oneshot::Receiver<Result<Bytes>>>> {
         let rx = if expect_response {
             let (reply, rx) = oneshot::channel();
             if let Ok(mut p) = self.shared.pending.lock() {
@@ -426,8 +493,17 @@ impl Connection {
         Ok(rx)
     }
 
-    fn push(&self, frame: BytesMut, written: Option<oneshot::Sender<()>>) -> Result<()> {
-        if self.tx.send(Outgoing { frame, written }).is_err() {
+    fn push(
+        &self,
+        frame: crate::protocol::Pieces,
+        written: Option<oneshot::Sender<()>>,
+    ) -> Result<()> {
+        let out = Outgoing {
+            frame: frame.head,
+            tail: frame.tail,
+            written,
+        };
+        if self.tx.send(out).is_err() {
             self.shared.close();
             return Err(Error::Disconnected {
                 broker: self.shared.addr.clone(),
@@ -479,19 +555,41 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 ) {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut written: Vec<oneshot::Sender<()>> = Vec::new();
-    while let Some(first) = rx.recv().await {
+    'frames: while let Some(first) = rx.recv().await {
         buf.clear();
         buf.unsplit(first.frame);
         written.extend(first.written);
+        let mut queued = buf.len() + first.tail.iter().map(Bytes::len).sum::<usize>();
+        let mut tails = vec![first.tail];
         // Coalesce what is already queued into one write, up to ~1 MiB.
-        while buf.len() < 1 << 20 {
+        while queued < 1 << 20 {
             match rx.try_recv() {
                 Ok(more) => {
-                    buf.extend_from_slice(&more.frame);
+                    queued += more.frame.len() + more.tail.iter().map(Bytes::len).sum::<usize>();
+                    if tails.iter().all(Vec::is_empty) {
+                        buf.extend_from_slice(&more.frame);
+                    } else {
+                        tails.push(vec![Bytes::from(more.frame)]);
+                    }
+                    tails.push(more.tail);
                     written.extend(more.written);
                 }
                 Err(_) => break,
             }
+        }
+        // Small pieces are gathered into `buf`; a large one (a batch) is
+        // written from its own buffer once what precedes it is out.
+        for piece in tails.into_iter().flatten() {
+            if piece.len() < crate::protocol::SPLICE_MIN {
+                buf.extend_from_slice(&piece);
+                continue;
+            }
+            if (!buf.is_empty() && wr.write_all(&buf).await.is_err())
+                || wr.write_all(&piece).await.is_err()
+            {
+                break 'frames;
+            }
+            buf.clear();
         }
         if wr.write_all(&buf).await.is_err() || wr.flush().await.is_err() {
             break;

@@ -293,10 +293,16 @@ impl DeliveryFuture {
 
 impl IntoFuture for DeliveryFuture {
     type Output = Result<RecordMetadata>;
-    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+    type IntoFuture = Delivery;
 
-    fn into_future(self) -> Self::IntoFuture {
-        Box::pin(async move {
+    fn into_future(self) -> Delivery {
+        // A batch already acknowledged (the usual case for a caller that
+        // awaits deliveries well after sending) resolves without a waker
+        // registration or an allocation.
+        if let Some(r) = self.completion.result.get() {
+            return Delivery(DeliveryState::Ready(Some(self.resolve(r))));
+        }
+        Delivery(DeliveryState::Waiting(Box::pin(async move {
             loop {
                 let notified = self.completion.notify.notified();
                 tokio::pin!(notified);
@@ -306,7 +312,44 @@ impl IntoFuture for DeliveryFuture {
                 }
                 notified.await;
             }
-        })
+        })))
+    }
+}
+
+/// The future of a [`DeliveryFuture`] being awaited: ready at once when
+/// the record's batch is already acknowledged or failed.
+pub struct Delivery(DeliveryState);
+
+enum DeliveryState {
+    Ready(Option<Result<RecordMetadata>>),
+    Waiting(Pin<Box<dyn Future<Output = Result<RecordMetadata>> + Send>>),
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let state = match &self.0 {
+            DeliveryState::Ready(_) => "ready",
+            DeliveryState::Waiting(_) => "waiting",
+        };
+        f.debug_tuple("Delivery").field(&state).finish()
+    }
+}
+
+impl Future for Delivery {
+    type Output = Result<RecordMetadata>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match &mut self.0 {
+            // Polled again after it completed (a caller's bug): as std's
+            // `Ready` would panic, this answers with an error instead.
+            DeliveryState::Ready(r) => std::task::Poll::Ready(r.take().unwrap_or_else(|| {
+                Err(Error::Config("delivery polled after it completed".into()))
+            })),
+            DeliveryState::Waiting(f) => f.as_mut().poll(cx),
+        }
     }
 }
 
@@ -425,14 +468,19 @@ impl Producer {
     /// `topic`'s interned name and metadata: kept from the last record while
     /// the client's metadata is unchanged, else read (and fetched when
     /// unknown, up to `max.block.ms`).
+    fn known_topic(&self, topic: &str) -> Option<(Arc<str>, Arc<crate::client::TopicInfo>)> {
+        let version = self.inner.client.metadata_version();
+        lock(&self.inner.topics)
+            .get(topic)
+            .filter(|t| t.version == version)
+            .map(|t| (t.name.clone(), t.info.clone()))
+    }
+
+    /// [`known_topic`](Self::known_topic)'s slow path: reads the client's
+    /// metadata, fetching it when the topic is unknown.
     async fn topic(&self, topic: &str) -> Result<(Arc<str>, Arc<crate::client::TopicInfo>)> {
         let inner = &self.inner;
         let version = inner.client.metadata_version();
-        if let Some(t) = lock(&inner.topics).get(topic) {
-            if t.version == version {
-                return Ok((t.name.clone(), t.info.clone()));
-            }
-        }
         let info = match inner.client.cluster().topics.get(topic) {
             Some(t) => t.clone(),
             None => {
@@ -483,7 +531,12 @@ impl Producer {
                 },
             });
         }
-        let (topic, info) = self.topic(&rec.topic).await?;
+        // The slow paths are boxed so that `send`'s own future stays small:
+        // it is moved on every call.
+        let (topic, info) = match self.known_topic(&rec.topic) {
+            Some(known) => known,
+            None => Box::pin(self.topic(&rec.topic)).await?,
+        };
         let partitions = info.partitions.len() as i32;
         let partition = match (rec.partition, &rec.key) {
             (Some(p), _) => {
@@ -509,10 +562,10 @@ impl Producer {
         let permit = match inner.memory.clone().try_acquire_many_owned(size as u32) {
             Ok(permit) => permit,
             Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::Closed),
-            Err(tokio::sync::TryAcquireError::NoPermits) => tokio::time::timeout(
+            Err(tokio::sync::TryAcquireError::NoPermits) => Box::pin(tokio::time::timeout(
                 inner.cfg.max_block,
                 inner.memory.clone().acquire_many_owned(size as u32),
-            )
+            ))
             .await
             .map_err(|_| Error::Timeout {
                 what: "waiting for buffer.memory".into(),
@@ -524,18 +577,18 @@ impl Producer {
             topic: topic.clone(),
             partition,
         };
-        let timestamp = rec.timestamp.unwrap_or_else(now_ms);
         let appended = {
             let mut acc = lock(&inner.acc);
             let before = acc.outstanding();
             let a = acc.append(
                 &tp,
-                timestamp,
+                rec.timestamp,
                 rec.key.as_deref(),
                 rec.value.as_deref(),
                 &rec.headers,
                 Some(permit),
                 Instant::now,
+                now_ms,
             );
             (a, acc.outstanding() != before)
         };
@@ -555,7 +608,7 @@ impl Producer {
             topic,
             partition,
             delta: appended.offset_delta,
-            timestamp,
+            timestamp: appended.timestamp,
         })
     }
 
@@ -859,7 +912,7 @@ async fn start_produce(
     // A transactional producer registers partitions itself (AddPartitionsToTxn):
     // stay below Produce v12, which would register them implicitly.
     let max_version = if inner.txn.is_some() { 11 } else { i16::MAX };
-    let response = conn.enqueue_at_most(&req, max_version)?;
+    let response = conn.enqueue_produce_at_most(&req, max_version)?;
     Ok(Box::pin(async move {
         let resp = response.await?;
         conn.throttle(resp.throttle_time_ms);

@@ -2,12 +2,14 @@
 
 mod codes;
 mod frame;
+mod produce;
 mod versions;
 
 pub use codes::ErrorCode;
 pub use frame::{
     api_name, encode_request, read_response_header, split_frame, FrameError, MAX_FRAME,
 };
+pub use produce::{encode_produce, Pieces, SPLICE_MIN};
 pub use versions::{client_range, BrokerVersions};
 
 /// Splits `data` into response frames and reads each one's header with both
