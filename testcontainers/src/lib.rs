@@ -337,6 +337,19 @@ impl KafkaCluster {
         self.steer("resume", n)
     }
 
+    /// For node `n`'s `PROXIED` listener: the port it advertises (where a
+    /// [`FaultProxy`] listens) and the port it listens on (where the proxy
+    /// forwards). `None` for clusters without harness state, or started by
+    /// a harness without that listener.
+    pub fn proxy_ports(&self, n: usize) -> Option<(u16, u16)> {
+        let Backend::Local { home, .. } = &self.backend else {
+            return None;
+        };
+        let text = std::fs::read_to_string(home.join(format!("node{n}")).join("proxy")).ok()?;
+        let mut it = text.split_whitespace().map(str::parse::<u16>);
+        Some((it.next()?.ok()?, it.next()?.ok()?))
+    }
+
     /// The log directory of node `n`, where its partitions' segment files
     /// live (`<dir>/<topic>-<partition>/*.log`), for tests that damage data
     /// on disk. `None` for clusters this process cannot see into.
@@ -400,6 +413,9 @@ pub fn unique_name(prefix: &str) -> String {
         SEQ.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+mod proxy;
+pub use proxy::{Cut, FaultProxy};
 
 #[cfg(feature = "docker")]
 mod docker {

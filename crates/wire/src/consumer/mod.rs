@@ -268,6 +268,12 @@ fn record_error(tp: &TopicPartition, e: crate::record::RecordError) -> Error {
     }
 }
 
+/// How many times in a row a fetch that returns a corrupt batch at a
+/// partition's position is sent again before the partition stops with the
+/// error (a byte damaged on the way is gone on the next fetch; one damaged
+/// in the broker's log is not).
+const CORRUPT_FETCH_RETRIES: u32 = 3;
+
 #[derive(Debug)]
 struct PartState {
     /// Next offset to hand to the caller.
@@ -288,6 +294,8 @@ struct PartState {
     retry_at: Option<Instant>,
     /// The high watermark the last fetch reported (-1 before the first).
     high_watermark: i64,
+    /// Fetches in a row that returned a corrupt batch at this position.
+    corrupt_fetches: u32,
     /// Where reading ends as the last fetch reported: the high watermark,
     /// or the last stable offset under read_committed (-1 before the first).
     end: i64,
@@ -422,6 +430,7 @@ impl Consumer {
                     in_flight: false,
                     max_bytes: self.cfg.max_partition_fetch_bytes,
                     retry_at: None,
+                    corrupt_fetches: 0,
                     high_watermark: -1,
                     end: -1,
                 },
@@ -457,6 +466,7 @@ impl Consumer {
         self.epochs.insert(tp.clone(), st.epoch);
         st.failed = false;
         st.retry_at = None;
+        st.corrupt_fetches = 0;
         match to {
             Offset::At(o) => {
                 st.position = o;
@@ -931,17 +941,32 @@ impl Consumer {
                     }
                 }
                 if let Some(e) = bad {
-                    // Deliver what came before the bad batch; stop the
-                    // partition at the bad batch.
-                    if batches.is_empty() {
-                        st.failed = true;
-                        self.errors.push_back(record_error(&tp, e));
-                        continue;
-                    }
+                    // Deliver what came before the bad batch. A batch
+                    // damaged on the way (a CRC mismatch, framing cut short)
+                    // is fetched again, up to CORRUPT_FETCH_RETRIES times;
+                    // then the partition stops at it with the error.
                     let good_end = batches.last().map_or(offset, |b| b.last_offset() + 1);
                     next = good_end;
-                    st.failed = true;
-                    self.errors.push_back(record_error(&tp, e));
+                    if st.corrupt_fetches < CORRUPT_FETCH_RETRIES {
+                        st.corrupt_fetches += 1;
+                        tracing::warn!(
+                            topic = %tp.topic,
+                            partition = tp.partition,
+                            offset = good_end,
+                            attempt = st.corrupt_fetches,
+                            error = %e,
+                            "corrupt record batch in a fetch response; fetching it again"
+                        );
+                        st.retry_at = Some(Instant::now() + self.client.retry_backoff().delay(0));
+                    } else {
+                        st.failed = true;
+                        self.errors.push_back(record_error(&tp, e));
+                    }
+                    if batches.is_empty() {
+                        continue;
+                    }
+                } else if next > offset {
+                    st.corrupt_fetches = 0;
                 }
                 if next == offset {
                     if let Some((_, needed)) = iter.partial_tail() {
@@ -1003,6 +1028,7 @@ mod tests {
             in_flight: false,
             max_bytes: 1 << 20,
             retry_at: None,
+            corrupt_fetches: 0,
             high_watermark,
             end: high_watermark,
         }

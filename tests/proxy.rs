@@ -1,0 +1,295 @@
+//! The wire client through the harness's fault proxy: clients stay behind
+//! it, a request slower than `request.timeout.ms` fails with a typed
+//! timeout and the client recovers, and cut connections (at any point, and
+//! just after a Produce request reached the broker) lose and duplicate
+//! nothing.
+
+use std::time::Duration;
+
+use faustus_suite::{read_all_settled, unique_topic, wait_until};
+use faustus_testcontainers::{shared, Cut, FaultProxy};
+use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
+use faustus_wire::{Admin, Client, ClientConfig, Error, NewTopic, Properties};
+
+/// The proxy binds node 1's advertised port: one test at a time.
+static PROXY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const PRODUCE: i16 = 0;
+const FETCH: i16 = 1;
+
+fn proxy() -> FaultProxy {
+    let kafka = shared().expect("kafka");
+    // A proxy dropped by the previous test may still be closing its port.
+    wait_until(
+        "the fault proxy's port",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || FaultProxy::start(kafka, 1).ok(),
+    )
+    .expect("fault proxy")
+}
+
+async fn topic(partitions: i32) -> String {
+    let kafka = shared().expect("kafka");
+    let t = unique_topic("proxy");
+    let client = Client::connect(ClientConfig::new(kafka.bootstrap()).expect("config"))
+        .await
+        .expect("client");
+    Admin::new(client)
+        .create_topic(NewTopic::new(&t, partitions, 1), false)
+        .await
+        .expect("topic");
+    t
+}
+
+async fn producer(bootstrap: &str, extra: &[(&str, &str)]) -> Producer {
+    let mut props = Properties::new().set("bootstrap.servers", bootstrap);
+    for (k, v) in extra {
+        props.insert(*k, *v);
+    }
+    Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
+        .await
+        .expect("connect")
+}
+
+/// Every value of `topic`, read directly from the broker.
+async fn values(topic: &str) -> Vec<String> {
+    let kafka = shared().expect("kafka");
+    read_all_settled(kafka.bootstrap(), topic)
+        .await
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_bootstrap_through_the_proxy_stay_behind_it() {
+    let _one = PROXY.lock().await;
+    let proxy = proxy();
+    let t = topic(1).await;
+    let p = producer(&proxy.bootstrap(), &[("linger.ms", "1")]).await;
+    for i in 0..500 {
+        p.send(ProducerRecord::new(&t).value(format!("v{i}")))
+            .await
+            .expect("queued");
+    }
+    p.flush().await.expect("flush");
+    assert!(
+        proxy.requests(PRODUCE) > 0,
+        "the records went around the proxy"
+    );
+    let got = faustus_suite::read_all(&proxy.bootstrap(), &t, false).await;
+    assert_eq!(got.len(), 500);
+    assert!(
+        proxy.requests(FETCH) > 0,
+        "the fetches went around the proxy"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_slower_than_its_timeout_fails_typed_and_the_client_recovers() {
+    let _one = PROXY.lock().await;
+    let proxy = proxy();
+    let t = topic(1).await;
+    let p = producer(
+        &proxy.bootstrap(),
+        &[
+            ("request.timeout.ms", "1000"),
+            ("delivery.timeout.ms", "2500"),
+            ("linger.ms", "0"),
+        ],
+    )
+    .await;
+    proxy.set_latency(Duration::from_secs(4));
+    let late = p
+        .send(ProducerRecord::new(&t).value("late"))
+        .await
+        .expect("queued");
+    let err = late.await.expect_err("a delivery past delivery.timeout.ms");
+    assert!(
+        matches!(err, Error::Timeout { .. }),
+        "not a timeout: {err:?}"
+    );
+    proxy.set_latency(Duration::ZERO);
+    let meta = p
+        .send(ProducerRecord::new(&t).value("on time"))
+        .await
+        .expect("queued")
+        .await
+        .expect("delivered once the latency is gone");
+    assert_eq!(meta.partition, 0);
+    let got = values(&t).await;
+    assert!(got.contains(&"on time".to_owned()), "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_cut_while_producing_lose_and_duplicate_nothing() {
+    let _one = PROXY.lock().await;
+    let proxy = proxy();
+    let t = topic(1).await;
+    let p = producer(&proxy.bootstrap(), &[("linger.ms", "2"), ("acks", "all")]).await;
+    let n = 20_000;
+    let mut pending = Vec::with_capacity(n);
+    for i in 0..n {
+        pending.push(
+            p.send(ProducerRecord::new(&t).value(format!("{i:06}")))
+                .await
+                .expect("queued"),
+        );
+        if i % 5_000 == 4_999 {
+            proxy.cut_all();
+        }
+    }
+    for d in pending {
+        d.await.expect("delivered despite the cuts");
+    }
+    assert!(proxy.accepted() > 1, "no connection was ever reopened");
+    let want: Vec<String> = (0..n).map(|i| format!("{i:06}")).collect();
+    assert_eq!(values(&t).await, want, "lost, duplicated or reordered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_produce_answer_lost_after_the_broker_wrote_it_is_not_written_twice() {
+    let _one = PROXY.lock().await;
+    let proxy = proxy();
+    let t = topic(1).await;
+    let p = producer(&proxy.bootstrap(), &[("linger.ms", "0")]).await;
+    p.send(ProducerRecord::new(&t).value("first"))
+        .await
+        .expect("queued")
+        .await
+        .expect("delivered");
+    let before = proxy.requests(PRODUCE);
+    // The next Produce request reaches the broker; its answer never comes
+    // back, so the producer cannot tell whether it was written and resends.
+    proxy.cut_at(PRODUCE, Cut::AfterRequest);
+    let meta = p
+        .send(ProducerRecord::new(&t).value("second"))
+        .await
+        .expect("queued")
+        .await
+        .expect("delivered after the resend");
+    assert!(!proxy.pending(), "the cut never happened");
+    assert!(
+        proxy.requests(PRODUCE) >= before + 2,
+        "the request was not sent again"
+    );
+    // The broker answers the resend with the first write's offset, or -1
+    // when it no longer has it; a second write would be at 2.
+    assert!(
+        meta.offset == 1 || meta.offset == -1,
+        "the resend was written again, at {}",
+        meta.offset
+    );
+    assert_eq!(values(&t).await, ["first", "second"]);
+}
+
+/// A consumer through the proxy reading `topic` (one partition) from the
+/// start until `want` records, or the first error.
+async fn consume_through(
+    proxy: &FaultProxy,
+    topic: &str,
+    want: usize,
+) -> (Vec<String>, Option<Error>) {
+    use faustus_wire::consumer::{Consumer, ConsumerConfig, Offset};
+    let props = Properties::new().set("bootstrap.servers", proxy.bootstrap().as_str());
+    let mut c = Consumer::connect(ConsumerConfig::from_properties(&props).expect("config"))
+        .await
+        .expect("consumer");
+    c.assign(topic, &[0], Offset::Beginning)
+        .await
+        .expect("assign");
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < want {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "read {} of {want} records",
+            got.len()
+        );
+        let Ok(polled) = tokio::time::timeout(Duration::from_millis(500), c.poll()).await else {
+            continue;
+        };
+        match polled {
+            Ok(fetched) => {
+                for f in &fetched {
+                    for r in f.records() {
+                        let r = r.expect("a record that passed its CRC");
+                        got.push(
+                            String::from_utf8_lossy(r.value().unwrap_or_default()).into_owned(),
+                        );
+                    }
+                }
+            }
+            Err(e) => return (got, Some(e)),
+        }
+    }
+    (got, None)
+}
+
+/// Fills a one-partition topic with `n` records of about 100 bytes.
+async fn filled(n: usize) -> String {
+    let kafka = shared().expect("kafka");
+    let t = topic(1).await;
+    let p = producer(kafka.bootstrap(), &[("linger.ms", "5")]).await;
+    for i in 0..n {
+        p.send(ProducerRecord::new(&t).value(format!("{i:06}-{}", "x".repeat(90))))
+            .await
+            .expect("queued");
+    }
+    p.flush().await.expect("flush");
+    t
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_damaged_on_the_way_is_fetched_again() {
+    let _one = PROXY.lock().await;
+    let n = 2_000;
+    let t = filled(n).await;
+    let proxy = proxy();
+    // Fetch responses end with three bytes of tagged fields (partition,
+    // topic, response); the fourth from the end is the last partition's
+    // last record byte, which its batch's CRC covers.
+    proxy.corrupt_responses(FETCH, 1_000, 4, 2);
+    let (got, err) = consume_through(&proxy, &t, n).await;
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(proxy.corrupted(), 2, "the damage never happened");
+    let want: Vec<String> = (0..n)
+        .map(|i| format!("{i:06}-{}", "x".repeat(90)))
+        .collect();
+    assert_eq!(got, want, "a record was lost, duplicated or garbled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_damaged_on_every_fetch_stops_its_partition_with_a_typed_error() {
+    let _one = PROXY.lock().await;
+    let n = 2_000;
+    let t = filled(n).await;
+    let proxy = proxy();
+    proxy.corrupt_responses(FETCH, 1_000, 4, 1_000);
+    let (got, err) = consume_through(&proxy, &t, n).await;
+    let err = err.expect("the damaged batch was never reported");
+    match &err {
+        Error::Record {
+            topic, partition, ..
+        } => {
+            assert_eq!((topic.as_str(), *partition), (t.as_str(), 0), "{err}");
+        }
+        other => panic!("not a record error: {other:?}"),
+    }
+    assert!(
+        err.to_string().contains(&t),
+        "the error names no topic: {err}"
+    );
+    // Fetched again before giving up (the first fetch and three retries).
+    assert!(
+        proxy.corrupted() >= 4,
+        "gave up after {} damaged fetches",
+        proxy.corrupted()
+    );
+    // Whatever came before the damaged batch is intact and in order.
+    let want: Vec<String> = (0..got.len())
+        .map(|i| format!("{i:06}-{}", "x".repeat(90)))
+        .collect();
+    assert_eq!(got, want);
+}
