@@ -293,3 +293,93 @@ async fn a_batch_damaged_on_every_fetch_stops_its_partition_with_a_typed_error()
         .collect();
     assert_eq!(got, want);
 }
+
+const END_TXN: i16 = 26;
+
+async fn txn_producer_through(
+    proxy: &FaultProxy,
+    id: &str,
+) -> faustus_wire::producer::TransactionalProducer {
+    let props = Properties::new()
+        .set("bootstrap.servers", proxy.bootstrap().as_str())
+        .set("transactional.id", id);
+    let p = faustus_wire::producer::TransactionalProducer::connect(
+        ProducerConfig::from_properties(&props).expect("config"),
+    )
+    .await
+    .expect("producer");
+    p.init_transactions().await.expect("init_transactions");
+    p
+}
+
+/// One transaction of `n` records through the proxy, ended by `commit`
+/// (else abort) while the connection carrying EndTxn is cut after the
+/// coordinator got it; then one more committed transaction.
+async fn ambiguous_end(commit: bool) -> (String, Vec<String>) {
+    let proxy = proxy();
+    let t = topic(3).await;
+    let p = txn_producer_through(&proxy, &unique_topic("proxy-txn")).await;
+    let send = |prefix: &'static str| {
+        let (p, t) = (&p, &t);
+        async move {
+            let mut pending = Vec::new();
+            for i in 0..300 {
+                pending.push(
+                    p.send(
+                        ProducerRecord::new(t)
+                            .key(format!("k{i}"))
+                            .value(format!("{prefix}-{i}")),
+                    )
+                    .await
+                    .expect("send"),
+                );
+            }
+            for d in pending {
+                d.await.expect("delivered");
+            }
+        }
+    };
+    p.begin().await.expect("begin");
+    send("first").await;
+    let ends = proxy.requests(END_TXN);
+    proxy.cut_at(END_TXN, Cut::AfterRequest);
+    if commit {
+        p.commit().await.expect("the commit's outcome recovered");
+    } else {
+        p.abort().await.expect("the abort's outcome recovered");
+    }
+    assert!(!proxy.pending(), "EndTxn was never cut");
+    assert!(
+        proxy.requests(END_TXN) >= ends + 2,
+        "EndTxn was not sent again"
+    );
+    p.begin().await.expect("the next transaction begins");
+    send("second").await;
+    p.commit().await.expect("commit");
+    let mut got = values(&t).await;
+    got.sort();
+    (t, got)
+}
+
+fn expected(prefixes: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = prefixes
+        .iter()
+        .flat_map(|p| (0..300).map(move |i| format!("{p}-{i}")))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_answer_is_lost_is_recovered_as_committed() {
+    let _one = PROXY.lock().await;
+    let (_, got) = ambiguous_end(true).await;
+    assert_eq!(got, expected(&["first", "second"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abort_whose_answer_is_lost_is_recovered_as_aborted() {
+    let _one = PROXY.lock().await;
+    let (_, got) = ambiguous_end(false).await;
+    assert_eq!(got, expected(&["second"]));
+}
