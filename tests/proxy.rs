@@ -383,3 +383,129 @@ async fn an_abort_whose_answer_is_lost_is_recovered_as_aborted() {
     let (_, got) = ambiguous_end(false).await;
     assert_eq!(got, expected(&["second"]));
 }
+
+/// A page_views worker (`examples/page_views`) whose only way to Kafka is
+/// the proxy, logging to `log`.
+fn worker_through(
+    proxy: &FaultProxy,
+    app: &str,
+    topic: &str,
+    dir: &std::path::Path,
+    extra: &[&str],
+) -> std::process::Child {
+    let log = std::fs::File::create(dir.join("worker.log")).expect("log file");
+    let mut cmd = std::process::Command::new(faustus_suite::example_binary("page_views"));
+    cmd.env("PAGE_VIEWS_APP", app)
+        .env("PAGE_VIEWS_TOPIC", topic)
+        .env("KAFKA_BOOTSTRAP", proxy.bootstrap())
+        .args(["-X", &format!("state.dir={}", dir.join("state").display())]);
+    for e in extra {
+        cmd.args(["-X", e]);
+    }
+    cmd.args(["worker", "-l", "info"])
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("worker starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_the_cluster_is_unreachable_stops_within_the_shutdown_timeout() {
+    let _one = PROXY.lock().await;
+    let kafka = shared().expect("kafka");
+    let proxy = proxy();
+    let app = unique_topic("proxy-pv");
+    let clicks = format!("{app}-clicks");
+    let client = Client::connect(ClientConfig::new(kafka.bootstrap()).expect("config"))
+        .await
+        .expect("client");
+    Admin::new(client)
+        .create_topic(NewTopic::new(&clicks, 2, 1), false)
+        .await
+        .expect("clicks topic");
+    let dir = faustus_suite::ScratchDir::new(&app);
+    std::fs::create_dir_all(dir.path()).expect("scratch dir");
+    let worker = worker_through(
+        &proxy,
+        &app,
+        &clicks,
+        dir.path(),
+        // Commits far apart and no table cache: what the worker counts
+        // reaches the changelog at once, and its offsets wait for a commit,
+        // so a stop must commit.
+        &[
+            "shutdown.timeout.ms=4000",
+            "commit.interval.ms=600000",
+            "cache.max.bytes=0",
+        ],
+    );
+    let log = || std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default();
+    // Clicks go straight to the broker; the worker counts them through
+    // the proxy, so its changelog shows it at work.
+    let p = producer(kafka.bootstrap(), &[]).await;
+    for i in 0..200 {
+        p.send(
+            ProducerRecord::new(&clicks)
+                .key(format!("/page/{}", i % 10))
+                .value("1"),
+        )
+        .await
+        .expect("queued");
+    }
+    p.flush().await.expect("flush");
+    let changelog = format!("{app}-click_counts-changelog");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let counted: u64 = {
+            let mut latest = std::collections::BTreeMap::new();
+            for (_, k, v) in read_all_settled(kafka.bootstrap(), &changelog).await {
+                latest.insert(k, v.parse::<u64>().unwrap_or(0));
+            }
+            latest.values().sum()
+        };
+        if counted >= 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker counted {counted} of 200 clicks\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The cluster goes away, more clicks arrive for when it is back, and
+    // the operator asks the worker to stop.
+    proxy.set_refusing(true);
+    let started = std::time::Instant::now();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &worker.id().to_string()])
+        .status();
+    let mut worker = worker;
+    let status = loop {
+        if let Some(status) = worker.try_wait().expect("wait") {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let _ = worker.kill();
+            panic!(
+                "SIGTERM ignored for 30 s (shutdown.timeout.ms=4000)\n{}",
+                log()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let took = started.elapsed();
+    let log = log();
+    assert!(
+        took < Duration::from_secs(15),
+        "stopped after {took:?} (shutdown.timeout.ms=4000)\n{log}"
+    );
+    // Its offsets were never committed (commit.interval.ms is ten
+    // minutes), so the stop had to commit and could not.
+    assert!(!status.success(), "exited 0 without committing\n{log}");
+    assert!(
+        log.contains("shutdown did not finish within shutdown.timeout.ms")
+            && log.contains("still committing"),
+        "a failed stop that does not say what it could not do\n{log}"
+    );
+}

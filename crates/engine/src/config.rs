@@ -18,6 +18,7 @@
 //! | `application.server` | `web.bind:port` | the `host:port` other workers forward table queries to (required with `web.bind=0.0.0.0`) |
 //! | `health.stall.ms` | 60000 | `/health` answers 503 (and the worker warns) when an assigned partition with records to read has not moved on for this long |
 //! | `cache.max.bytes` | 10485760 | the worker's table cache (Kafka Streams' record cache; `statestore.cache.max.bytes` is accepted too): a key's updates between commits are coalesced and its changelog gets the latest value when the worker commits, when the cache is full, or before partitions are revoked; `0`: every update is a changelog record |
+//! | `shutdown.timeout.ms` | 30000 | how long a worker told to stop (SIGTERM, SIGINT) may take to commit and leave its group; past it, the worker stops anyway with an error saying what it was waiting for, and the CLI exits non-zero (what was processed and not committed is processed again, or its transaction aborted, by the next owner) |
 //! | `transaction.timeout.ms` | 10000 | as Kafka Streams under exactly-once: a crashed worker's open transaction is aborted after this |
 //!
 //! The consumer group is the app id (`group.id` may override it), assigned
@@ -89,6 +90,9 @@ pub struct EngineConfig {
     /// `cache.max.bytes` (or Kafka Streams' `statestore.cache.max.bytes`):
     /// the table cache's bytes per worker; 0 turns it off.
     pub cache_max_bytes: usize,
+    /// `shutdown.timeout.ms`: how long a worker told to stop may take to
+    /// commit and leave its group before it gives up.
+    pub shutdown_timeout: Duration,
 }
 
 impl EngineConfig {
@@ -160,6 +164,7 @@ impl EngineConfig {
                 Some(_) => p.parse_or("cache.max.bytes", 0)?,
                 None => p.parse_or("statestore.cache.max.bytes", DEFAULT_CACHE_MAX_BYTES)?,
             },
+            shutdown_timeout: p.millis_or("shutdown.timeout.ms", 30_000)?,
         })
     }
 }

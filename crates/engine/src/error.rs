@@ -83,6 +83,19 @@ pub enum Error {
         /// How long.
         after: std::time::Duration,
     },
+    /// A worker told to stop could not commit and leave its group within
+    /// `shutdown.timeout.ms` (the cluster unreachable, say).
+    #[error(
+        "shutdown did not finish within shutdown.timeout.ms ({after:?}): still {doing}; \
+         what was processed since the last commit is not committed (the next owner \
+         processes it again, or, under exactly_once, its transaction is aborted)"
+    )]
+    ShutdownTimeout {
+        /// What the worker was doing when the time ran out.
+        doing: String,
+        /// `shutdown.timeout.ms`.
+        after: std::time::Duration,
+    },
 }
 
 impl Error {

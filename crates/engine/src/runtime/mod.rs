@@ -70,6 +70,9 @@ struct Worker<'t> {
     /// A task began restoring: commit what is processed first.
     commit_before_restoring: bool,
     processed: u64,
+    /// What the worker is doing, for the error when shutdown.timeout.ms
+    /// passes.
+    doing: std::rc::Rc<std::cell::Cell<&'static str>>,
     lag: BTreeMap<TopicPartition, i64>,
     /// Joined inputs paused because a task holds too much of them.
     held_paused: std::collections::BTreeSet<TopicPartition>,
@@ -261,22 +264,52 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
         restore_budget,
         commit_before_restoring: false,
         processed: 0,
+        doing: std::rc::Rc::new(std::cell::Cell::new("starting")),
         lag: BTreeMap::new(),
     };
-    let result = w.run_loop(shutdown).await;
-    w.finish(result).await
+    // The loop checks `stop` between steps; once the signal has come, the
+    // worker has shutdown.timeout.ms to commit and leave, however long a
+    // step it is in takes (a commit to an unreachable cluster retries for
+    // minutes).
+    let stop = std::cell::Cell::new(false);
+    let doing = w.doing.clone();
+    let work = async {
+        let result = w.run_loop(&stop).await;
+        w.finish(result).await
+    };
+    tokio::pin!(work);
+    tokio::pin!(shutdown);
+    tokio::select! {
+        done = &mut work => return done,
+        () = &mut shutdown => stop.set(true),
+    }
+    tracing::info!(
+        timeout_ms = cfg.shutdown_timeout.as_millis() as u64,
+        "shutting down: committing and leaving the group"
+    );
+    let timeout = cfg.shutdown_timeout;
+    match tokio::time::timeout(timeout, &mut work).await {
+        Ok(done) => done,
+        Err(_) => {
+            let doing = doing.get().to_owned();
+            tracing::error!(doing = %doing, "shutdown.timeout.ms passed; stopping without committing");
+            Err(Error::ShutdownTimeout {
+                doing,
+                after: timeout,
+            })
+        }
+    }
 }
 
 impl Worker<'_> {
-    async fn run_loop(&mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
-        tokio::pin!(shutdown);
+    async fn run_loop(&mut self, stop: &std::cell::Cell<bool>) -> Result<()> {
         let mut last_commit = Instant::now();
         let mut last_report = Instant::now();
         loop {
-            if futures::FutureExt::now_or_never(&mut shutdown).is_some() {
-                tracing::info!("shutting down: committing and leaving the group");
+            if stop.get() {
                 return Ok(());
             }
+            self.doing.set("polling the cluster");
             // Restoring tasks catch up while the consumer polls: neither
             // waits for the other, and polls keep their pace. Table queries
             // are answered meanwhile.
@@ -395,6 +428,7 @@ impl Worker<'_> {
 
     /// Commits, leaves the group, closes the producer.
     async fn finish(mut self, result: Result<()>) -> Result<()> {
+        self.doing.set("committing before leaving the group");
         if result.is_ok() {
             self.flush_gathered(true).await?;
             self.commit().await?;
@@ -410,6 +444,7 @@ impl Worker<'_> {
                 Err(e) => tracing::warn!(error = %e, "aborting the transaction failed"),
             }
         }
+        self.doing.set("leaving the group");
         let closed = self.consumer.close().await;
         result?;
         closed?;
@@ -814,6 +849,9 @@ impl Worker<'_> {
 
     /// Commits (see [`commit`]).
     async fn commit(&mut self) -> Result<()> {
+        let before = self.doing.replace(
+            "committing (flushing outputs and changelogs, then the offsets or the transaction)",
+        );
         let started = Instant::now();
         self.flush_caches().await?;
         let span = tracing::debug_span!("commit", processed = self.processed);
@@ -827,6 +865,7 @@ impl Worker<'_> {
             .metrics
             .commit_seconds
             .observe(started.elapsed().as_secs_f64());
+        self.doing.set(before);
         Ok(())
     }
 }
