@@ -509,3 +509,120 @@ async fn sigterm_while_the_cluster_is_unreachable_stops_within_the_shutdown_time
         "a failed stop that does not say what it could not do\n{log}"
     );
 }
+
+/// Seconds the cluster stays away in the outage test (the 70 by
+/// default: past the group's session timeout and the transaction timeout).
+fn outage() -> Duration {
+    Duration::from_secs(faustus_suite::env_or("FAUSTUS_OUTAGE_SECS", 70) as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_waits_out_a_cluster_outage_saying_so_and_resumes_by_itself() {
+    let _one = PROXY.lock().await;
+    let kafka = shared().expect("kafka");
+    let proxy = proxy();
+    let app = unique_topic("proxy-outage");
+    let clicks = format!("{app}-clicks");
+    let client = Client::connect(ClientConfig::new(kafka.bootstrap()).expect("config"))
+        .await
+        .expect("client");
+    Admin::new(client)
+        .create_topic(NewTopic::new(&clicks, 2, 1), false)
+        .await
+        .expect("clicks topic");
+    let dir = faustus_suite::ScratchDir::new(&app);
+    std::fs::create_dir_all(dir.path()).expect("scratch dir");
+    let mut worker = worker_through(
+        &proxy,
+        &app,
+        &clicks,
+        dir.path(),
+        &[
+            "processing.guarantee=exactly_once",
+            "commit.interval.ms=200",
+        ],
+    );
+    let log = || std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default();
+    let p = producer(kafka.bootstrap(), &[]).await;
+    let send = |from: usize, n: usize| {
+        let (p, clicks) = (&p, &clicks);
+        async move {
+            for i in from..from + n {
+                p.send(
+                    ProducerRecord::new(clicks)
+                        .key(format!("/page/{}", i % 10))
+                        .value("1"),
+                )
+                .await
+                .expect("queued");
+            }
+            p.flush().await.expect("flush");
+        }
+    };
+    let changelog = format!("{app}-click_counts-changelog");
+    let counted = || async {
+        let mut latest = std::collections::BTreeMap::new();
+        for (_, k, v) in read_all_settled(kafka.bootstrap(), &changelog).await {
+            latest.insert(k, v.parse::<u64>().unwrap_or(0));
+        }
+        latest
+    };
+    let wait_for = |total: u64, within: Duration| {
+        let counted = &counted;
+        let log = &log;
+        async move {
+            let deadline = tokio::time::Instant::now() + within;
+            loop {
+                let sum: u64 = counted().await.values().sum();
+                if sum >= total {
+                    return sum;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the worker counted {sum} of {total} clicks\n{}",
+                    faustus_suite::log_tail(&log(), 40)
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    send(0, 500).await;
+    wait_for(500, Duration::from_secs(120)).await;
+    // The cluster goes away; clicks keep coming (straight to the broker,
+    // which the worker cannot reach).
+    let before = log().len();
+    proxy.set_refusing(true);
+    let away = outage();
+    let gone = std::time::Instant::now();
+    let mut sent = 500;
+    while gone.elapsed() < away {
+        send(sent, 100).await;
+        sent += 100;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let during = log()[before..].to_owned();
+    proxy.set_refusing(false);
+    // It resumes by itself, and counts every click exactly once.
+    let total = sent as u64;
+    wait_for(total, Duration::from_secs(180)).await;
+    let latest = counted().await;
+    for (url, n) in &latest {
+        let page: usize = url.trim_start_matches("/page/").parse().expect("a page");
+        let want = (0..sent).filter(|i| i % 10 == page).count() as u64;
+        assert_eq!(*n, want, "{url}\n{}", faustus_suite::log_tail(&log(), 40));
+    }
+    // While the cluster was away it kept saying so: a warning at least
+    // every 15 s, naming what it waits for.
+    let warnings: Vec<&str> = during
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("unreachable"))
+        .collect();
+    let need = (away.as_secs() / 15).max(1) as usize;
+    assert!(
+        warnings.len() >= need,
+        "{} warnings in {away:?} of outage (want {need}+)\n{during}",
+        warnings.len()
+    );
+    let _ = worker.kill();
+    let _ = worker.wait();
+}

@@ -24,6 +24,7 @@
 pub(crate) mod commit;
 pub(crate) mod dispatch;
 pub(crate) mod global;
+mod health;
 pub(crate) mod order;
 pub(crate) mod query;
 pub(crate) mod rebalance;
@@ -73,6 +74,8 @@ struct Worker<'t> {
     /// What the worker is doing, for the error when shutdown.timeout.ms
     /// passes.
     doing: std::rc::Rc<std::cell::Cell<&'static str>>,
+    /// How long no broker has answered, for the unreachable warning.
+    silence: health::Silence,
     lag: BTreeMap<TopicPartition, i64>,
     /// Joined inputs paused because a task holds too much of them.
     held_paused: std::collections::BTreeSet<TopicPartition>,
@@ -265,6 +268,7 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
         commit_before_restoring: false,
         processed: 0,
         doing: std::rc::Rc::new(std::cell::Cell::new("starting")),
+        silence: health::Silence::new(Instant::now()),
         lag: BTreeMap::new(),
     };
     // The loop checks `stop` between steps; once the signal has come, the
@@ -790,11 +794,29 @@ impl Worker<'_> {
     /// Keeps the web server's view current (readiness, assignment,
     /// dropped records) and warns, once, about each partition that stalls.
     fn report_health(&mut self) {
-        let web = &self.web;
         if self.last_health_check.elapsed() < Duration::from_millis(500) {
             return;
         }
         self.last_health_check = Instant::now();
+        let brokers = faustus_wire::stats::snapshot();
+        let answers = brokers.iter().map(|b| b.responses).sum();
+        if let Some(silent) = self.silence.observe(answers, Instant::now()) {
+            let waiting: Vec<String> = brokers
+                .iter()
+                .filter(|b| b.in_flight > 0)
+                .map(|b| format!("{} ({} requests unanswered)", b.broker, b.in_flight))
+                .collect();
+            tracing::warn!(
+                silent_s = silent.as_secs(),
+                doing = self.doing.get(),
+                waiting_on = %if waiting.is_empty() { "reconnecting".to_owned() } else { waiting.join(", ") },
+                partitions = self.ownership.owned().count(),
+                "Kafka cluster unreachable: no broker has answered for {}s; \
+                 fetching, committing and the group wait for it to come back",
+                silent.as_secs()
+            );
+        }
+        let web = &self.web;
         let owned: Vec<(String, i32)> = self
             .ownership
             .owned()
