@@ -39,6 +39,7 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use kafka_protocol::messages::fetch_request::{FetchPartition, FetchTopic, ForgottenTopic};
 use kafka_protocol::messages::{BrokerId, FetchRequest, FetchResponse};
 use tokio::task::JoinSet;
@@ -265,6 +266,115 @@ fn record_error(tp: &TopicPartition, e: crate::record::RecordError) -> Error {
         partition: tp.partition,
         offset: e.offset(),
         source: e,
+    }
+}
+
+/// One partition's records from a fetch response, split for delivery.
+#[derive(Debug)]
+pub(crate) struct PartitionRecords {
+    /// The batches to hand out: at or after the fetch offset, neither
+    /// control batches nor (read_committed) aborted ones; compressed ones
+    /// already inflated.
+    pub(crate) batches: Vec<RecordBatch>,
+    /// The offset after the last batch read (the fetch offset when none).
+    pub(crate) next: i64,
+    /// The first batch that could not be read; nothing after it is used.
+    pub(crate) bad: Option<crate::record::RecordError>,
+    /// A batch cut short at the end: its base offset and the bytes it needs.
+    pub(crate) partial: Option<(i64, usize)>,
+}
+
+/// Splits a partition's fetched `records` (asked for from `offset`) into
+/// what to deliver, as [`Consumer::poll`] does; `aborted` holds the
+/// response's aborted transactions under read_committed. Pure: the
+/// `fetch_response` fuzz target drives it with any bytes.
+pub(crate) fn split_partition(
+    records: Bytes,
+    offset: i64,
+    aborted: Option<Vec<(i64, i64)>>,
+) -> PartitionRecords {
+    let mut filter = aborted.map(AbortedFilter::new);
+    let mut batches = Vec::new();
+    let mut next = offset;
+    let mut iter = Batches::new(records);
+    let mut bad = None;
+    for b in iter.by_ref() {
+        match b {
+            Ok(b) => {
+                if b.last_offset() < offset {
+                    continue; // before our position (compacted or re-sent)
+                }
+                next = next.max(b.last_offset() + 1);
+                let keep = filter.as_mut().is_none_or(|f| f.keep(&b)) && !b.is_control();
+                if !keep {
+                    continue;
+                }
+                // Inflate compressed batches now, so that a bad one is
+                // reported as this partition's error.
+                if b.compression() != Compression::None {
+                    if let Err(e) = b.records() {
+                        bad = Some(e);
+                        break;
+                    }
+                }
+                batches.push(b);
+            }
+            Err(e) => {
+                bad = Some(e);
+                break;
+            }
+        }
+    }
+    let partial = if bad.is_none() {
+        iter.partial_tail()
+    } else {
+        None
+    };
+    PartitionRecords {
+        batches,
+        next,
+        bad,
+        partial,
+    }
+}
+
+/// Decodes `data` as a Fetch response (the first byte picks the version,
+/// 4 to 17) and splits every partition's records as the consumer does,
+/// under read_committed and read_uncommitted, walking every record and
+/// header: the body of the `fetch_response` fuzz target and of its corpus
+/// replay. It must never panic.
+#[doc(hidden)]
+pub fn fuzz_fetch_response(data: &[u8]) {
+    use kafka_protocol::protocol::Decodable;
+    let Some((&v, body)) = data.split_first() else {
+        return;
+    };
+    let version = 4 + i16::from(v % 14);
+    let mut buf = Bytes::copy_from_slice(body);
+    let Ok(resp) = FetchResponse::decode(&mut buf, version) else {
+        return;
+    };
+    for t in resp.responses {
+        for p in t.partitions {
+            let Some(records) = p.records else { continue };
+            for committed in [false, true] {
+                let aborted = committed.then(|| {
+                    p.aborted_transactions
+                        .iter()
+                        .flatten()
+                        .map(|a| (a.producer_id.0, a.first_offset))
+                        .collect()
+                });
+                let split = split_partition(records.clone(), p.log_start_offset.max(0), aborted);
+                for b in &split.batches {
+                    if let Ok(recs) = b.records() {
+                        for r in recs.flatten() {
+                            let _ = (r.key(), r.value(), r.headers().count());
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -899,47 +1009,19 @@ impl Consumer {
                 let Some(records) = p.records.filter(|r| !r.is_empty()) else {
                     continue;
                 };
-                let mut filter = self.cfg.read_committed.then(|| {
-                    AbortedFilter::new(
-                        p.aborted_transactions
-                            .unwrap_or_default()
-                            .iter()
-                            .map(|a| (a.producer_id.0, a.first_offset))
-                            .collect(),
-                    )
+                let aborted = self.cfg.read_committed.then(|| {
+                    p.aborted_transactions
+                        .unwrap_or_default()
+                        .iter()
+                        .map(|a| (a.producer_id.0, a.first_offset))
+                        .collect()
                 });
-                let mut batches = Vec::new();
-                let mut next = offset;
-                let mut iter = Batches::new(records);
-                let mut bad = None;
-                for b in iter.by_ref() {
-                    match b {
-                        Ok(b) => {
-                            if b.last_offset() < offset {
-                                continue; // before our position (compacted or re-sent)
-                            }
-                            next = next.max(b.last_offset() + 1);
-                            let keep =
-                                filter.as_mut().is_none_or(|f| f.keep(&b)) && !b.is_control();
-                            if !keep {
-                                continue;
-                            }
-                            // Inflate compressed batches now, so that a bad
-                            // one is reported as this partition's error.
-                            if b.compression() != Compression::None {
-                                if let Err(e) = b.records() {
-                                    bad = Some(e);
-                                    break;
-                                }
-                            }
-                            batches.push(b);
-                        }
-                        Err(e) => {
-                            bad = Some(e);
-                            break;
-                        }
-                    }
-                }
+                let PartitionRecords {
+                    batches,
+                    mut next,
+                    bad,
+                    partial,
+                } = split_partition(records, offset, aborted);
                 if let Some(e) = bad {
                     // Deliver what came before the bad batch. A batch
                     // damaged on the way (a CRC mismatch, framing cut short)
@@ -969,7 +1051,7 @@ impl Consumer {
                     st.corrupt_fetches = 0;
                 }
                 if next == offset {
-                    if let Some((_, needed)) = iter.partial_tail() {
+                    if let Some((_, needed)) = partial {
                         // A batch larger than we asked for: ask for more.
                         st.max_bytes = st.max_bytes.max(needed.min(i32::MAX as usize) as i32);
                     }
@@ -1049,5 +1131,69 @@ mod tests {
         // Before the first response the high watermark is unknown.
         let unknown = [part(0, -1)];
         assert!(!hold_fetch(true, unknown.iter()));
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+    use crate::record::BatchBuilder;
+
+    fn batch(base: i64, n: usize, codec: Compression) -> Bytes {
+        let mut b = BatchBuilder::new(codec);
+        for i in 0..n {
+            b.append::<&str, &[u8]>(1_000, None, Some(format!("v{i}").as_bytes()), &[]);
+        }
+        let mut v = b.finish().expect("batch").to_vec();
+        crate::record::set_base_offset(&mut v, base);
+        Bytes::from(v)
+    }
+
+    #[test]
+    fn batches_before_the_offset_are_skipped_and_a_cut_tail_is_reported() {
+        let mut all = Vec::new();
+        all.extend_from_slice(&batch(0, 5, Compression::None));
+        all.extend_from_slice(&batch(5, 5, Compression::Lz4));
+        let third = batch(10, 5, Compression::None);
+        all.extend_from_slice(&third[..third.len() - 3]);
+        let split = split_partition(Bytes::from(all), 7, None);
+        assert_eq!(
+            split.batches.len(),
+            1,
+            "the batch before offset 5 is skipped"
+        );
+        assert_eq!(split.batches[0].base_offset(), 5);
+        assert_eq!(split.next, 10);
+        assert!(split.bad.is_none());
+        assert_eq!(split.partial.map(|(o, _)| o), Some(10));
+    }
+
+    #[test]
+    fn a_bad_batch_stops_the_split_after_the_good_ones() {
+        let mut all = batch(0, 3, Compression::None).to_vec();
+        let mut bad = batch(3, 3, Compression::None).to_vec();
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        all.extend_from_slice(&bad);
+        all.extend_from_slice(&batch(6, 3, Compression::None));
+        let split = split_partition(Bytes::from(all), 0, Some(Vec::new()));
+        assert_eq!(split.batches.len(), 1);
+        assert_eq!(split.next, 3);
+        assert!(split.bad.is_some());
+        assert!(split.partial.is_none());
+    }
+
+    /// Replays the fetch_response fuzz corpus committed in `fuzz/regressions`.
+    #[test]
+    fn fuzz_regressions_do_not_panic() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fuzz/regressions/fetch_response");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).expect("regression corpus") {
+            let data = std::fs::read(entry.expect("entry").path()).expect("case");
+            fuzz_fetch_response(&data);
+            n += 1;
+        }
+        assert!(n > 0, "no cases in {}", dir.display());
     }
 }
