@@ -108,6 +108,7 @@ impl Client {
             client_id: config.client_id.clone(),
             request_timeout: config.request_timeout,
             connect_timeout: config.connect_timeout,
+            security: config.security.clone(),
         };
         let client = Self {
             inner: Arc::new(Inner {
@@ -144,6 +145,11 @@ impl Client {
                 .await;
                 match attempt {
                     Ok(Ok(())) => return Ok(()),
+                    // Wrong credentials or certificates: trying again
+                    // cannot help.
+                    Ok(Err(e @ (Error::Authentication { .. } | Error::Tls { .. }))) => {
+                        return Err(e)
+                    }
                     Ok(Err(e)) => last = e.to_string(),
                     // Keep what the last finished attempt said (connection
                     // refused, ...): it says more than the time-out.
@@ -346,11 +352,16 @@ impl Client {
         if topics.is_some() {
             info.topics = previous.topics.clone();
         }
+        let mut refused = None;
         for t in &resp.topics {
             let Some(name) = t.name.as_ref().map(|n| n.0.as_str().to_owned()) else {
                 continue;
             };
-            if !ErrorCode(t.error_code).is_ok() {
+            let code = ErrorCode(t.error_code);
+            if !code.is_ok() {
+                if code == ErrorCode::TOPIC_AUTHORIZATION_FAILED && refused.is_none() {
+                    refused = Some(name.clone());
+                }
                 info.topics.remove(&name);
                 continue;
             }
@@ -382,6 +393,17 @@ impl Client {
             self.inner
                 .meta_version
                 .fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
+        // A topic asked for by name that this principal may not describe:
+        // no retry will change that, so say which.
+        if let Some(topic) = refused {
+            return Err(Error::server(
+                ErrorCode::TOPIC_AUTHORIZATION_FAILED,
+                Some("not authorized to describe this topic".into()),
+                "Metadata",
+                Some(&topic),
+                None,
+            ));
         }
         Ok(())
     }

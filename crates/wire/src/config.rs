@@ -119,6 +119,9 @@ pub struct ClientConfig {
     /// `default.api.timeout.ms` (default 60000): the overall deadline of admin
     /// and metadata operations, retries included.
     pub default_api_timeout: Duration,
+    /// `security.protocol` and the `ssl.*`/`sasl.*` settings
+    /// (see [`crate::security`]).
+    pub security: crate::security::Security,
 }
 
 impl ClientConfig {
@@ -156,6 +159,7 @@ impl ClientConfig {
             retry_backoff_max: p.millis_or("retry.backoff.max.ms", 1_000)?,
             metadata_max_age: p.millis_or("metadata.max.age.ms", 300_000)?,
             default_api_timeout: p.millis_or("default.api.timeout.ms", 60_000)?,
+            security: crate::security::Security::from_properties(p)?,
         })
     }
 

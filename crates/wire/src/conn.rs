@@ -6,9 +6,12 @@
 //! requests can be in flight at once (Kafka answers them in order per
 //! connection, but matching by id keeps us honest).
 //!
-//! The transport is any `AsyncRead + AsyncWrite` stream: plain TCP today; TLS
-//! (rustls) and SASL slot in by handing [`Connection::handshake`] a wrapped
-//! stream, since ApiVersions is the first request on any transport.
+//! The transport is any `AsyncRead + AsyncWrite` stream: plain TCP, or TLS
+//! (rustls) over it when `security.protocol` is SSL or SASL_SSL. SASL
+//! authentication follows ApiVersions (KIP-43, KIP-152), and again on the
+//! live connection before the session the broker granted runs out
+//! (KIP-368): while it re-authenticates, other requests are held back so
+//! that nothing is written between its SASL requests.
 //!
 //! # Cancel safety
 //!
@@ -24,6 +27,7 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, ProduceRequest, ProduceResponse,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
 use kafka_protocol::protocol::{Decodable, Request, StrBytes};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -54,8 +58,17 @@ struct Pending {
     sent: Instant,
 }
 
+/// Requests held back while the connection re-authenticates.
+#[derive(Default)]
+struct Gate {
+    closed: bool,
+    held: Vec<Outgoing>,
+}
+
 struct Shared {
     addr: String,
+    /// Present on SASL connections: closed while re-authenticating.
+    gate: Option<Mutex<Gate>>,
     pending: Mutex<HashMap<i32, Pending>>,
     closed: AtomicBool,
     throttled_until: Mutex<Option<Instant>>,
@@ -65,6 +78,13 @@ struct Shared {
 impl Shared {
     /// Marks the connection dead and fails every request in flight.
     fn close(&self) {
+        self.close_because(None);
+    }
+
+    /// [`close`](Self::close), failing requests in flight with
+    /// [`Error::Tls`] when TLS gave the reason (a broker that refused our
+    /// certificate says so only after the handshake, in TLS 1.3).
+    fn close_because(&self, tls: Option<String>) {
         self.closed.store(true, Ordering::Release);
         let drained: Vec<Pending> = match self.pending.lock() {
             Ok(mut p) => p.drain().map(|(_, v)| v).collect(),
@@ -72,8 +92,14 @@ impl Shared {
         };
         self.stats.abandoned(drained.len());
         for p in drained {
-            let _ = p.reply.send(Err(Error::Disconnected {
-                broker: self.addr.clone(),
+            let _ = p.reply.send(Err(match &tls {
+                Some(reason) => Error::Tls {
+                    broker: self.addr.clone(),
+                    reason: reason.clone(),
+                },
+                None => Error::Disconnected {
+                    broker: self.addr.clone(),
+                },
             }));
         }
     }
@@ -101,13 +127,22 @@ impl std::fmt::Debug for Connection {
 }
 
 /// Aborts the IO tasks when the last handle to a connection goes away.
-struct TaskGuard(Vec<tokio::task::AbortHandle>);
+#[derive(Default)]
+struct TaskGuard(Mutex<Vec<tokio::task::AbortHandle>>);
+
+impl TaskGuard {
+    fn abort_all(&self) {
+        if let Ok(tasks) = self.0.lock() {
+            for t in tasks.iter() {
+                t.abort();
+            }
+        }
+    }
+}
 
 impl Drop for TaskGuard {
     fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
+        self.abort_all();
     }
 }
 
@@ -120,6 +155,8 @@ pub struct ConnectionOptions {
     pub request_timeout: Duration,
     /// `socket.connection.setup.timeout.ms`.
     pub connect_timeout: Duration,
+    /// TLS and SASL.
+    pub security: crate::security::Security,
 }
 
 impl Connection {
@@ -137,6 +174,22 @@ impl Connection {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
+        let Some(tls) = opts.security.tls_config() else {
+            return Self::handshake(addr, stream, opts).await;
+        };
+        let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+        let name = crate::security::tls::server_name(host).map_err(|reason| Error::Tls {
+            broker: addr.to_owned(),
+            reason,
+        })?;
+        let connector = tokio_rustls::TlsConnector::from(tls.clone());
+        let stream = tokio::time::timeout(opts.connect_timeout, connector.connect(name, stream))
+            .await
+            .map_err(|_| Error::Timeout {
+                what: format!("TLS handshake with {addr}"),
+                after: opts.connect_timeout,
+            })?
+            .map_err(|e| tls_error(addr, e))?;
         Self::handshake(addr, stream, opts).await
     }
 
@@ -148,6 +201,11 @@ impl Connection {
         let (rd, wr) = tokio::io::split(stream);
         let shared = Arc::new(Shared {
             addr: addr.to_owned(),
+            gate: opts
+                .security
+                .sasl
+                .as_ref()
+                .map(|_| Mutex::new(Gate::default())),
             pending: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
             throttled_until: Mutex::new(None),
@@ -163,13 +221,133 @@ impl Connection {
             versions: Arc::new(BrokerVersions::default()),
             client_id: StrBytes::from_string(opts.client_id.clone()),
             request_timeout: opts.request_timeout,
-            tasks: Arc::new(TaskGuard(vec![
+            tasks: Arc::new(TaskGuard(Mutex::new(vec![
                 writer.abort_handle(),
                 reader.abort_handle(),
-            ])),
+            ]))),
         };
         conn.versions = Arc::new(conn.api_versions().await?);
+        if let Some(sasl) = &opts.security.sasl {
+            let lifetime = conn.authenticate(sasl, false).await?;
+            if !lifetime.is_zero() {
+                // The task holds a handle without the guard, so that the
+                // connection still goes away when its users drop it.
+                let handle = Self {
+                    tasks: Arc::new(TaskGuard::default()),
+                    ..conn.clone()
+                };
+                let task = tokio::spawn(reauthenticate(handle, sasl.clone(), lifetime));
+                if let Ok(mut tasks) = conn.tasks.0.lock() {
+                    tasks.push(task.abort_handle());
+                }
+            }
+        }
         Ok(conn)
+    }
+
+    /// SASL authentication (KIP-43, KIP-152): SaslHandshake names the
+    /// mechanism, SaslAuthenticate requests carry its messages. `again`
+    /// marks a KIP-368 re-authentication of a connection in use: other
+    /// requests are held back until it ends. Returns the session lifetime
+    /// the broker granted (zero: no limit).
+    async fn authenticate(
+        &self,
+        sasl: &crate::security::SaslSettings,
+        again: bool,
+    ) -> Result<Duration> {
+        if again {
+            self.set_gate(true);
+        }
+        let res = self.sasl_exchange(sasl).await;
+        if again {
+            self.set_gate(false);
+        }
+        if res.is_ok() {
+            self.shared.stats.authenticated(again);
+        }
+        res
+    }
+
+    async fn sasl_exchange(&self, sasl: &crate::security::SaslSettings) -> Result<Duration> {
+        use crate::security::sasl::{Exchange, Step};
+        let mechanism = sasl.mechanism.name();
+        let refused = |message: String| Error::Authentication {
+            broker: self.shared.addr.clone(),
+            mechanism,
+            message,
+        };
+        let hs =
+            SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str(mechanism));
+        let resp: SaslHandshakeResponse = self.call_direct(&hs, 1).await?;
+        let code = ErrorCode(resp.error_code);
+        if code == ErrorCode::UNSUPPORTED_SASL_MECHANISM {
+            let enabled: Vec<&str> = resp.mechanisms.iter().map(|m| m.as_str()).collect();
+            return Err(refused(format!(
+                "the broker does not enable {mechanism} on this listener (it enables: {})",
+                enabled.join(", ")
+            )));
+        }
+        if !code.is_ok() {
+            return Err(refused(format!("SaslHandshake: {code}")));
+        }
+        let (mut exchange, mut message) = Exchange::start(sasl);
+        loop {
+            let req = SaslAuthenticateRequest::default().with_auth_bytes(Bytes::from(message));
+            let resp: SaslAuthenticateResponse = self.call_direct(&req, 2).await?;
+            let code = ErrorCode(resp.error_code);
+            if !code.is_ok() {
+                let mut why = resp
+                    .error_message
+                    .as_ref()
+                    .map(|m| m.to_string())
+                    .unwrap_or_else(|| code.to_string());
+                if let Some(detail) = exchange.refusal() {
+                    why = format!("{why} ({detail})");
+                }
+                return Err(refused(why));
+            }
+            match exchange.step(&resp.auth_bytes) {
+                Ok(Step::Send(next)) => message = next,
+                Ok(Step::Done) => {
+                    return Ok(Duration::from_millis(
+                        u64::try_from(resp.session_lifetime_ms).unwrap_or(0),
+                    ))
+                }
+                Err(e) => return Err(refused(e.to_string())),
+            }
+        }
+    }
+
+    /// Sends a request past the re-authentication gate, at the negotiated
+    /// version capped at `max_version`.
+    async fn call_direct<R: Request>(&self, req: &R, max_version: i16) -> Result<R::Response> {
+        let version = self.negotiated::<R>()?.min(max_version);
+        let header_version = ApiKey::try_from(R::KEY)
+            .map(|k| k.response_header_version(version))
+            .unwrap_or(0);
+        let rx = self.queue_frame(R::KEY, version, header_version, req, Some(true), None, true)?;
+        let body = self.await_reply(R::KEY, rx).await?;
+        self.decode::<R::Response>(body, R::KEY, version)
+    }
+
+    /// Closes the gate (requests are held) or opens it (held requests go
+    /// out, in order).
+    fn set_gate(&self, closed: bool) {
+        let Some(gate) = &self.shared.gate else {
+            return;
+        };
+        let Ok(mut g) = gate.lock() else {
+            return;
+        };
+        g.closed = closed;
+        if !closed {
+            for out in g.held.drain(..) {
+                if self.tx.send(out).is_err() {
+                    self.shared.close();
+                    break;
+                }
+            }
+        }
     }
 
     /// ApiVersions: try v3; a broker that does not know it answers with
@@ -213,9 +391,7 @@ impl Connection {
     /// Closes the connection, failing requests in flight.
     pub fn close(&self) {
         self.shared.close();
-        for t in &self.tasks.0 {
-            t.abort();
-        }
+        self.tasks.abort_all();
     }
 
     /// The negotiated version for an API, if the broker and we share one.
@@ -295,7 +471,7 @@ impl Connection {
         let version = self.negotiated::<R>()?;
         self.wait_throttle().await;
         let (written, done) = oneshot::channel();
-        self.queue_frame(R::KEY, version, 0, req, None, Some(written))?;
+        self.queue_frame(R::KEY, version, 0, req, None, Some(written), false)?;
         done.await.map_err(|_| Error::Disconnected {
             broker: self.shared.addr.clone(),
         })
@@ -384,7 +560,7 @@ impl Connection {
                 source,
             },
         )?;
-        let rx = self.register_and_push(id, header_version, true, pieces, None)?;
+        let rx = self.register_and_push(id, header_version, true, pieces, None, false)?;
         let this = self.clone();
         Ok(async move {
             let body = this.await_reply(ProduceRequest::KEY, rx).await?;
@@ -422,11 +598,14 @@ impl Connection {
             body,
             Some(expect_response),
             None,
+            false,
         )
     }
 
     /// Encodes and queues a request. `expect_response` is `None` or
-    /// `Some(false)` for requests without a response.
+    /// `Some(false)` for requests without a response; `direct` requests
+    /// pass the re-authentication gate.
+    #[allow(clippy::too_many_arguments)]
     fn queue_frame<M: kafka_protocol::protocol::Encodable>(
         &self,
         api_key: i16,
@@ -435,6 +614,7 @@ impl Connection {
         body: &M,
         expect_response: Option<bool>,
         written: Option<oneshot::Sender<()>>,
+        direct: bool,
     ) -> Result<Option<oneshot::Receiver<Result<Bytes>>>> {
         let expect_response = expect_response.unwrap_or(false);
         if self.is_closed() {
@@ -459,6 +639,7 @@ impl Connection {
                 tail: Vec::new(),
             },
             written,
+            direct,
         )
     }
 
@@ -471,6 +652,7 @@ impl Connection {
         expect_response: bool,
         frame: crate::protocol::Pieces,
         written: Option<oneshot::Sender<()>>,
+        direct: bool,
     ) -> Result<Option<oneshot::Receiver<Result<Bytes>>>> {
         let rx = if expect_response {
             let (reply, rx) = oneshot::channel();
@@ -489,7 +671,7 @@ impl Connection {
         } else {
             None
         };
-        self.push(frame, written)?;
+        self.push(frame, written, direct)?;
         Ok(rx)
     }
 
@@ -497,11 +679,28 @@ impl Connection {
         &self,
         frame: crate::protocol::Pieces,
         written: Option<oneshot::Sender<()>>,
+        direct: bool,
     ) -> Result<()> {
         let out = Outgoing {
             frame: frame.head,
             tail: frame.tail,
             written,
+        };
+        // On a SASL connection the check and the send happen under the
+        // gate's lock, so a request is either out before a
+        // re-authentication starts or held until it ends.
+        let _gate = match (&self.shared.gate, direct) {
+            (Some(gate), false) => {
+                let mut g = gate.lock().map_err(|_| Error::Disconnected {
+                    broker: self.shared.addr.clone(),
+                })?;
+                if g.closed {
+                    g.held.push(out);
+                    return Ok(());
+                }
+                Some(g)
+            }
+            _ => None,
         };
         if self.tx.send(out).is_err() {
             self.shared.close();
@@ -544,6 +743,50 @@ impl Connection {
                     after: timeout,
                 })
             }
+        }
+    }
+}
+
+/// KIP-368: re-authenticates at 85–95% of each session lifetime the broker
+/// grants (the spread keeps a client's connections from doing it at once);
+/// a failure closes the connection, which its users then open anew.
+async fn reauthenticate(conn: Connection, sasl: crate::security::SaslSettings, first: Duration) {
+    let mut lifetime = first;
+    while !lifetime.is_zero() {
+        let share = rand::random_range(0.85..0.95);
+        tokio::time::sleep(lifetime.mul_f64(share)).await;
+        if conn.is_closed() {
+            return;
+        }
+        match conn.authenticate(&sasl, true).await {
+            Ok(next) => {
+                tracing::debug!(broker = %conn.addr(), lifetime = ?next, "re-authenticated");
+                lifetime = next;
+            }
+            Err(e) => {
+                tracing::warn!(broker = %conn.addr(), error = %e, "re-authentication failed, closing the connection");
+                conn.shared.close();
+                return;
+            }
+        }
+    }
+}
+
+/// A failed TLS handshake: rustls' verdict as [`Error::Tls`], anything
+/// else as the socket error it is.
+fn tls_error(addr: &str, e: std::io::Error) -> Error {
+    let is_tls = e
+        .get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+    if is_tls || e.kind() == std::io::ErrorKind::InvalidData {
+        Error::Tls {
+            broker: addr.to_owned(),
+            reason: e.to_string(),
+        }
+    } else {
+        Error::Io {
+            broker: addr.to_owned(),
+            source: e,
         }
     }
 }
@@ -642,7 +885,14 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, shared: Arc<Shared>) {
             }
         }
         match rd.read_buf(&mut buf).await {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
+            Err(e) => {
+                let is_tls = e
+                    .get_ref()
+                    .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
+                shared.close_because(is_tls.then(|| e.to_string()));
+                return;
+            }
             Ok(_) => {}
         }
     }

@@ -154,6 +154,26 @@ pub enum Error {
         /// Which setting imposes it.
         setting: &'static str,
     },
+    /// The TLS handshake with a broker failed (an untrusted or misnamed
+    /// certificate, no common protocol, a refused client certificate).
+    #[error("TLS with broker {broker} failed: {reason}")]
+    Tls {
+        /// `host:port`.
+        broker: String,
+        /// What rustls or the broker said.
+        reason: String,
+    },
+    /// SASL authentication with a broker failed (wrong credentials, a
+    /// mechanism the broker does not enable, a refused token).
+    #[error("SASL {mechanism} authentication with broker {broker} failed: {message}")]
+    Authentication {
+        /// `host:port`.
+        broker: String,
+        /// `sasl.mechanism`.
+        mechanism: &'static str,
+        /// The broker's message, or why the client gave up.
+        message: String,
+    },
     /// A bad configuration value.
     #[error("invalid configuration: {0}")]
     Config(String),
@@ -316,6 +336,19 @@ impl Error {
                 partition: *partition,
                 offset: *offset,
                 source: source.clone(),
+            },
+            Error::Tls { broker, reason } => Error::Tls {
+                broker: broker.clone(),
+                reason: reason.clone(),
+            },
+            Error::Authentication {
+                broker,
+                mechanism,
+                message,
+            } => Error::Authentication {
+                broker: broker.clone(),
+                mechanism,
+                message: message.clone(),
             },
             Error::UnknownPartition { topic, partition } => Error::UnknownPartition {
                 topic: topic.clone(),

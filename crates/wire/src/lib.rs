@@ -19,6 +19,7 @@ mod pool;
 pub mod producer;
 pub mod protocol;
 pub mod record;
+pub mod security;
 pub mod stats;
 pub mod types;
 

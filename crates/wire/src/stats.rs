@@ -14,6 +14,8 @@ pub(crate) struct BrokerStats {
     in_flight: AtomicI64,
     responses: AtomicU64,
     latency_micros: AtomicU64,
+    authentications: AtomicU64,
+    reauthentications: AtomicU64,
 }
 
 impl BrokerStats {
@@ -27,6 +29,15 @@ impl BrokerStats {
         self.responses.fetch_add(1, Ordering::Relaxed);
         self.latency_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+    /// A connection authenticated (SASL); `again` for a KIP-368
+    /// re-authentication of a live connection.
+    pub(crate) fn authenticated(&self, again: bool) {
+        if again {
+            self.reauthentications.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.authentications.fetch_add(1, Ordering::Relaxed);
+        }
     }
     /// Requests that will get no response (the connection closed).
     pub(crate) fn abandoned(&self, n: usize) {
@@ -60,6 +71,10 @@ pub struct BrokerSnapshot {
     pub responses: u64,
     /// The time those responses took, summed (seconds).
     pub latency_seconds: f64,
+    /// SASL authentications of new connections.
+    pub authentications: u64,
+    /// KIP-368 re-authentications of live connections.
+    pub reauthentications: u64,
 }
 
 /// Every broker this process has connected to, by address.
@@ -73,6 +88,8 @@ pub fn snapshot() -> Vec<BrokerSnapshot> {
             in_flight: s.in_flight.load(Ordering::Relaxed),
             responses: s.responses.load(Ordering::Relaxed),
             latency_seconds: s.latency_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            authentications: s.authentications.load(Ordering::Relaxed),
+            reauthentications: s.reauthentications.load(Ordering::Relaxed),
         })
         .collect()
 }

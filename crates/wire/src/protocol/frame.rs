@@ -79,6 +79,11 @@ pub fn api_name(api_key: i16) -> &'static str {
     match ApiKey::try_from(api_key) {
         Ok(ApiKey::Produce) => "Produce",
         Ok(ApiKey::Fetch) => "Fetch",
+        Ok(ApiKey::SaslHandshake) => "SaslHandshake",
+        Ok(ApiKey::SaslAuthenticate) => "SaslAuthenticate",
+        Ok(ApiKey::DescribeAcls) => "DescribeAcls",
+        Ok(ApiKey::CreateAcls) => "CreateAcls",
+        Ok(ApiKey::DeleteAcls) => "DeleteAcls",
         Ok(ApiKey::ListOffsets) => "ListOffsets",
         Ok(ApiKey::Metadata) => "Metadata",
         Ok(ApiKey::OffsetCommit) => "OffsetCommit",

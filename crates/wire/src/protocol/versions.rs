@@ -38,6 +38,11 @@ pub fn client_range(api_key: i16) -> Option<(i16, i16)> {
         ApiKey::DeleteGroups => (0, 2),
         ApiKey::ConsumerGroupHeartbeat => (0, 1),
         ApiKey::ConsumerGroupDescribe => (0, 1),
+        ApiKey::SaslHandshake => (1, 1),
+        ApiKey::SaslAuthenticate => (0, 2),
+        ApiKey::DescribeAcls => (1, 3),
+        ApiKey::CreateAcls => (1, 3),
+        ApiKey::DeleteAcls => (1, 3),
         _ => return None,
     })
 }
@@ -127,5 +132,10 @@ mod tests {
         check::<DescribeConfigsRequest>(ApiKey::DescribeConfigs);
         check::<DeleteGroupsRequest>(ApiKey::DeleteGroups);
         check::<ConsumerGroupHeartbeatRequest>(ApiKey::ConsumerGroupHeartbeat);
+        check::<SaslHandshakeRequest>(ApiKey::SaslHandshake);
+        check::<SaslAuthenticateRequest>(ApiKey::SaslAuthenticate);
+        check::<DescribeAclsRequest>(ApiKey::DescribeAcls);
+        check::<CreateAclsRequest>(ApiKey::CreateAcls);
+        check::<DeleteAclsRequest>(ApiKey::DeleteAcls);
     }
 }

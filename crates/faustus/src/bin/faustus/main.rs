@@ -448,6 +448,12 @@ async fn main() {
             Some(faustus::wire::Error::Bootstrap { .. }) => {
                 " (is Kafka running there? give its address with -b HOST:PORT or KAFKA_BOOTSTRAP)"
             }
+            Some(faustus::wire::Error::Authentication { .. }) => {
+                " (check -X sasl.mechanism, sasl.username and sasl.password)"
+            }
+            Some(faustus::wire::Error::Tls { .. }) => {
+                " (check -X ssl.ca.location, and ssl.certificate.location and ssl.key.location if the broker asks for a client certificate; -X ssl.endpoint.identification.algorithm= turns the host name check off)"
+            }
             _ => "",
         };
         eprintln!("faustus: {msg}{hint}");

@@ -1,0 +1,271 @@
+//! TLS with rustls (ring for cryptography; no OpenSSL): the client
+//! configuration built once from the `ssl.*` settings, and the handshake.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+
+/// Where the trusted CA certificates come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trust {
+    /// The system's store (`ssl.ca.location` unset).
+    System,
+    /// A PEM file (`ssl.ca.location`, or `ssl.truststore.location` with
+    /// `ssl.truststore.type=PEM`).
+    File(String),
+    /// PEM text (`ssl.ca.pem`, `ssl.truststore.certificates`).
+    Pem(String),
+}
+
+/// A client certificate and its key.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Identity {
+    /// PEM files (`ssl.certificate.location`, `ssl.key.location`).
+    Files {
+        /// The certificate chain.
+        certificate: String,
+        /// The private key (PKCS#8, PKCS#1 or SEC1; unencrypted).
+        key: String,
+    },
+    /// PEM text (`ssl.certificate.pem`, `ssl.key.pem`; or the Java
+    /// client's `ssl.keystore.certificate.chain`, `ssl.keystore.key`).
+    Pem {
+        /// The certificate chain.
+        certificate: String,
+        /// The private key.
+        key: String,
+    },
+}
+
+impl std::fmt::Debug for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Identity::Files { certificate, key } => f
+                .debug_struct("Files")
+                .field("certificate", certificate)
+                .field("key", key)
+                .finish(),
+            Identity::Pem { .. } => f.write_str("Pem(<redacted>)"),
+        }
+    }
+}
+
+/// The `ssl.*` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// Trusted CAs.
+    pub trust: Trust,
+    /// The client's certificate, for brokers that ask for one
+    /// (`ssl.client.auth=required`).
+    pub identity: Option<Identity>,
+    /// Whether the broker's certificate must name the host connected to
+    /// (`ssl.endpoint.identification.algorithm=https`, the default; empty
+    /// or `none` turns it off).
+    pub verify_hostname: bool,
+}
+
+impl TlsSettings {
+    /// Builds the rustls configuration: reads the files, parses the PEM.
+    /// Every failure names the setting it came from.
+    pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        match &self.trust {
+            Trust::System => {
+                let found = rustls_native_certs::load_native_certs();
+                for cert in found.certs {
+                    let _ = roots.add(cert);
+                }
+                if roots.is_empty() {
+                    return Err(
+                        "ssl.ca.location is unset and no system CA certificates were found: set ssl.ca.location to the CA's PEM file".into(),
+                    );
+                }
+            }
+            Trust::File(path) => {
+                let certs = CertificateDer::pem_file_iter(path)
+                    .map_err(|e| format!("ssl.ca.location={path}: {e}"))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("ssl.ca.location={path}: {e}"))?;
+                add_all(&mut roots, certs, &format!("ssl.ca.location={path}"))?;
+            }
+            Trust::Pem(text) => {
+                let certs = CertificateDer::pem_slice_iter(text.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("ssl.ca.pem: {e}"))?;
+                add_all(&mut roots, certs, "ssl.ca.pem")?;
+            }
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS: {e}"))?;
+        let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| format!("TLS trust store: {e}"))?;
+        let verifier: Arc<dyn ServerCertVerifier> = if self.verify_hostname {
+            webpki
+        } else {
+            Arc::new(AnyName(webpki))
+        };
+        let builder = builder
+            .dangerous()
+            .with_custom_certificate_verifier(verifier);
+        let config = match &self.identity {
+            None => builder.with_no_client_auth(),
+            Some(identity) => {
+                let (chain, key) = load_identity(identity)?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| format!("ssl.certificate/ssl.key: {e}"))?
+            }
+        };
+        Ok(Arc::new(config))
+    }
+}
+
+fn add_all(
+    roots: &mut RootCertStore,
+    certs: Vec<CertificateDer<'static>>,
+    what: &str,
+) -> Result<(), String> {
+    if certs.is_empty() {
+        return Err(format!("{what}: no PEM certificate found"));
+    }
+    for c in certs {
+        roots.add(c).map_err(|e| format!("{what}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn load_identity(
+    identity: &Identity,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let (chain, key) = match identity {
+        Identity::Files { certificate, key } => (
+            CertificateDer::pem_file_iter(certificate)
+                .map_err(|e| format!("ssl.certificate.location={certificate}: {e}"))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("ssl.certificate.location={certificate}: {e}"))?,
+            PrivateKeyDer::from_pem_file(key).map_err(|e| {
+                format!("ssl.key.location={key}: {e} (an unencrypted PEM key is needed)")
+            })?,
+        ),
+        Identity::Pem { certificate, key } => (
+            CertificateDer::pem_slice_iter(certificate.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| format!("ssl.certificate.pem: {e}"))?,
+            PrivateKeyDer::from_pem_slice(key.as_bytes())
+                .map_err(|e| format!("ssl.key.pem: {e} (an unencrypted PEM key is needed)"))?,
+        ),
+    };
+    if chain.is_empty() {
+        return Err("the client certificate file holds no PEM certificate".into());
+    }
+    Ok((chain, key))
+}
+
+/// The server name to verify for `host` (a DNS name or an IP address).
+pub fn server_name(host: &str) -> Result<ServerName<'static>, String> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_owned())
+        .map_err(|e| format!("`{host}` is not a valid TLS server name: {e}"))
+}
+
+/// Chain verification without the hostname check
+/// (`ssl.endpoint.identification.algorithm=`): the certificate must still be
+/// issued by a trusted CA and be valid now.
+#[derive(Debug)]
+struct AnyName(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for AnyName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_files_name_the_setting() {
+        let s = TlsSettings {
+            trust: Trust::File("/nonexistent/ca.pem".into()),
+            identity: None,
+            verify_hostname: true,
+        };
+        let err = s.client_config().expect_err("no file");
+        assert!(
+            err.starts_with("ssl.ca.location=/nonexistent/ca.pem"),
+            "{err}"
+        );
+        let s = TlsSettings {
+            trust: Trust::Pem("not a certificate".into()),
+            identity: None,
+            verify_hostname: false,
+        };
+        let err = s.client_config().expect_err("no pem");
+        assert!(err.contains("no PEM certificate"), "{err}");
+    }
+
+    #[test]
+    fn server_names_for_hosts_and_addresses() {
+        assert!(server_name("broker-1.example.com").is_ok());
+        assert!(matches!(
+            server_name("127.0.0.1"),
+            Ok(ServerName::IpAddress(_))
+        ));
+        assert!(matches!(server_name("[::1]"), Ok(ServerName::IpAddress(_))));
+        assert!(server_name("bad name").is_err());
+    }
+
+    #[test]
+    fn pem_identities_are_redacted_in_debug() {
+        let id = Identity::Pem {
+            certificate: "CERT".into(),
+            key: "PRIVATE".into(),
+        };
+        assert!(!format!("{id:?}").contains("PRIVATE"));
+    }
+}
