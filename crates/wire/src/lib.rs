@@ -7,6 +7,7 @@
 //! `docs/architecture.md`.
 #![deny(missing_docs)]
 
+pub mod acl;
 pub mod admin;
 pub mod client;
 pub mod config;

@@ -713,6 +713,17 @@ async fn run_sender(inner: Arc<Inner>) {
                     lock(&inner.acc).set_producer(id, epoch);
                     init_attempt = 0;
                 }
+                Err(e) if e.action() == crate::Action::Fail => {
+                    // Not authorized (or another error no retry can fix):
+                    // every waiting record fails with it now rather than
+                    // at delivery.timeout.ms.
+                    tracing::warn!(error = %e, "InitProducerId failed; failing the waiting records");
+                    lock(&inner.acc).fail_unsent(&e);
+                    let delay = inner.client.retry_backoff().delay(init_attempt);
+                    init_attempt += 1;
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "InitProducerId failed; retrying");
                     let delay = inner.client.retry_backoff().delay(init_attempt);

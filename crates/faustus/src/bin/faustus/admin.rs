@@ -5,7 +5,129 @@ use std::collections::BTreeMap;
 use anyhow::{bail, Context as _, Result};
 use faustus::wire::{Admin, Client, ClientConfig, NewTopic, OffsetSpec, Properties};
 
-use crate::{GroupAction, TopicAction};
+use crate::{AclAction, AclArgs, GroupAction, TopicAction};
+use faustus::wire::acl::{AclBinding, AclFilter, Operation, PatternType, Permission, ResourceType};
+
+/// The resource the flags name, if any.
+fn acl_resource(a: &AclArgs) -> Option<(ResourceType, String)> {
+    if let Some(t) = &a.topic {
+        Some((ResourceType::Topic, t.clone()))
+    } else if let Some(g) = &a.group {
+        Some((ResourceType::Group, g.clone()))
+    } else if let Some(x) = &a.transactional_id {
+        Some((ResourceType::TransactionalId, x.clone()))
+    } else if a.cluster {
+        Some((ResourceType::Cluster, "kafka-cluster".into()))
+    } else {
+        None
+    }
+}
+
+fn acl_filter(principal: Option<String>, a: &AclArgs) -> Result<Vec<AclFilter>> {
+    let (resource_type, name) = match acl_resource(a) {
+        Some((t, n)) => (t, Some(n)),
+        None => (ResourceType::Any, None),
+    };
+    let pattern = match &a.resource_pattern_type {
+        Some(p) => p.parse()?,
+        None => PatternType::Any,
+    };
+    let operations: Vec<Operation> = if a.operations.is_empty() {
+        vec![Operation::Any]
+    } else {
+        a.operations
+            .iter()
+            .map(|o| o.parse())
+            .collect::<Result<_, _>>()?
+    };
+    Ok(operations
+        .into_iter()
+        .map(|operation| AclFilter {
+            resource_type,
+            name: name.clone(),
+            pattern,
+            principal: principal.clone(),
+            host: a.host.clone(),
+            operation,
+            permission: Permission::Any,
+        })
+        .collect())
+}
+
+fn print_acl(a: &AclBinding) {
+    out!(
+        "{}\t{}\t{}\t{}\t{}\t{}\t{}",
+        a.principal,
+        a.permission,
+        a.operation,
+        a.resource_type,
+        a.name,
+        a.pattern,
+        a.host
+    );
+}
+
+pub(crate) async fn acls(props: &Properties, action: AclAction) -> Result<()> {
+    let admin = Admin::new(Client::connect(ClientConfig::from_properties(props)?).await?);
+    match action {
+        AclAction::List { principal, acl } => {
+            let mut all = Vec::new();
+            for f in acl_filter(principal, &acl)? {
+                all.extend(admin.describe_acls(&f).await?);
+            }
+            all.sort();
+            all.dedup();
+            for a in &all {
+                print_acl(a);
+            }
+        }
+        AclAction::Create { allow, deny, acl } => {
+            let Some((resource_type, name)) = acl_resource(&acl) else {
+                bail!("acls create: name the resource (--topic, --group, --transactional-id or --cluster)");
+            };
+            if acl.operations.is_empty() {
+                bail!("acls create: give at least one --operation");
+            }
+            if allow.is_empty() && deny.is_empty() {
+                bail!("acls create: give --allow-principal or --deny-principal (User:NAME)");
+            }
+            let pattern = match &acl.resource_pattern_type {
+                Some(p) => p.parse()?,
+                None => PatternType::Literal,
+            };
+            let mut bindings = Vec::new();
+            for (principals, permission) in [(&allow, Permission::Allow), (&deny, Permission::Deny)]
+            {
+                for p in principals {
+                    for o in &acl.operations {
+                        bindings.push(AclBinding {
+                            resource_type,
+                            name: name.clone(),
+                            pattern,
+                            principal: p.clone(),
+                            host: acl.host.clone().unwrap_or_else(|| "*".into()),
+                            operation: o.parse()?,
+                            permission,
+                        });
+                    }
+                }
+            }
+            for (b, res) in bindings.iter().zip(admin.create_acls(&bindings).await?) {
+                res.with_context(|| format!("creating {b}"))?;
+                print_acl(b);
+            }
+        }
+        AclAction::Delete { principal, acl } => {
+            let filters = acl_filter(principal, &acl)?;
+            for res in admin.delete_acls(&filters).await? {
+                for a in res? {
+                    print_acl(&a);
+                }
+            }
+        }
+    }
+    Ok(())
+}
 
 pub(crate) async fn groups(props: &Properties, action: GroupAction) -> Result<()> {
     let admin = Admin::new(Client::connect(ClientConfig::from_properties(props)?).await?);

@@ -289,6 +289,21 @@ binary int32, %% percent; escapes \\n \\t \\r \\xNN.")]
         #[command(subcommand)]
         action: TopicAction,
     },
+    /// Manage ACLs (kafka-acls.sh's flags), on a cluster with an authorizer.
+    #[command(after_help = "Examples:
+  faustus acls create --allow-principal User:alice --operation read --operation describe --topic orders
+  faustus acls create --allow-principal User:alice --operation read --group billing
+  faustus acls create --allow-principal User:svc --operation write --topic svc- --resource-pattern-type prefixed
+  faustus acls list --principal User:alice
+  faustus acls delete --principal User:alice --topic orders
+Secured clusters: -X security.protocol=SASL_SSL -X sasl.mechanism=SCRAM-SHA-512
+  -X sasl.username=admin -X sasl.password=... -X ssl.ca.location=ca.pem")]
+    Acls {
+        #[command(flatten)]
+        conn: Conn,
+        #[command(subcommand)]
+        action: AclAction,
+    },
     /// Round-trip records through Kafka and print what happened.
     #[command(after_help = "Example:\n  faustus demo -n 100000")]
     Demo {
@@ -370,6 +385,66 @@ enum GroupAction {
         /// To this offset.
         #[arg(long, group = "to")]
         to_offset: Option<i64>,
+    },
+}
+
+/// The resource and principal flags of `faustus acls` (kafka-acls.sh's).
+#[derive(Debug, clap::Args)]
+struct AclArgs {
+    /// A topic (`*` for all).
+    #[arg(long, group = "resource")]
+    topic: Option<String>,
+    /// A consumer group (`*` for all).
+    #[arg(long, group = "resource")]
+    group: Option<String>,
+    /// A transactional.id (`*` for all).
+    #[arg(long, group = "resource")]
+    transactional_id: Option<String>,
+    /// The cluster.
+    #[arg(long, group = "resource")]
+    cluster: bool,
+    /// literal (default for create), prefixed; for list and delete also
+    /// any (default) and match.
+    #[arg(long)]
+    resource_pattern_type: Option<String>,
+    /// Operations: read, write, create, delete, alter, describe,
+    /// cluster-action, describe-configs, alter-configs, idempotent-write,
+    /// all (repeatable).
+    #[arg(long = "operation")]
+    operations: Vec<String>,
+    /// The client host the ACL applies to (default `*`).
+    #[arg(long)]
+    host: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum AclAction {
+    /// List ACLs (all, or those the flags select).
+    List {
+        /// Only this principal's (User:NAME).
+        #[arg(long)]
+        principal: Option<String>,
+        #[command(flatten)]
+        acl: AclArgs,
+    },
+    /// Create ACLs: each operation for each principal on the resource.
+    Create {
+        /// Principals to allow (User:NAME, repeatable).
+        #[arg(long = "allow-principal")]
+        allow: Vec<String>,
+        /// Principals to deny (User:NAME, repeatable).
+        #[arg(long = "deny-principal")]
+        deny: Vec<String>,
+        #[command(flatten)]
+        acl: AclArgs,
+    },
+    /// Delete the ACLs the flags select, and print them.
+    Delete {
+        /// Only this principal's (User:NAME).
+        #[arg(long)]
+        principal: Option<String>,
+        #[command(flatten)]
+        acl: AclArgs,
     },
 }
 
@@ -564,6 +639,7 @@ async fn run(cli: Cli) -> Result<()> {
             action: AppAction::Status { app },
         } => admin::app_status(&conn.properties()?, &app).await,
         Command::Topics { conn, action } => admin::topics(&conn.properties()?, action).await,
+        Command::Acls { conn, action } => admin::acls(&conn.properties()?, action).await,
         Command::Demo { conn, records } => demo::demo(&conn.properties()?, records).await,
     }
 }
