@@ -125,6 +125,28 @@ enum Backend {
     Docker(Box<docker::Running>),
 }
 
+/// The listener a secured cluster's bootstrap names
+/// ([`KafkaCluster::start_secured`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// TLS, client certificates required.
+    Ssl,
+    /// SASL over plain TCP.
+    SaslPlaintext,
+    /// SASL over TLS.
+    SaslSsl,
+}
+
+impl Security {
+    fn as_arg(self) -> &'static str {
+        match self {
+            Security::Ssl => "ssl",
+            Security::SaslPlaintext => "sasl_plaintext",
+            Security::SaslSsl => "sasl_ssl",
+        }
+    }
+}
+
 /// A running Kafka cluster. Everything it started stops when it is dropped.
 pub struct KafkaCluster {
     bootstrap: String,
@@ -188,7 +210,61 @@ impl KafkaCluster {
         }
     }
 
+    /// Starts a secured cluster (`kafka up --security`): SSL with client
+    /// certificates, SASL_PLAINTEXT and SASL_SSL listeners, SCRAM users
+    /// `admin` (a super user), `alice` and `bob` (passwords `<user>-secret`)
+    /// and an authorizer. [`bootstrap`](Self::bootstrap) names the
+    /// `security` listener; [`state`](Self::state) names the others
+    /// (`KAFKA_SSL_BOOTSTRAP`, `KAFKA_SASL_PLAINTEXT_BOOTSTRAP`,
+    /// `KAFKA_SASL_SSL_BOOTSTRAP`, `KAFKA_TLS_DIR`).
+    ///
+    /// SASL sessions last `reauth` (`connections.max.reauth.ms`): clients
+    /// must re-authenticate (KIP-368) or be disconnected.
+    pub fn start_secured(
+        nodes: usize,
+        security: Security,
+        reauth: std::time::Duration,
+    ) -> Result<Self, HarnessError> {
+        let ms = reauth.as_millis().to_string();
+        Self::start_local_with(
+            nodes,
+            &["--security", security.as_arg(), "--reauth-ms", &ms],
+        )
+    }
+
+    /// A value from the harness state (`state.env`), such as
+    /// `KAFKA_SASL_SSL_BOOTSTRAP`; `None` for clusters the script did not
+    /// start.
+    pub fn state(&self, key: &str) -> Option<String> {
+        let Backend::Local { home, .. } = &self.backend else {
+            return None;
+        };
+        let text = std::fs::read_to_string(home.join("state.env")).ok()?;
+        let prefix = format!("{key}=");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix).map(str::to_owned))
+    }
+
+    /// The client settings of a secured cluster's bootstrap listener, as
+    /// `up` printed them (`security.protocol`, `sasl.*`, `ssl.*`); empty
+    /// for a plaintext cluster.
+    pub fn client_settings(&self) -> Vec<(String, String)> {
+        let Some(path) = self.state("KAFKA_CLIENT_PROPERTIES") else {
+            return Vec::new();
+        };
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
     fn start_local(nodes: usize) -> Result<Self, HarnessError> {
+        Self::start_local_with(nodes, &[])
+    }
+
+    fn start_local_with(nodes: usize, extra: &[&str]) -> Result<Self, HarnessError> {
         static SEQ: AtomicUsize = AtomicUsize::new(0);
         let home = clusters_root().join(format!(
             "{}-{}",
@@ -197,7 +273,9 @@ impl KafkaCluster {
         ));
         let owner = std::process::id().to_string();
         let nodes_arg = nodes.to_string();
-        let out = run_script(&home, &["up", "--nodes", &nodes_arg, "--owner", &owner])?;
+        let mut args = vec!["up", "--nodes", &nodes_arg, "--owner", &owner];
+        args.extend_from_slice(extra);
+        let out = run_script(&home, &args)?;
         let bootstrap = parse_bootstrap(&out.stdout).ok_or_else(|| {
             HarnessError::NoBootstrap(String::from_utf8_lossy(&out.stdout).into_owned())
         })?;

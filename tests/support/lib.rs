@@ -265,7 +265,22 @@ pub async fn read_with_headers(bootstrap: &str, topic: &str) -> Vec<FullRecord> 
 /// Every record of `topic` up to its end offsets (the last stable offsets
 /// under read_committed), with headers, timestamps and tombstones.
 pub async fn read_records(bootstrap: &str, topic: &str, read_committed: bool) -> Vec<FullRecord> {
-    let props = Properties::new().set("bootstrap.servers", bootstrap).set(
+    read_records_with(
+        Properties::new().set("bootstrap.servers", bootstrap),
+        topic,
+        read_committed,
+    )
+    .await
+}
+
+/// [`read_records`] with the client settings in `props` (a secured
+/// cluster's `security.protocol`, `sasl.*`, `ssl.*`).
+pub async fn read_records_with(
+    props: Properties,
+    topic: &str,
+    read_committed: bool,
+) -> Vec<FullRecord> {
+    let props = props.set(
         "isolation.level",
         if read_committed {
             "read_committed"
