@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use faustus_suite::{read_records_with, unique_topic, Deadline, ScratchDir};
 use faustus_testcontainers::{KafkaCluster, Security};
-use faustus_wire::acl::{AclBinding, AclFilter, Operation, ResourceType};
+use faustus_wire::acl::{AclBinding, AclFilter, Operation, PatternType, ResourceType};
 use faustus_wire::consumer::{Consumer, ConsumerConfig, Offset};
 use faustus_wire::group::{GroupConfig, GroupConsumer, NoListener};
 use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
@@ -215,6 +215,28 @@ async fn wrong_credentials_are_a_typed_error_at_once() {
                 assert!(message.contains("Authentication failed"), "{message}");
             }
             other => panic!("{mechanism} {user}: expected an authentication error, got {other:?}"),
+        }
+    }
+    // No credentials at all. A SASL listener hangs up on the first request
+    // after ApiVersions (retried, as a broker going down looks the same,
+    // and reported with the reason); a TLS listener answers in TLS.
+    let plain = |bootstrap: String| {
+        Properties::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("default.api.timeout.ms", "2000")
+    };
+    let bare = plain(state("KAFKA_SASL_PLAINTEXT_BOOTSTRAP"));
+    match Client::connect(ClientConfig::from_properties(&bare).expect("config")).await {
+        Err(Error::Bootstrap { last, .. }) => assert!(last.contains("requires SASL"), "{last}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    for listener in ["KAFKA_SSL_BOOTSTRAP", "KAFKA_SASL_SSL_BOOTSTRAP"] {
+        let bare = plain(state(listener));
+        match Client::connect(ClientConfig::from_properties(&bare).expect("config")).await {
+            Err(Error::Tls { reason, .. }) => {
+                assert!(reason.contains("answered in TLS"), "{reason}")
+            }
+            other => panic!("{listener}: expected a TLS error, got {other:?}"),
         }
     }
 }
@@ -474,21 +496,53 @@ async fn page_views_counts_exactly_over_sasl_ssl_and_stops_when_refused() {
     }
     faustus_suite::stop_worker(w);
 
-    // alice may not read the clicks: the worker says so and exits.
-    let mut refused = worker("alice", "alice");
-    let deadline = Deadline::new("the refused worker to exit", Duration::from_secs(90));
-    let status = loop {
-        if let Some(s) = refused.try_wait().expect("wait") {
-            break s;
+    // alice may not touch the clicks: the worker says so, naming the
+    // topic, and exits. Given the topics and transactional ids but not the
+    // group, it names the group.
+    let refused = |name: &'static str| {
+        let mut child = worker("alice", name);
+        let dir = dir.path().to_owned();
+        async move {
+            let deadline = Deadline::new("the refused worker to exit", Duration::from_secs(90));
+            let status = loop {
+                if let Some(s) = child.try_wait().expect("wait") {
+                    break s;
+                }
+                deadline.check("running");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+            assert!(!status.success(), "{log}");
+            faustus_suite::log_tail(&log, 3)
         }
-        deadline.check("running");
-        tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let log = std::fs::read_to_string(dir.path().join("alice.log")).unwrap_or_default();
-    assert!(!status.success(), "{log}");
+    let log = refused("alice").await;
     assert!(
-        log.contains("AUTHORIZATION_FAILED"),
-        "{}",
-        faustus_suite::log_tail(&log, 20)
+        log.contains("TOPIC_AUTHORIZATION_FAILED") && log.contains(&topic),
+        "{log}"
+    );
+    let prefixed = |resource_type, operation| AclBinding {
+        pattern: PatternType::Prefixed,
+        ..AclBinding::allow("User:alice", resource_type, &app, operation)
+    };
+    let mut grants = Vec::new();
+    for op in [
+        Operation::Read,
+        Operation::Write,
+        Operation::Describe,
+        Operation::Create,
+    ] {
+        grants.push(prefixed(ResourceType::Topic, op));
+    }
+    for op in [Operation::Write, Operation::Describe] {
+        grants.push(prefixed(ResourceType::TransactionalId, op));
+    }
+    for r in admin().await.create_acls(&grants).await.expect("acls") {
+        r.expect("acl");
+    }
+    let log = refused("alice-no-group").await;
+    assert!(
+        log.contains("GROUP_AUTHORIZATION_FAILED") && log.contains(&format!("group `{app}`")),
+        "{log}"
     );
 }

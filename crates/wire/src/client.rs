@@ -147,7 +147,9 @@ impl Client {
                     Ok(Ok(())) => return Ok(()),
                     // Wrong credentials or certificates: trying again
                     // cannot help.
-                    Ok(Err(e @ (Error::Authentication { .. } | Error::Tls { .. }))) => {
+                    Ok(Err(e @ (Error::Authentication { .. } | Error::Tls { .. })))
+                        if e.action() == crate::Action::Fail =>
+                    {
                         return Err(e)
                     }
                     Ok(Err(e)) => last = e.to_string(),

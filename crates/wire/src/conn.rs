@@ -73,6 +73,21 @@ struct Shared {
     closed: AtomicBool,
     throttled_until: Mutex<Option<Instant>>,
     stats: Arc<crate::stats::BrokerStats>,
+    /// Responses read on this connection.
+    responses: std::sync::atomic::AtomicU64,
+    /// `security.protocol` of this connection.
+    protocol: crate::security::Protocol,
+}
+
+/// Why a connection closed, when it says more than "closed".
+enum Closed {
+    /// TLS failed (a broker that refused our certificate says so only
+    /// after the handshake, in TLS 1.3), or the broker speaks TLS and we
+    /// do not.
+    Tls(String),
+    /// The broker hung up on our first request after ApiVersions: its
+    /// listener wants SASL and we sent none.
+    NeedsSasl,
 }
 
 impl Shared {
@@ -81,10 +96,9 @@ impl Shared {
         self.close_because(None);
     }
 
-    /// [`close`](Self::close), failing requests in flight with
-    /// [`Error::Tls`] when TLS gave the reason (a broker that refused our
-    /// certificate says so only after the handshake, in TLS 1.3).
-    fn close_because(&self, tls: Option<String>) {
+    /// [`close`](Self::close), failing requests in flight with the error
+    /// `why` names.
+    fn close_because(&self, why: Option<Closed>) {
         self.closed.store(true, Ordering::Release);
         let drained: Vec<Pending> = match self.pending.lock() {
             Ok(mut p) => p.drain().map(|(_, v)| v).collect(),
@@ -92,10 +106,18 @@ impl Shared {
         };
         self.stats.abandoned(drained.len());
         for p in drained {
-            let _ = p.reply.send(Err(match &tls {
-                Some(reason) => Error::Tls {
+            let _ = p.reply.send(Err(match &why {
+                Some(Closed::Tls(reason)) => Error::Tls {
                     broker: self.addr.clone(),
                     reason: reason.clone(),
+                },
+                Some(Closed::NeedsSasl) => Error::Authentication {
+                    broker: self.addr.clone(),
+                    mechanism: "(none)",
+                    message: format!(
+                        "the broker closed the connection when sent a request without SASL authentication: its listener requires SASL (security.protocol is {:?}; set SASL_SSL or SASL_PLAINTEXT and sasl.mechanism)",
+                        self.protocol
+                    ),
                 },
                 None => Error::Disconnected {
                     broker: self.addr.clone(),
@@ -103,6 +125,20 @@ impl Shared {
             }));
         }
     }
+
+    /// What an unexpected end of the connection means, judged by how far
+    /// it got: only ApiVersions answered, on a connection without SASL, is
+    /// a SASL listener refusing us.
+    fn closed_by_broker(&self) -> Option<Closed> {
+        let answered = self.responses.load(Ordering::Relaxed);
+        (answered == 1 && !self.protocol.sasl()).then_some(Closed::NeedsSasl)
+    }
+}
+
+/// A TLS record (an alert or handshake: content type 21 or 22, version
+/// 3.x) where a Kafka response should start: the broker speaks TLS.
+fn looks_like_tls(buf: &[u8]) -> bool {
+    matches!(buf, [0x15 | 0x16, 0x03, ..])
 }
 
 /// A connection to one broker, shared by all users of that broker.
@@ -210,6 +246,8 @@ impl Connection {
             closed: AtomicBool::new(false),
             throttled_until: Mutex::new(None),
             stats: crate::stats::for_broker(addr),
+            responses: std::sync::atomic::AtomicU64::new(0),
+            protocol: opts.security.protocol,
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = tokio::spawn(write_loop(wr, rx, shared.clone()));
@@ -885,15 +923,28 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, shared: Arc<Shared>) {
             }
         }
         match rd.read_buf(&mut buf).await {
-            Ok(0) => break,
+            Ok(0) => {
+                shared.close_because(shared.closed_by_broker());
+                return;
+            }
             Err(e) => {
                 let is_tls = e
                     .get_ref()
                     .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
-                shared.close_because(is_tls.then(|| e.to_string()));
+                shared.close_because(is_tls.then(|| Closed::Tls(e.to_string())));
                 return;
             }
             Ok(_) => {}
+        }
+        if shared.responses.load(Ordering::Relaxed) == 0
+            && !shared.protocol.tls()
+            && looks_like_tls(&buf)
+        {
+            shared.close_because(Some(Closed::Tls(
+                "the broker answered in TLS: its listener needs security.protocol=SSL or SASL_SSL"
+                    .into(),
+            )));
+            return;
         }
     }
     shared.close();
@@ -922,6 +973,7 @@ fn deliver(shared: &Shared, mut frame: Bytes) -> bool {
         return true;
     };
     shared.stats.answered(p.sent.elapsed());
+    shared.responses.fetch_add(1, Ordering::Relaxed);
     let res = read_response_header(&mut frame, p.header_version)
         .map(|_| frame)
         .map_err(|source| Error::Frame {

@@ -250,6 +250,13 @@ impl Error {
                 Action::Retry { refresh: true }
             }
             Error::UnknownPartition { .. } => Action::Retry { refresh: true },
+            // A connection closed after ApiVersions without SASL: most
+            // likely a SASL listener, but a broker going down does the
+            // same, so it is retried (and reported if it lasts).
+            Error::Authentication {
+                mechanism: "(none)",
+                ..
+            } => Action::Retry { refresh: true },
             Error::Transaction {
                 error: TxnError::Abortable(_),
                 ..
@@ -520,6 +527,12 @@ impl std::fmt::Display for TxnError {
         match self {
             Self::State { call, state } => write!(f, "{call} is not allowed in state {state:?}"),
             Self::Abortable(why) => write!(f, "the transaction must be aborted: {why}"),
+            Self::Fatal(code, why)
+                if *code == ErrorCode::TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+                    || *code == ErrorCode::CLUSTER_AUTHORIZATION_FAILED =>
+            {
+                write!(f, "not authorized ({code}): {why}")
+            }
             Self::Fatal(code, why) => write!(f, "the producer is fenced or broken ({code}): {why}"),
         }
     }

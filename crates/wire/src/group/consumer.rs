@@ -797,6 +797,22 @@ impl<L: RebalanceListener> GroupConsumer<L> {
                     .await
                 {
                     Ok(_) => vec![Event::CoordinatorFound],
+                    // GROUP_AUTHORIZATION_FAILED and the like: no retry
+                    // can fix them, so the caller hears of them.
+                    Err(Error::Server {
+                        code,
+                        message,
+                        context,
+                    }) if !code.is_retriable() && !code.is_coordinator_error() => {
+                        return Err(Error::Server {
+                            code,
+                            message: Some(match message {
+                                Some(m) => format!("group `{group}`: {m}"),
+                                None => format!("group `{group}`"),
+                            }),
+                            context,
+                        })
+                    }
                     Err(e) => {
                         tracing::debug!(group, error = %e, "FindCoordinator failed");
                         vec![Event::CoordinatorLost]
@@ -809,6 +825,7 @@ impl<L: RebalanceListener> GroupConsumer<L> {
                 generation,
             } => match self.join_group(&member_id, &owned, generation).await {
                 Ok(e) => vec![e],
+                Err(e) if e.action() == crate::Action::Fail && e.code().is_some() => return Err(e),
                 Err(e) => {
                     tracing::debug!(group, error = %e, "JoinGroup failed");
                     vec![Event::CoordinatorLost]

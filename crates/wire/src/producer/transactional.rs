@@ -395,7 +395,7 @@ impl TransactionalProducer {
                         Ok(_) => TxnEvent::CoordinatorFound,
                         Err(e) => {
                             tracing::debug!(transactional_id = %txn.id, error = %e, "FindCoordinator failed");
-                            TxnEvent::CoordinatorLost
+                            refused_or_lost(&e)
                         }
                     }
                 }
@@ -473,7 +473,7 @@ impl TransactionalProducer {
     fn lost(&self, e: Error) -> TxnEvent {
         tracing::debug!(transactional_id = %self.txn.id, error = %e, "transaction request failed");
         self.txn.forget_coordinator(&self.producer.inner);
-        TxnEvent::CoordinatorLost
+        refused_or_lost(&e)
     }
 
     async fn coordinator_conn(&self) -> Result<crate::conn::Connection> {
@@ -601,5 +601,15 @@ impl TransactionalProducer {
         let resp = conn.call(&req).await?;
         conn.throttle(resp.throttle_time_ms);
         Ok(ErrorCode(resp.error_code))
+    }
+}
+
+/// A failed coordinator request as the state machine's event: the broker's
+/// refusal (an authorization error, say) when no retry can fix it, else a
+/// lost coordinator to look up again.
+fn refused_or_lost(e: &Error) -> TxnEvent {
+    match e.code() {
+        Some(code) if e.action() == crate::Action::Fail => TxnEvent::CoordinatorRefused(code),
+        _ => TxnEvent::CoordinatorLost,
     }
 }

@@ -56,6 +56,9 @@ pub enum TxnEvent {
     /// FindCoordinator failed, or a request to the coordinator could not be
     /// sent or answered.
     CoordinatorLost,
+    /// FindCoordinator, or a request to the coordinator, answered with an
+    /// error no retry can fix (TRANSACTIONAL_ID_AUTHORIZATION_FAILED, ...).
+    CoordinatorRefused(ErrorCode),
     /// InitProducerId answered.
     ProducerId {
         /// Error code.
@@ -387,6 +390,13 @@ impl TxnMachine {
             }
             TxnEvent::CoordinatorLost => {
                 self.coordinator_known = false;
+                self.resend(now, true)
+            }
+            TxnEvent::CoordinatorRefused(code) => {
+                self.coordinator_known = false;
+                if classify(code) == Kind::Fatal {
+                    return self.fatal(code, "FindCoordinator");
+                }
                 self.resend(now, true)
             }
             TxnEvent::ProducerId { code, id, epoch } => {
@@ -798,6 +808,29 @@ mod tests {
             matches!(a.as_slice(), [TxnAction::CommitOffsets { not_before, .. }] if *not_before == now + Duration::from_millis(1)),
             "{a:?}"
         );
+    }
+
+    #[test]
+    fn a_refused_coordinator_lookup_is_fatal_not_retried() {
+        let now = Instant::now();
+        let mut m = machine();
+        let _ = m.handle(now, TxnEvent::Init);
+        // Transient: looked up again.
+        assert!(matches!(
+            m.handle(
+                now,
+                TxnEvent::CoordinatorRefused(ErrorCode::COORDINATOR_NOT_AVAILABLE)
+            )
+            .as_slice(),
+            [TxnAction::FindCoordinator { .. }]
+        ));
+        // Not authorized for the transactional.id: init fails, once.
+        let code = ErrorCode::TRANSACTIONAL_ID_AUTHORIZATION_FAILED;
+        assert!(matches!(
+            m.handle(now, TxnEvent::CoordinatorRefused(code)).as_slice(),
+            [TxnAction::Complete(Err(TxnError::Fatal(c, _)))] if *c == code
+        ));
+        assert_eq!(m.state(), TxnState::Fatal);
     }
 
     #[test]
