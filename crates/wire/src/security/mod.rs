@@ -17,7 +17,7 @@
 //!
 //! The settings are read and the TLS files loaded once, when the client is
 //! configured, so a bad path or a missing password is an
-//! [`Error::Config`](crate::Error::Config) naming the setting before any
+//! [`Error::Config`] naming the setting before any
 //! connection is tried.
 
 pub mod sasl;
