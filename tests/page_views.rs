@@ -16,7 +16,7 @@ use std::time::Duration;
 use faustus_suite::{read_all, read_all_settled, unique_topic, Deadline, ScratchDir};
 use faustus_testcontainers::shared;
 use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
-use faustus_wire::{Admin, NewTopic, Properties};
+use faustus_wire::{Admin, NewTopic, OffsetSpec, Properties};
 
 const PARTITIONS: i32 = 6;
 
@@ -72,6 +72,11 @@ impl Run {
 
     /// Starts worker `name` (its own state directory).
     fn worker(&self, name: &str) -> Child {
+        self.worker_with(name, &[])
+    }
+
+    /// [`worker`](Self::worker) with more `-X` settings.
+    fn worker_with(&self, name: &str, settings: &[&str]) -> Child {
         let state = self.dir.path().join(name);
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log")))
             .or_else(|_| {
@@ -91,7 +96,12 @@ impl Run {
                 "heartbeat.interval.ms=1000",
             ])
             .args(["-X", "commit.interval.ms=200"]);
-        for e in &self.extra {
+        for e in self
+            .extra
+            .iter()
+            .map(String::as_str)
+            .chain(settings.iter().copied())
+        {
             cmd.args(["-X", e]);
         }
         if let Some(t) = &self.dead_letters {
@@ -490,4 +500,108 @@ async fn a_standby_replica_makes_a_takeover_replay_only_the_tail() {
 
 fn run_log(run: &Run, name: &str) -> String {
     std::fs::read_to_string(run.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+}
+
+/// Input deleted before it was processed (retention overran a stopped
+/// worker; DeleteRecords does here what retention does): the restarted
+/// worker logs each gap with its topic, partition and offsets, resumes at
+/// the log start (`auto.offset.reset=earliest`), counts every click that
+/// is still there exactly, and `input_records_lost` counts what is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_deleted_before_it_was_processed_is_logged_counted_and_skipped() {
+    let run = Run::new("pv-gap", &[]).await;
+    let port = free_port();
+    let a = run.worker("a");
+    let mut expected = run.clicks(0, 600, 30, Duration::ZERO).await;
+    let _ = run.table(600, &["a"]).await;
+    stop(a, "a", &run);
+
+    // Round two, while no worker runs: sent, then deleted from partitions
+    // 0..3, as retention would.
+    let props = Properties::new().set("bootstrap.servers", &run.bootstrap);
+    let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
+        .await
+        .expect("producer");
+    let mut round_two = Vec::new();
+    for i in 0..600 {
+        let url = format!("/page/{}", i % 30);
+        let d = p
+            .send(ProducerRecord::new(&run.topic).key(url.clone()).value("1"))
+            .await
+            .expect("queued");
+        round_two.push((url, d));
+    }
+    let mut lost: BTreeMap<i32, i64> = BTreeMap::new();
+    for (url, d) in round_two {
+        let meta = d.await.expect("delivered");
+        if meta.partition < 3 {
+            *lost.entry(meta.partition).or_default() += 1;
+        } else {
+            *expected.entry(url).or_default() += 1;
+        }
+    }
+    p.close().await.expect("close");
+    let admin = Admin::new(run.producer().await.client().clone());
+    let ends = admin
+        .list_offsets(&run.topic, &[0, 1, 2], OffsetSpec::Latest, false)
+        .await
+        .expect("end offsets");
+    admin
+        .delete_records(&run.topic, &ends)
+        .await
+        .expect("delete records");
+    for (url, n) in run.clicks(0, 300, 30, Duration::ZERO).await {
+        *expected.entry(url).or_default() += n;
+    }
+
+    let b = run.worker_with("b", &[&format!("web.port={port}")]);
+    let total: u64 = expected.values().sum();
+    let (latest, _) = run.table(total, &["b"]).await;
+    assert_eq!(latest, expected, "every click still in the log, once");
+    let log = run.log("b");
+    for (&partition, &n) in &lost {
+        let to = ends[&partition];
+        let from = to - n;
+        let line = format!("offsets {from}..{to} were deleted");
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&line) && l.contains(&format!("partition={partition}"))),
+            "the gap of partition {partition} is logged ({line}):\n{log}"
+        );
+    }
+    let metrics = http_get(port, "/metrics").await;
+    for (&partition, &n) in &lost {
+        let series = format!(
+            "input_records_lost_total{{topic=\"{}\",partition=\"{partition}\"}} {n}",
+            run.topic
+        );
+        assert!(metrics.contains(&series), "{series} in:\n{metrics}");
+    }
+    stop(b, "b", &run);
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The body of `GET path` from the worker's web server, once it answers.
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Deadline::new(format!("GET {path}"), Duration::from_secs(30));
+    loop {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+            if s.write_all(req.as_bytes()).await.is_ok() {
+                let mut out = String::new();
+                if s.read_to_string(&mut out).await.is_ok() && out.starts_with("HTTP/1.1 200") {
+                    return out;
+                }
+            }
+        }
+        deadline.check(path);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

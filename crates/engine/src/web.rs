@@ -88,6 +88,9 @@ pub(crate) struct Metrics {
         Family<BrokerLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     /// Records handed to agents, per input partition.
     pub(crate) processed: Family<PartitionLabels, Counter>,
+    /// Input offsets skipped because their records were deleted
+    /// (retention) before they were read, per input partition.
+    pub(crate) input_lost: Family<PartitionLabels, Counter>,
     /// Records past the committed position, per input partition, as the
     /// last fetch told.
     pub(crate) lag: Family<PartitionLabels, Gauge>,
@@ -123,6 +126,7 @@ impl Default for Metrics {
             wire_responses: Family::default(),
             wire_response_seconds: Family::default(),
             processed: Family::default(),
+            input_lost: Family::default(),
             lag: Family::default(),
             commits: Counter::default(),
             rebalances: Counter::default(),
@@ -427,6 +431,11 @@ impl WebState {
             "restore_remaining_records",
             "Changelog offsets the restoration under way still has to read, per table partition",
             m.restore_remaining.clone(),
+        );
+        registry.register(
+            "input_records_lost",
+            "Input offsets skipped because retention deleted their records before they were processed (auto.offset.reset moved past them), per input partition",
+            m.input_lost.clone(),
         );
         registry.register(
             "late_records",

@@ -322,6 +322,18 @@ impl Worker<'_> {
             self.shared.set_cache_dirty(self.cache_dirty());
             let (fetched, restored) = self.poll_and_answer().await;
             let (fetched, restored) = (fetched?, restored?);
+            for gap in self.consumer.take_gaps() {
+                // The wire consumer has logged it; count it.
+                let labels = crate::web::PartitionLabels {
+                    topic: gap.topic.clone(),
+                    partition: i64::from(gap.partition),
+                };
+                self.web
+                    .metrics
+                    .input_lost
+                    .get_or_create(&labels)
+                    .inc_by(gap.offsets() as u64);
+            }
             for (p, task) in restored {
                 self.tasks
                     .insert(p, Rc::new(task.with_globals(self.globals.clone())));

@@ -406,6 +406,10 @@ struct PartState {
     high_watermark: i64,
     /// Fetches in a row that returned a corrupt batch at this position.
     corrupt_fetches: u32,
+    /// The fetch offset the broker found out of range (deleted by
+    /// retention), while its `auto.offset.reset` is resolved: the start of
+    /// a [`Gap`].
+    out_of_range_from: Option<i64>,
     /// Where reading ends as the last fetch reported: the high watermark,
     /// or the last stable offset under read_committed (-1 before the first).
     end: i64,
@@ -441,8 +445,33 @@ pub struct Consumer {
     in_flight_brokers: HashMap<i32, ()>,
     buffer: VecDeque<Fetched>,
     errors: VecDeque<Error>,
+    /// Ranges skipped because their records were gone, not yet taken.
+    gaps: Vec<Gap>,
     /// Last epoch given to each partition, kept across unassignment.
     epochs: HashMap<TopicPartition, u64>,
+}
+
+/// Offsets a consumer skipped: its position was no longer in the log
+/// (retention or DeleteRecords removed those records before they were
+/// read), and `auto.offset.reset` moved it from `from` to `to`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Gap {
+    /// The topic.
+    pub topic: String,
+    /// The partition.
+    pub partition: i32,
+    /// The position the broker found out of range.
+    pub from: i64,
+    /// Where reading resumed.
+    pub to: i64,
+}
+
+impl Gap {
+    /// How many offsets were skipped (0 when reading resumed at or before
+    /// `from`).
+    pub fn offsets(&self) -> i64 {
+        (self.to - self.from).max(0)
+    }
 }
 
 impl std::fmt::Debug for Consumer {
@@ -476,6 +505,7 @@ impl Consumer {
             in_flight_brokers: HashMap::new(),
             buffer: VecDeque::new(),
             errors: VecDeque::new(),
+            gaps: Vec::new(),
             epochs: HashMap::new(),
         }
     }
@@ -483,6 +513,12 @@ impl Consumer {
     /// The cluster handle.
     pub fn client(&self) -> &Client {
         &self.client
+    }
+
+    /// The ranges skipped since the last call because their records were
+    /// deleted before they were read (each is also logged as a warning).
+    pub fn take_gaps(&mut self) -> Vec<Gap> {
+        std::mem::take(&mut self.gaps)
     }
 
     fn tp(&mut self, topic: &str, partition: i32) -> TopicPartition {
@@ -541,6 +577,7 @@ impl Consumer {
                     max_bytes: self.cfg.max_partition_fetch_bytes,
                     retry_at: None,
                     corrupt_fetches: 0,
+                    out_of_range_from: None,
                     high_watermark: -1,
                     end: -1,
                 },
@@ -577,6 +614,7 @@ impl Consumer {
         st.failed = false;
         st.retry_at = None;
         st.corrupt_fetches = 0;
+        st.out_of_range_from = None;
         match to {
             Offset::At(o) => {
                 st.position = o;
@@ -739,6 +777,23 @@ impl Consumer {
                             st.position = off;
                             st.fetch_offset = off;
                             st.reset = None;
+                            if let Some(from) = st.out_of_range_from.take() {
+                                let gap = Gap {
+                                    topic: topic.to_string(),
+                                    partition: p,
+                                    from,
+                                    to: off,
+                                };
+                                tracing::warn!(
+                                    topic = %topic,
+                                    partition = p,
+                                    from,
+                                    to = off,
+                                    skipped = gap.offsets(),
+                                    "records lost: offsets {from}..{off} were deleted (retention?) before they were read; reading resumes at {off}"
+                                );
+                                self.gaps.push(gap);
+                            }
                         }
                     }
                 }
@@ -962,6 +1017,9 @@ impl Consumer {
                             reset = ?self.cfg.auto_offset_reset,
                             "fetch offset out of range (deleted by retention?); applying auto.offset.reset"
                         );
+                        if !matches!(self.cfg.auto_offset_reset, OffsetReset::None) {
+                            st.out_of_range_from = Some(offset);
+                        }
                         match self.cfg.auto_offset_reset {
                             OffsetReset::Earliest => st.reset = Some(Offset::Beginning),
                             OffsetReset::Latest => st.reset = Some(Offset::End),
@@ -1111,6 +1169,7 @@ mod tests {
             max_bytes: 1 << 20,
             retry_at: None,
             corrupt_fetches: 0,
+            out_of_range_from: None,
             high_watermark,
             end: high_watermark,
         }

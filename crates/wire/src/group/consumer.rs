@@ -595,6 +595,13 @@ impl<L: RebalanceListener> GroupConsumer<L> {
         Ok(fetched)
     }
 
+    /// The ranges the consumer skipped since the last call because their
+    /// records were deleted before they were read
+    /// ([`Consumer::take_gaps`](crate::consumer::Consumer::take_gaps)).
+    pub fn take_gaps(&mut self) -> Vec<crate::consumer::Gap> {
+        self.consumer.take_gaps()
+    }
+
     /// Commits the positions after everything the consumer has returned so
     /// far (call after processing it).
     pub async fn commit(&mut self) -> Result<()> {
