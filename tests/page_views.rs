@@ -605,3 +605,73 @@ async fn http_get(port: u16, path: &str) -> String {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A changelog truncated below a store's checkpoint (records deleted while
+/// the worker was away, as retention or an operator would): the store can
+/// no longer be brought up to date, so, as Kafka Streams does with a
+/// corrupted task, the worker says so, rebuilds the store from what the
+/// changelog still holds, and recovery ends (no hang). Here the changelog
+/// was emptied, so the counts start again from round three.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changelog_truncated_below_the_checkpoint_rebuilds_the_store_and_recovery_ends() {
+    let run = Run::new("pv-trunc", &[]).await;
+    // Round one: counted by a, whose store keeps it (checkpointed at stop).
+    let a = run.worker("a");
+    let _ = run.clicks(0, 600, 30, Duration::ZERO).await;
+    let _ = run.table(600, &["a"]).await;
+    stop(a, "a", &run);
+    // Round two: counted by c while a is away; then the whole changelog
+    // is deleted, c's updates with it.
+    let c = run.worker("c");
+    let _ = run.clicks(0, 600, 30, Duration::ZERO).await;
+    let _ = run.table(1200, &["c"]).await;
+    stop(c, "c", &run);
+    let admin = Admin::new(run.producer().await.client().clone());
+    // Kafka refuses DeleteRecords on a compact-only topic; windowed
+    // changelogs are compact,delete, and so is this one from now on.
+    admin
+        .alter_topic_config(&run.changelog(), &[("cleanup.policy", "compact,delete")])
+        .await
+        .expect("cleanup.policy");
+    let ends = admin
+        .list_offsets(&run.changelog(), &[], OffsetSpec::Latest, false)
+        .await
+        .expect("changelog ends");
+    let deadline = Deadline::new("the changelog to be truncated", Duration::from_secs(30));
+    // The brokers apply the new policy a moment after the controller.
+    while let Err(e) = admin.delete_records(&run.changelog(), &ends).await {
+        deadline.check(e.to_string());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // a comes back with its old store: its checkpoint is below the log
+    // start. It must finish recovering, from the (empty) changelog, and
+    // count round three.
+    let a = run.worker("a");
+    let expected = run.clicks(0, 300, 30, Duration::ZERO).await;
+    let deadline = Deadline::new("a to count round three", Duration::from_secs(120));
+    let latest = loop {
+        let records = read_all_settled(&run.bootstrap, &run.changelog()).await;
+        let mut latest: BTreeMap<String, u64> = BTreeMap::new();
+        for (_, k, v) in records {
+            latest.insert(k, v.parse().expect("a count"));
+        }
+        if latest.len() == expected.len() && latest.values().sum::<u64>() >= 300 {
+            break latest;
+        }
+        if deadline.passed() {
+            panic!("a counts {latest:?}\n{}", run.log("a"));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(
+        latest, expected,
+        "the store rebuilt from the changelog, then round three"
+    );
+    let log = std::fs::read_to_string(run.dir.path().join("a.log")).unwrap_or_default();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("changelog records after the store's offset are gone")),
+        "the changelog's gap is logged:\n{log}"
+    );
+    stop(a, "a", &run);
+}

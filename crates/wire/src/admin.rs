@@ -10,10 +10,13 @@ use kafka_protocol::messages::delete_records_request::{
     DeleteRecordsPartition, DeleteRecordsTopic,
 };
 use kafka_protocol::messages::describe_configs_request::DescribeConfigsResource;
+use kafka_protocol::messages::incremental_alter_configs_request::{
+    AlterConfigsResource, AlterableConfig,
+};
 use kafka_protocol::messages::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
 use kafka_protocol::messages::{
     BrokerId, CreateTopicsRequest, DeleteRecordsRequest, DeleteTopicsRequest,
-    DescribeConfigsRequest, ListOffsetsRequest,
+    DescribeConfigsRequest, IncrementalAlterConfigsRequest, ListOffsetsRequest,
 };
 use kafka_protocol::protocol::StrBytes;
 
@@ -376,6 +379,45 @@ impl Admin {
         }
         out.sort();
         Ok(out)
+    }
+
+    /// Sets configs of `topic` (IncrementalAlterConfigs, KIP-339): each
+    /// `(key, value)` is SET; the topic's other configs stay as they are.
+    pub async fn alter_topic_config(&self, topic: &str, set: &[(&str, &str)]) -> Result<()> {
+        let req = IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_string(topic.to_owned()))
+                .with_configs(
+                    set.iter()
+                        .map(|(k, v)| {
+                            AlterableConfig::default()
+                                .with_name(StrBytes::from_string((*k).to_owned()))
+                                .with_config_operation(0)
+                                .with_value(Some(StrBytes::from_string((*v).to_owned())))
+                        })
+                        .collect(),
+                ),
+        ]);
+        let resp = self
+            .client
+            .retry("IncrementalAlterConfigs", self.timeout(), || async {
+                let conn = self.client.any_broker().await?;
+                let resp = conn.call(&req).await?;
+                conn.throttle(resp.throttle_time_ms);
+                Ok(resp)
+            })
+            .await?;
+        for r in &resp.responses {
+            Error::check(
+                ErrorCode(r.error_code),
+                r.error_message.as_ref().map(|m| m.to_string()),
+                "IncrementalAlterConfigs",
+                Some(topic),
+                None,
+            )?;
+        }
+        Ok(())
     }
 
     /// Deletes records before the given offsets; returns the new low

@@ -84,6 +84,7 @@ pub fn api_name(api_key: i16) -> &'static str {
         Ok(ApiKey::DescribeAcls) => "DescribeAcls",
         Ok(ApiKey::CreateAcls) => "CreateAcls",
         Ok(ApiKey::DeleteAcls) => "DeleteAcls",
+        Ok(ApiKey::IncrementalAlterConfigs) => "IncrementalAlterConfigs",
         Ok(ApiKey::ListOffsets) => "ListOffsets",
         Ok(ApiKey::Metadata) => "Metadata",
         Ok(ApiKey::OffsetCommit) => "OffsetCommit",

@@ -43,6 +43,7 @@ pub fn client_range(api_key: i16) -> Option<(i16, i16)> {
         ApiKey::DescribeAcls => (1, 3),
         ApiKey::CreateAcls => (1, 3),
         ApiKey::DeleteAcls => (1, 3),
+        ApiKey::IncrementalAlterConfigs => (0, 1),
         _ => return None,
     })
 }
@@ -137,5 +138,6 @@ mod tests {
         check::<DescribeAclsRequest>(ApiKey::DescribeAcls);
         check::<CreateAclsRequest>(ApiKey::CreateAcls);
         check::<DeleteAclsRequest>(ApiKey::DeleteAcls);
+        check::<IncrementalAlterConfigsRequest>(ApiKey::IncrementalAlterConfigs);
     }
 }
