@@ -1,7 +1,8 @@
 //! The page-view counter (`examples/page_views.rs`) end to end, as worker
 //! processes against the harness Kafka: exact counts with two workers and a
-//! third joining and leaving, exactly-once through SIGKILLs, recovery
-//! without local state, and dead-lettering of bad input.
+//! third joining and leaving, exactly-once through random SIGKILLs and a
+//! rebalance storm, recovery without local state or from a truncated
+//! changelog, input lost to retention, and dead-lettering of bad input.
 //!
 //! The strongest check reads the table's changelog: each click of count 1
 //! makes one changelog record for its URL, so in changelog order a URL's
@@ -322,12 +323,13 @@ async fn members_come_and_go(extra: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_once_survives_three_sigkills_and_a_lost_state_directory() {
+async fn exactly_once_survives_five_random_sigkills_and_a_lost_state_directory() {
     sigkills_under_exactly_once(&[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_the_table_cache_exactly_once_survives_three_sigkills_and_a_lost_state_directory() {
+async fn without_the_table_cache_exactly_once_survives_five_random_sigkills_and_a_lost_state_directory(
+) {
     sigkills_under_exactly_once(&[NO_CACHE]).await;
 }
 
@@ -335,13 +337,21 @@ async fn sigkills_under_exactly_once(extra: &[&str]) {
     let mut settings = vec!["processing.guarantee=exactly_once"];
     settings.extend_from_slice(extra);
     let run = Run::new("pv-eos", &settings).await;
-    let a = run.worker("a");
+    let mut a = run.worker("a");
     let mut b = run.worker("b");
     let sending = run.clicks_in_background(100_000, Duration::from_millis(150));
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_secs(4)).await;
-        kill(b);
-        b = run.worker("b");
+    // Five SIGKILLs, of either worker, at random points (the seed is
+    // printed so that a failure can be replayed with PV_KILL_SEED).
+    let mut rng = Lcg::from_env("PV_KILL_SEED");
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(1000 + rng.below(3000))).await;
+        if rng.below(2) == 0 {
+            kill(a);
+            a = run.worker("a");
+        } else {
+            kill(b);
+            b = run.worker("b");
+        }
     }
     let expected = sending.await.expect("sender");
     let (latest, history) = run.table(100_000, &["a", "b"]).await;
@@ -674,4 +684,88 @@ async fn a_changelog_truncated_below_the_checkpoint_rebuilds_the_store_and_recov
         "the changelog's gap is logged:\n{log}"
     );
     stop(a, "a", &run);
+}
+
+/// A small seeded generator for fault timings; the seed comes from `var`
+/// or the clock, and is printed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn from_env(var: &str) -> Self {
+        let seed = std::env::var(var)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_nanos() as u64)
+            });
+        println!("{var}={seed}");
+        Self(seed | 1)
+    }
+
+    /// A number in `0..n`.
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n.max(1)
+    }
+}
+
+/// A rebalance storm: for a minute (`PV_STORM_SECS`), every 2 to 4 s a
+/// worker joins, leaves (SIGTERM) or dies (SIGKILL), between one and four
+/// of them, while clicks stream in under exactly_once. The counts are
+/// exact, and the changelog of each URL only rises.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_storm_under_exactly_once_counts_exactly() {
+    let secs: u64 = std::env::var("PV_STORM_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let run = Run::new("pv-storm", &["processing.guarantee=exactly_once"]).await;
+    let mut rng = Lcg::from_env("PV_STORM_SEED");
+    let mut next = 0;
+    let name = |next: &mut usize| {
+        *next += 1;
+        format!("w{next}")
+    };
+    let mut alive: Vec<(String, Child)> = Vec::new();
+    for _ in 0..2 {
+        let n = name(&mut next);
+        alive.push((n.clone(), run.worker(&n)));
+    }
+    // About 1,000 clicks a second for the whole storm.
+    let total = (secs as usize) * 1000;
+    let sending = run.clicks_in_background(total, Duration::from_millis(1000));
+    let until = std::time::Instant::now() + Duration::from_secs(secs);
+    let mut events = Vec::new();
+    while std::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(2000 + rng.below(2000))).await;
+        let choice = rng.below(3);
+        if (choice == 0 && alive.len() < 4) || alive.len() == 1 {
+            let n = name(&mut next);
+            events.push(format!("+{n}"));
+            alive.push((n.clone(), run.worker(&n)));
+        } else {
+            let (n, child) = alive.remove(rng.below(alive.len() as u64) as usize);
+            if choice == 1 {
+                events.push(format!("-{n}"));
+                stop(child, &n, &run);
+            } else {
+                events.push(format!("!{n}"));
+                kill(child);
+            }
+        }
+    }
+    println!("storm: {}", events.join(" "));
+    let expected = sending.await.expect("sender");
+    let names: Vec<String> = alive.iter().map(|(n, _)| n.clone()).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let (latest, history) = run.table(total as u64, &refs).await;
+    assert_exact(&expected, &latest, &history, run.cached());
+    for (n, child) in alive {
+        stop(child, &n, &run);
+    }
 }
