@@ -257,7 +257,29 @@ async fn skip_goes_on_past_failed_records_and_stop_names_the_record() {
 /// the input offsets must stay uncommitted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_output_stops_the_commit() {
+    // The topic's limit (the broker refuses the batch), at least once.
+    failed_output_stops_the_commit(&[], "1000").await;
+}
+
+/// The same with the producer's own limit (`max.request.size`, refused
+/// before sending) under exactly_once: the transaction must not commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_output_over_max_request_size_stops_the_transaction() {
+    failed_output_stops_the_commit(
+        &[
+            ("processing.guarantee", "exactly_once"),
+            ("max.request.size", "2000"),
+        ],
+        "1000000",
+    )
+    .await;
+}
+
+async fn failed_output_stops_the_commit(settings: &[(&str, &str)], max_message_bytes: &str) {
     let (mut app, id, _dir) = app("engine-failed-sink");
+    for (k, v) in settings {
+        app.set(k, v);
+    }
     let (p, admin) = producer_and_admin().await;
     let (in_name, out_name) = (format!("{id}-in"), format!("{id}-out"));
     admin
@@ -266,7 +288,8 @@ async fn a_failed_output_stops_the_commit() {
         .expect("input topic");
     admin
         .create_topic(
-            faustus_wire::NewTopic::new(&out_name, 3, 1).config("max.message.bytes", "1000"),
+            faustus_wire::NewTopic::new(&out_name, 3, 1)
+                .config("max.message.bytes", max_message_bytes),
             false,
         )
         .await
