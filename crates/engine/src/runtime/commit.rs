@@ -42,6 +42,9 @@ pub(crate) enum TxnEnd {
     Committed,
     /// It could not commit and was aborted; the producer goes on.
     Abortable,
+    /// The coordinator had already aborted it (timed out) and the producer
+    /// took a new epoch (KIP-588): nothing is left to abort.
+    Renewed,
     /// The producer is fenced or broken: the worker must stop.
     Fatal,
 }
@@ -227,6 +230,7 @@ impl CommitMachine {
                 match end {
                     TxnEnd::Committed => vec![A::WriteStores],
                     TxnEnd::Abortable => vec![A::AbortTxn, A::RollBack, A::Rewind],
+                    TxnEnd::Renewed => vec![A::RollBack, A::Rewind],
                     TxnEnd::Fatal => {
                         self.failed = true;
                         Vec::new()
@@ -578,6 +582,7 @@ mod tests {
                                 let end = match txn {
                                     0 => TxnEnd::Abortable,
                                     1 => TxnEnd::Fatal,
+                                    2 => TxnEnd::Renewed,
                                     _ => TxnEnd::Committed,
                                 };
                                 if end == TxnEnd::Committed {

@@ -69,6 +69,22 @@ pub(crate) struct Shared {
     revocation_held: AtomicBool,
 }
 
+/// A transactional producer refused because its epoch is no longer the
+/// coordinator's (KIP-588): recoverable when nobody else holds the id.
+fn fenced(e: &faustus_wire::Error) -> bool {
+    matches!(
+        e,
+        faustus_wire::Error::Transaction {
+            error: TxnError::Fatal(
+                faustus_wire::protocol::ErrorCode::INVALID_PRODUCER_EPOCH
+                    | faustus_wire::protocol::ErrorCode::PRODUCER_FENCED,
+                _
+            ),
+            ..
+        }
+    )
+}
+
 fn count(c: &std::sync::atomic::AtomicU64) {
     c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
@@ -194,6 +210,20 @@ impl Shared {
                             tracing::warn!(%why, "transaction aborted; rewinding to the committed offsets");
                             (TxnEnd::Abortable, None)
                         }
+                        Err(e) if fenced(&e) => match p.recover().await {
+                            // The coordinator aborted the transaction (it
+                            // outlived transaction.timeout.ms: a paused
+                            // process, an unreachable coordinator) and bumped
+                            // the epoch; nobody else holds this worker's
+                            // transactional.id (its state directory is
+                            // locked), so the producer takes the next epoch.
+                            Ok(()) => {
+                                count(&self.aborts);
+                                tracing::warn!(error = %e, "the coordinator ended the transaction under us (timed out?); producer recovered with a new epoch, rewinding to the committed offsets");
+                                (TxnEnd::Renewed, None)
+                            }
+                            Err(again) => (TxnEnd::Fatal, Some(again)),
+                        },
                         Err(e) => (TxnEnd::Fatal, Some(e)),
                     };
                     let more = lock(&self.machine).handle(CommitEvent::TxnEnded(end));
@@ -204,7 +234,15 @@ impl Shared {
                 }
                 (CommitAction::AbortTxn, Outputs::Exactly(p)) => {
                     count(&self.aborts);
-                    p.abort().await?;
+                    match p.abort().await {
+                        Err(e) if fenced(&e) => {
+                            // Already aborted by the coordinator (see the
+                            // commit above): take the next epoch.
+                            tracing::warn!(error = %e, "abort refused (the coordinator ended the transaction); recovering the producer");
+                            p.recover().await?;
+                        }
+                        r => r?,
+                    }
                     Vec::new()
                 }
                 (other, _) => {

@@ -1158,12 +1158,38 @@ impl<L: RebalanceListener> GroupConsumer<L> {
         let timeout = self.cfg.consumer.client.default_api_timeout;
         self.client
             .retry("OffsetFetch", timeout, || async {
-                let conn = self.coordinator().await?;
-                let resp = conn.call(&req).await?;
-                conn.throttle(resp.throttle_time_ms);
-                fetched_offsets(&resp)
+                let result = async {
+                    let conn = self.coordinator().await?;
+                    let resp = conn.call(&req).await?;
+                    conn.throttle(resp.throttle_time_ms);
+                    fetched_offsets(&resp)
+                }
+                .await;
+                if let Err(e) = &result {
+                    self.refresh_coordinator_after(e).await;
+                }
+                result
             })
             .await
+    }
+
+    /// After a failed request to the group coordinator: looks the
+    /// coordinator up again when the error says it moved (NOT_COORDINATOR,
+    /// ...) or the connection failed (its broker may be gone or fenced),
+    /// so that the next attempt does not ask the same stale address.
+    async fn refresh_coordinator_after(&self, e: &Error) {
+        let moved = e.code().is_some_and(|c| c.is_coordinator_error())
+            || matches!(
+                e,
+                Error::Disconnected { .. } | Error::Timeout { .. } | Error::Io { .. }
+            );
+        if moved {
+            // Cached for the next call; a failed lookup forgets it.
+            let _ = self
+                .client
+                .refresh_coordinator(CoordinatorType::Group, &self.cfg.group_id)
+                .await;
+        }
     }
 
     /// Commits processed positions (of `only` these partitions, if given)
@@ -1210,17 +1236,8 @@ impl<L: RebalanceListener> GroupConsumer<L> {
                     }
                     Err(e) => Err(e),
                 };
-                if result
-                    .as_ref()
-                    .err()
-                    .and_then(Error::code)
-                    .is_some_and(|c| c.is_coordinator_error())
-                {
-                    // Cached for the next call; a failed lookup forgets it.
-                    let _ = self
-                        .client
-                        .refresh_coordinator(CoordinatorType::Group, group)
-                        .await;
+                if let Err(e) = &result {
+                    self.refresh_coordinator_after(e).await;
                 }
                 result
             })

@@ -308,6 +308,17 @@ impl TransactionalProducer {
         self.drive(TxnEvent::Init).await
     }
 
+    /// Recovers a producer refused with INVALID_PRODUCER_EPOCH or
+    /// PRODUCER_FENCED because the coordinator aborted its transaction on
+    /// `transaction.timeout.ms` and bumped the epoch (KIP-588): asks for the
+    /// next epoch with the current producer id and epoch. Succeeds, ready
+    /// for a new transaction, unless another producer took the
+    /// `transactional.id` over (then PRODUCER_FENCED, for good). Records of
+    /// the lost transaction are gone; the caller processes them again.
+    pub async fn recover(&self) -> Result<()> {
+        self.drive(TxnEvent::Recover).await
+    }
+
     /// Begins a transaction.
     pub async fn begin(&self) -> Result<()> {
         self.drive(TxnEvent::Begin).await

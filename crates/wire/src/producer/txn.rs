@@ -59,6 +59,14 @@ pub enum TxnEvent {
     /// FindCoordinator, or a request to the coordinator, answered with an
     /// error no retry can fix (TRANSACTIONAL_ID_AUTHORIZATION_FAILED, ...).
     CoordinatorRefused(ErrorCode),
+    /// The application asks to recover a producer whose transaction the
+    /// coordinator ended under it (KIP-588): a transaction that outlived
+    /// `transaction.timeout.ms` is aborted by the coordinator, which bumps
+    /// the epoch, and the producer's next request is refused with
+    /// INVALID_PRODUCER_EPOCH or PRODUCER_FENCED. InitProducerId with the
+    /// producer's id and epoch gets the new epoch when nobody else took the
+    /// `transactional.id` over, and PRODUCER_FENCED when someone did.
+    Recover,
     /// InitProducerId answered.
     ProducerId {
         /// Error code.
@@ -359,6 +367,9 @@ impl TxnMachine {
 
     /// Feeds one event; returns the actions to carry out, in order.
     pub fn handle(&mut self, now: Instant, event: TxnEvent) -> Vec<TxnAction> {
+        if matches!(event, TxnEvent::Recover) {
+            return self.recover(now);
+        }
         if self.state == TxnState::Fatal {
             return match event {
                 TxnEvent::Init
@@ -376,6 +387,7 @@ impl TxnMachine {
             };
         }
         match event {
+            TxnEvent::Recover => self.recover(now),
             TxnEvent::Init => {
                 if self.state != TxnState::Uninitialized {
                     return self.refuse("init_transactions");
@@ -615,6 +627,31 @@ impl TxnMachine {
         }
     }
 
+    /// [`TxnEvent::Recover`]: only from a fenced state, with a producer id
+    /// to bump.
+    fn recover(&mut self, now: Instant) -> Vec<TxnAction> {
+        let fenced = self.state == TxnState::Fatal
+            && self.producer.is_some()
+            && self.fatal.as_ref().is_some_and(|(c, _)| {
+                matches!(
+                    *c,
+                    ErrorCode::INVALID_PRODUCER_EPOCH | ErrorCode::PRODUCER_FENCED
+                )
+            });
+        if !fenced {
+            return self.refuse("recover");
+        }
+        self.fatal = None;
+        self.added.clear();
+        self.adding.clear();
+        self.wanted.clear();
+        self.abortable = None;
+        self.started = false;
+        self.state = TxnState::Initializing;
+        self.step = Step::Init { bump: true };
+        self.resend(now, false)
+    }
+
     /// The transaction is over (committed or aborted).
     fn finish(&mut self, now: Instant, committed: bool) -> Vec<TxnAction> {
         self.added.clear();
@@ -808,6 +845,64 @@ mod tests {
             matches!(a.as_slice(), [TxnAction::CommitOffsets { not_before, .. }] if *not_before == now + Duration::from_millis(1)),
             "{a:?}"
         );
+    }
+
+    #[test]
+    fn a_producer_whose_transaction_timed_out_recovers_with_a_bumped_epoch() {
+        let now = Instant::now();
+        let mut m = in_txn(now);
+        // Recovering a healthy producer is refused.
+        assert!(matches!(
+            m.handle(now, TxnEvent::Recover).as_slice(),
+            [TxnAction::Complete(Err(TxnError::State {
+                call: "recover",
+                ..
+            }))]
+        ));
+        // The coordinator aborted the transaction on timeout and bumped the
+        // epoch: the commit's offsets are refused.
+        let _ = m.handle(now, TxnEvent::Commit);
+        let _ = m.handle(now, TxnEvent::Flushed { failure: None });
+        let _ = m.handle(now, TxnEvent::Ended(ErrorCode::PRODUCER_FENCED));
+        assert_eq!(m.state(), TxnState::Fatal);
+        assert!(matches!(
+            m.handle(now, TxnEvent::Recover).as_slice(),
+            [TxnAction::InitProducerId { bump: true, .. }]
+        ));
+        let a = m.handle(
+            now,
+            TxnEvent::ProducerId {
+                code: ErrorCode::NONE,
+                id: 7,
+                epoch: 5,
+            },
+        );
+        assert_eq!(a[0], TxnAction::SetProducer { id: 7, epoch: 5 });
+        assert!(ok_done(&a));
+        assert_eq!(m.state(), TxnState::Ready);
+        assert!(ok_done(&m.handle(now, TxnEvent::Begin)));
+        assert!(
+            !m.may_send(&tp(0)),
+            "a new transaction adds its partitions anew"
+        );
+        // Taken over by another instance: the bump is refused, for good.
+        let mut m = in_txn(now);
+        let _ = m.handle(now, TxnEvent::Commit);
+        let _ = m.handle(now, TxnEvent::Flushed { failure: None });
+        let _ = m.handle(now, TxnEvent::Ended(ErrorCode::PRODUCER_FENCED));
+        let _ = m.handle(now, TxnEvent::Recover);
+        let a = m.handle(
+            now,
+            TxnEvent::ProducerId {
+                code: ErrorCode::PRODUCER_FENCED,
+                id: -1,
+                epoch: -1,
+            },
+        );
+        assert!(
+            matches!(a.as_slice(), [TxnAction::Complete(Err(TxnError::Fatal(c, _)))] if *c == ErrorCode::PRODUCER_FENCED)
+        );
+        assert_eq!(m.state(), TxnState::Fatal);
     }
 
     #[test]

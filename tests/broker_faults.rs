@@ -1,0 +1,221 @@
+//! Broker faults under the exactly-once page-view counter
+//! (`examples/page_views.rs`), on a 3-node harness cluster: every broker
+//! killed and restarted in turn while two workers count, and the group
+//! coordinator's broker paused past the session timeout. The check is the
+//! changelog, read read_committed: every URL's count is exactly its clicks.
+//!
+//! The tests share one cluster and take turns.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use faustus_suite::{read_all_settled, stop_worker, unique_topic, Deadline, ScratchDir};
+use faustus_testcontainers::KafkaCluster;
+use faustus_wire::coordinator::CoordinatorType;
+use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
+use faustus_wire::{Admin, Client, ClientConfig, NewTopic, Properties};
+
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn kafka() -> &'static KafkaCluster {
+    static CLUSTER: OnceLock<KafkaCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| KafkaCluster::start(3).expect("3-node cluster"))
+}
+
+struct Run {
+    app: String,
+    topic: String,
+    dir: ScratchDir,
+}
+
+impl Run {
+    async fn new(prefix: &str) -> Self {
+        let app = unique_topic(prefix);
+        let topic = format!("{app}-clicks");
+        let client = Client::connect(ClientConfig::new(kafka().bootstrap()).expect("config"))
+            .await
+            .expect("client");
+        Admin::new(client)
+            .create_topic(NewTopic::new(&topic, 6, 3), false)
+            .await
+            .expect("clicks topic");
+        let dir = ScratchDir::new(&app);
+        std::fs::create_dir_all(dir.path()).expect("scratch dir");
+        Self { app, topic, dir }
+    }
+
+    fn worker(&self, name: &str) -> Child {
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log");
+        Command::new(faustus_suite::example_binary("page_views"))
+            .env("PAGE_VIEWS_APP", &self.app)
+            .env("PAGE_VIEWS_TOPIC", &self.topic)
+            .env("KAFKA_BOOTSTRAP", kafka().bootstrap())
+            .args([
+                "-X",
+                &format!("state.dir={}", self.dir.path().join(name).display()),
+            ])
+            .args(["-X", "processing.guarantee=exactly_once"])
+            .args(["-X", "topic.replication.factor=3"])
+            .args([
+                "-X",
+                "session.timeout.ms=6000",
+                "-X",
+                "heartbeat.interval.ms=1000",
+            ])
+            .args(["-X", "commit.interval.ms=200"])
+            .args(["worker", "-l", "info"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("worker starts")
+    }
+
+    fn log(&self, name: &str) -> String {
+        let s = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
+            .unwrap_or_default();
+        faustus_suite::log_tail(&s, 30)
+    }
+
+    /// Sends `n` clicks over 100 URLs, about `per_second` a second, with
+    /// acks=all and idempotence (the sender rides out the faults too).
+    fn clicks(
+        &self,
+        n: usize,
+        per_second: usize,
+    ) -> tokio::task::JoinHandle<BTreeMap<String, u64>> {
+        let topic = self.topic.clone();
+        tokio::spawn(async move {
+            let props = Properties::new()
+                .set("bootstrap.servers", kafka().bootstrap())
+                .set("acks", "all")
+                .set("delivery.timeout.ms", "300000");
+            let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
+                .await
+                .expect("producer");
+            let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+            let mut pending = Vec::new();
+            for i in 0..n {
+                let url = format!("/page/{}", i % 100);
+                *expected.entry(url.clone()).or_default() += 1;
+                pending.push(
+                    p.send(ProducerRecord::new(&topic).key(url).value("1"))
+                        .await
+                        .expect("queued"),
+                );
+                if i % 100 == 99 {
+                    tokio::time::sleep(Duration::from_millis((100_000 / per_second) as u64)).await;
+                }
+            }
+            for d in pending {
+                d.await.expect("every click delivered");
+            }
+            p.close().await.expect("close");
+            expected
+        })
+    }
+
+    /// Waits until the committed changelog counts equal `expected`.
+    async fn await_counts(&self, expected: &BTreeMap<String, u64>, workers: &[&str]) {
+        let changelog = format!("{}-click_counts-changelog", self.app);
+        let total: u64 = expected.values().sum();
+        let deadline = Deadline::new(
+            format!("the table to count {total} clicks"),
+            Duration::from_secs(240),
+        );
+        loop {
+            let mut latest: BTreeMap<String, u64> = BTreeMap::new();
+            for (_, k, v) in read_all_settled(kafka().bootstrap(), &changelog).await {
+                latest.insert(k, v.parse().expect("a count"));
+            }
+            let sum: u64 = latest.values().sum();
+            if sum >= total {
+                assert_eq!(&latest, expected, "every click counted exactly once");
+                return;
+            }
+            if deadline.passed() {
+                let logs: Vec<String> = workers
+                    .iter()
+                    .map(|w| format!("--- {w}\n{}", self.log(w)))
+                    .collect();
+                panic!("the table counts {sum} of {total}\n{}", logs.join("\n"));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Each of the 3 brokers killed (SIGKILL) and restarted in turn,
+/// `PV_BOUNCE_ROUNDS` rounds (default 5), while two exactly-once workers
+/// count a steady stream of clicks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_broker_kills_under_two_exactly_once_workers_count_exactly() {
+    let _turn = TURN.lock().await;
+    let rounds: usize = std::env::var("PV_BOUNCE_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let run = Run::new("bf-bounce").await;
+    let a = run.worker("a");
+    let b = run.worker("b");
+    // Enough clicks to last through the bounces (about 10 s each).
+    let n = rounds * 3 * 10 * 300;
+    let sending = run.clicks(n, 300);
+    for round in 0..rounds {
+        for node in 1..=3 {
+            kafka()
+                .kill(node)
+                .unwrap_or_else(|e| panic!("round {round}: kill {node}: {e}"));
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            kafka()
+                .start_node(node)
+                .unwrap_or_else(|e| panic!("round {round}: start {node}: {e}"));
+        }
+    }
+    let expected = sending.await.expect("sender");
+    run.await_counts(&expected, &["a", "b"]).await;
+    stop_worker(a);
+    stop_worker(b);
+}
+
+/// The group coordinator's broker paused (SIGSTOP) for 20 s, past the
+/// workers' session timeout, then resumed: the group moves on, and the
+/// counts stay exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_group_coordinators_broker_paused_for_20_s() {
+    let _turn = TURN.lock().await;
+    let run = Run::new("bf-pause").await;
+    let a = run.worker("a");
+    let b = run.worker("b");
+    let sending = run.clicks(30 * 500, 500);
+    let client = Client::connect(ClientConfig::new(kafka().bootstrap()).expect("config"))
+        .await
+        .expect("client");
+    let deadline = Deadline::new("the group's coordinator", Duration::from_secs(60));
+    let addr = loop {
+        match client
+            .refresh_coordinator(CoordinatorType::Group, &run.app)
+            .await
+        {
+            Ok(a) => break a,
+            Err(e) => deadline.check(e.to_string()),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let node = client
+        .cluster()
+        .brokers
+        .iter()
+        .find(|(_, a)| **a == addr)
+        .map(|(id, _)| *id as usize)
+        .expect("the coordinator is a known broker");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    kafka().pause(node).expect("pause");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    kafka().resume(node).expect("resume");
+    let expected = sending.await.expect("sender");
+    run.await_counts(&expected, &["a", "b"]).await;
+    stop_worker(a);
+    stop_worker(b);
+}
