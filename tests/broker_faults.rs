@@ -1,7 +1,8 @@
 //! Broker faults under the exactly-once page-view counter
-//! (`examples/page_views.rs`), on a 3-node harness cluster: every broker
+//! (`examples/page_views.rs`): on a 3-node harness cluster, every broker
 //! killed and restarted in turn while two workers count, and the group
-//! coordinator's broker paused past the session timeout. The check is the
+//! coordinator's broker paused past the session timeout; on a 1-node
+//! cluster, its only broker down for 70 s. The check is the
 //! changelog, read read_committed: every URL's count is exactly its clicks.
 //!
 //! The tests share one cluster and take turns.
@@ -24,7 +25,14 @@ fn kafka() -> &'static KafkaCluster {
     CLUSTER.get_or_init(|| KafkaCluster::start(3).expect("3-node cluster"))
 }
 
+/// A 1-node cluster of its own (the shared one must stay up for others).
+fn single() -> &'static KafkaCluster {
+    static CLUSTER: OnceLock<KafkaCluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| KafkaCluster::start(1).expect("1-node cluster"))
+}
+
 struct Run {
+    kafka: &'static KafkaCluster,
     app: String,
     topic: String,
     dir: ScratchDir,
@@ -32,18 +40,28 @@ struct Run {
 
 impl Run {
     async fn new(prefix: &str) -> Self {
+        Self::on(kafka(), prefix).await
+    }
+
+    async fn on(kafka: &'static KafkaCluster, prefix: &str) -> Self {
         let app = unique_topic(prefix);
         let topic = format!("{app}-clicks");
-        let client = Client::connect(ClientConfig::new(kafka().bootstrap()).expect("config"))
+        let client = Client::connect(ClientConfig::new(kafka.bootstrap()).expect("config"))
             .await
             .expect("client");
+        let replicas = kafka.nodes() as i16;
         Admin::new(client)
-            .create_topic(NewTopic::new(&topic, 6, 3), false)
+            .create_topic(NewTopic::new(&topic, 6, replicas), false)
             .await
             .expect("clicks topic");
         let dir = ScratchDir::new(&app);
         std::fs::create_dir_all(dir.path()).expect("scratch dir");
-        Self { app, topic, dir }
+        Self {
+            kafka,
+            app,
+            topic,
+            dir,
+        }
     }
 
     fn worker(&self, name: &str) -> Child {
@@ -51,13 +69,16 @@ impl Run {
         Command::new(faustus_suite::example_binary("page_views"))
             .env("PAGE_VIEWS_APP", &self.app)
             .env("PAGE_VIEWS_TOPIC", &self.topic)
-            .env("KAFKA_BOOTSTRAP", kafka().bootstrap())
+            .env("KAFKA_BOOTSTRAP", self.kafka.bootstrap())
             .args([
                 "-X",
                 &format!("state.dir={}", self.dir.path().join(name).display()),
             ])
             .args(["-X", "processing.guarantee=exactly_once"])
-            .args(["-X", "topic.replication.factor=3"])
+            .args([
+                "-X",
+                &format!("topic.replication.factor={}", self.kafka.nodes()),
+            ])
             .args([
                 "-X",
                 "session.timeout.ms=6000",
@@ -86,9 +107,10 @@ impl Run {
         per_second: usize,
     ) -> tokio::task::JoinHandle<BTreeMap<String, u64>> {
         let topic = self.topic.clone();
+        let bootstrap = self.kafka.bootstrap().to_owned();
         tokio::spawn(async move {
             let props = Properties::new()
-                .set("bootstrap.servers", kafka().bootstrap())
+                .set("bootstrap.servers", bootstrap)
                 .set("acks", "all")
                 .set("delivery.timeout.ms", "300000");
             let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
@@ -126,7 +148,7 @@ impl Run {
         );
         loop {
             let mut latest: BTreeMap<String, u64> = BTreeMap::new();
-            for (_, k, v) in read_all_settled(kafka().bootstrap(), &changelog).await {
+            for (_, k, v) in read_all_settled(self.kafka.bootstrap(), &changelog).await {
                 latest.insert(k, v.parse().expect("a count"));
             }
             let sum: u64 = latest.values().sum();
@@ -218,4 +240,44 @@ async fn the_group_coordinators_broker_paused_for_20_s() {
     run.await_counts(&expected, &["a", "b"]).await;
     stop_worker(a);
     stop_worker(b);
+}
+
+/// The only broker of a 1-node cluster stopped for `FAUSTUS_OUTAGE_SECS`
+/// (default 70) under an exactly-once worker, then started again: the
+/// worker keeps saying that the cluster is unreachable, resumes by itself
+/// (its open transaction was aborted by the coordinator's timeout: the
+/// producer recovers its epoch), and every click is counted exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_only_broker_down_for_70_s_and_back() {
+    let _turn = TURN.lock().await;
+    let secs: u64 = std::env::var("FAUSTUS_OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(70);
+    let run = Run::on(single(), "bf-outage").await;
+    let a = run.worker("a");
+    let before = run.clicks(3000, 1000).await.expect("sender");
+    run.await_counts(&before, &["a"]).await;
+    // More clicks are queued in the sender while the broker is away.
+    let during = run.clicks(3000, 100);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    single().kill(1).expect("kill the broker");
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    single().start_node(1).expect("start the broker");
+    let mut expected = before;
+    for (url, n) in during.await.expect("sender") {
+        *expected.entry(url).or_default() += n;
+    }
+    run.await_counts(&expected, &["a"]).await;
+    let log = std::fs::read_to_string(run.dir.path().join("a.log")).unwrap_or_default();
+    let warnings = log
+        .lines()
+        .filter(|l| l.contains("Kafka cluster unreachable"))
+        .count() as u64;
+    assert!(
+        warnings >= secs / 15,
+        "{warnings} unreachable warnings in a {secs} s outage:\n{}",
+        faustus_suite::log_tail(&log, 40)
+    );
+    stop_worker(a);
 }

@@ -74,8 +74,8 @@ struct Worker<'t> {
     /// What the worker is doing, for the error when shutdown.timeout.ms
     /// passes.
     doing: std::rc::Rc<std::cell::Cell<&'static str>>,
-    /// How long no broker has answered, for the unreachable warning.
-    silence: health::Silence,
+    /// Partitions owned now, for the unreachable warning.
+    owned: std::rc::Rc<std::cell::Cell<usize>>,
     lag: BTreeMap<TopicPartition, i64>,
     /// Joined inputs paused because a task holds too much of them.
     held_paused: std::collections::BTreeSet<TopicPartition>,
@@ -268,7 +268,7 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
         commit_before_restoring: false,
         processed: 0,
         doing: std::rc::Rc::new(std::cell::Cell::new("starting")),
-        silence: health::Silence::new(Instant::now()),
+        owned: std::rc::Rc::new(std::cell::Cell::new(0)),
         lag: BTreeMap::new(),
     };
     // The loop checks `stop` between steps; once the signal has come, the
@@ -277,15 +277,22 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
     // minutes).
     let stop = std::cell::Cell::new(false);
     let doing = w.doing.clone();
+    let owned = w.owned.clone();
     let work = async {
         let result = w.run_loop(&stop).await;
         w.finish(result).await
     };
     tokio::pin!(work);
     tokio::pin!(shutdown);
+    // The unreachable warning runs beside the loop, not in it: a loop
+    // blocked in a step (rejoining the group while no broker answers) must
+    // not silence it.
+    let watch = warn_while_unreachable(doing.clone(), owned);
+    tokio::pin!(watch);
     tokio::select! {
         done = &mut work => return done,
         () = &mut shutdown => stop.set(true),
+        () = &mut watch => unreachable!("the watch never ends"),
     }
     tracing::info!(
         timeout_ms = cfg.shutdown_timeout.as_millis() as u64,
@@ -301,6 +308,38 @@ pub(crate) async fn run(topology: &Topology, shutdown: impl Future<Output = ()>)
                 doing,
                 after: timeout,
             })
+        }
+    }
+}
+
+/// Every half second, checks whether any broker has answered; once none has
+/// for [`health::SILENT_AFTER`], warns every [`health::WARN_EVERY`] what the
+/// worker is waiting for. Never ends.
+async fn warn_while_unreachable(
+    doing: std::rc::Rc<std::cell::Cell<&'static str>>,
+    owned: std::rc::Rc<std::cell::Cell<usize>>,
+) {
+    let mut silence = health::Silence::new(Instant::now());
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let brokers = faustus_wire::stats::snapshot();
+        let answers = brokers.iter().map(|b| b.responses).sum();
+        if let Some(silent) = silence.observe(answers, Instant::now()) {
+            let waiting: Vec<String> = brokers
+                .iter()
+                .filter(|b| b.in_flight > 0)
+                .map(|b| format!("{} ({} requests unanswered)", b.broker, b.in_flight))
+                .collect();
+            tracing::warn!(
+                silent_s = silent.as_secs(),
+                doing = doing.get(),
+                waiting_on = %if waiting.is_empty() { "reconnecting".to_owned() } else { waiting.join(", ") },
+                partitions = owned.get(),
+                "Kafka cluster unreachable: no broker has answered for {}s; \
+                 fetching, committing and the group wait for it to come back",
+                silent.as_secs()
+            );
         }
     }
 }
@@ -810,24 +849,7 @@ impl Worker<'_> {
             return;
         }
         self.last_health_check = Instant::now();
-        let brokers = faustus_wire::stats::snapshot();
-        let answers = brokers.iter().map(|b| b.responses).sum();
-        if let Some(silent) = self.silence.observe(answers, Instant::now()) {
-            let waiting: Vec<String> = brokers
-                .iter()
-                .filter(|b| b.in_flight > 0)
-                .map(|b| format!("{} ({} requests unanswered)", b.broker, b.in_flight))
-                .collect();
-            tracing::warn!(
-                silent_s = silent.as_secs(),
-                doing = self.doing.get(),
-                waiting_on = %if waiting.is_empty() { "reconnecting".to_owned() } else { waiting.join(", ") },
-                partitions = self.ownership.owned().count(),
-                "Kafka cluster unreachable: no broker has answered for {}s; \
-                 fetching, committing and the group wait for it to come back",
-                silent.as_secs()
-            );
-        }
+        self.owned.set(self.ownership.owned().count());
         let web = &self.web;
         let owned: Vec<(String, i32)> = self
             .ownership
