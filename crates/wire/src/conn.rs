@@ -113,7 +113,7 @@ impl Shared {
                 },
                 Some(Closed::NeedsSasl) => Error::Authentication {
                     broker: self.addr.clone(),
-                    mechanism: "(none)",
+                    mechanism: crate::error::NO_SASL,
                     message: format!(
                         "the broker closed the connection when sent a request without SASL authentication: its listener requires SASL (security.protocol is {:?}; set SASL_SSL or SASL_PLAINTEXT and sasl.mechanism)",
                         self.protocol
@@ -813,10 +813,7 @@ async fn reauthenticate(conn: Connection, sasl: crate::security::SaslSettings, f
 /// A failed TLS handshake: rustls' verdict as [`Error::Tls`], anything
 /// else as the socket error it is.
 fn tls_error(addr: &str, e: std::io::Error) -> Error {
-    let is_tls = e
-        .get_ref()
-        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
-    if is_tls || e.kind() == std::io::ErrorKind::InvalidData {
+    if is_rustls(&e) || e.kind() == std::io::ErrorKind::InvalidData {
         Error::Tls {
             broker: addr.to_owned(),
             reason: e.to_string(),
@@ -827,6 +824,13 @@ fn tls_error(addr: &str, e: std::io::Error) -> Error {
             source: e,
         }
     }
+}
+
+/// Whether a socket error is rustls' verdict (a refused certificate, a
+/// protocol alert) rather than the socket's own.
+fn is_rustls(e: &std::io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
@@ -928,10 +932,7 @@ async fn read_loop<R: AsyncRead + Unpin>(mut rd: R, shared: Arc<Shared>) {
                 return;
             }
             Err(e) => {
-                let is_tls = e
-                    .get_ref()
-                    .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some());
-                shared.close_because(is_tls.then(|| Closed::Tls(e.to_string())));
+                shared.close_because(is_rustls(&e).then(|| Closed::Tls(e.to_string())));
                 return;
             }
             Ok(_) => {}

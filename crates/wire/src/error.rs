@@ -49,6 +49,10 @@ impl std::fmt::Display for Context {
     }
 }
 
+/// The `mechanism` of an [`Error::Authentication`] for a connection that
+/// sent no SASL at all to a listener that hung up on it.
+pub const NO_SASL: &str = "(none)";
+
 /// Every error faustus-wire reports.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -254,8 +258,7 @@ impl Error {
             // likely a SASL listener, but a broker going down does the
             // same, so it is retried (and reported if it lasts).
             Error::Authentication {
-                mechanism: "(none)",
-                ..
+                mechanism: NO_SASL, ..
             } => Action::Retry { refresh: true },
             Error::Transaction {
                 error: TxnError::Abortable(_),

@@ -27,4 +27,4 @@ pub mod types;
 pub use admin::{Admin, NewTopic, OffsetSpec};
 pub use client::{Client, ClusterInfo, PartitionInfo, TopicInfo};
 pub use config::{ClientConfig, Properties};
-pub use error::{Action, Backoff, Context, Error, Result, TxnError, TxnState};
+pub use error::{Action, Backoff, Context, Error, Result, TxnError, TxnState, NO_SASL};

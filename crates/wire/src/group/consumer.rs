@@ -806,19 +806,14 @@ impl<L: RebalanceListener> GroupConsumer<L> {
                     Ok(_) => vec![Event::CoordinatorFound],
                     // GROUP_AUTHORIZATION_FAILED and the like: no retry
                     // can fix them, so the caller hears of them.
-                    Err(Error::Server {
-                        code,
-                        message,
-                        context,
-                    }) if !code.is_retriable() && !code.is_coordinator_error() => {
-                        return Err(Error::Server {
-                            code,
-                            message: Some(match message {
+                    Err(mut e @ Error::Server { .. }) if e.action() == crate::Action::Fail => {
+                        if let Error::Server { message, .. } = &mut e {
+                            *message = Some(match message.take() {
                                 Some(m) => format!("group `{group}`: {m}"),
                                 None => format!("group `{group}`"),
-                            }),
-                            context,
-                        })
+                            });
+                        }
+                        return Err(e);
                     }
                     Err(e) => {
                         tracing::debug!(group, error = %e, "FindCoordinator failed");

@@ -713,23 +713,20 @@ async fn run_sender(inner: Arc<Inner>) {
                     lock(&inner.acc).set_producer(id, epoch);
                     init_attempt = 0;
                 }
-                Err(e) if e.action() == crate::Action::Fail => {
-                    // Not authorized (or another error no retry can fix):
-                    // every waiting record fails with it now rather than
-                    // at delivery.timeout.ms.
-                    tracing::warn!(error = %e, "InitProducerId failed; failing the waiting records");
-                    lock(&inner.acc).fail_unsent(&e);
-                    let delay = inner.client.retry_backoff().delay(init_attempt);
-                    init_attempt += 1;
-                    tokio::time::sleep(delay).await;
-                    continue;
-                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "InitProducerId failed; retrying");
+                    if e.action() == crate::Action::Fail {
+                        // Not authorized (or another error no retry can
+                        // fix): every waiting record fails with it now
+                        // rather than at delivery.timeout.ms.
+                        tracing::warn!(error = %e, "InitProducerId failed; failing the waiting records");
+                        lock(&inner.acc).fail_unsent(&e);
+                    } else {
+                        tracing::warn!(error = %e, "InitProducerId failed; retrying");
+                        let expired = lock(&inner.acc).expire(Instant::now());
+                        drop(expired);
+                    }
                     let delay = inner.client.retry_backoff().delay(init_attempt);
                     init_attempt += 1;
-                    let expired = lock(&inner.acc).expire(Instant::now());
-                    drop(expired);
                     tokio::time::sleep(delay).await;
                     continue;
                 }

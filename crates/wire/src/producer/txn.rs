@@ -367,11 +367,9 @@ impl TxnMachine {
 
     /// Feeds one event; returns the actions to carry out, in order.
     pub fn handle(&mut self, now: Instant, event: TxnEvent) -> Vec<TxnAction> {
-        if matches!(event, TxnEvent::Recover) {
-            return self.recover(now);
-        }
         if self.state == TxnState::Fatal {
             return match event {
+                TxnEvent::Recover => self.recover(now),
                 TxnEvent::Init
                 | TxnEvent::Begin
                 | TxnEvent::SendOffsets(_)
@@ -847,6 +845,14 @@ mod tests {
         );
     }
 
+    /// Commits, and the coordinator refuses EndTxn as fenced (it aborted
+    /// the transaction on its timeout and bumped the epoch).
+    fn commit_refused_as_fenced(m: &mut TxnMachine, now: Instant) {
+        let _ = m.handle(now, TxnEvent::Commit);
+        let _ = m.handle(now, TxnEvent::Flushed { failure: None });
+        let _ = m.handle(now, TxnEvent::Ended(ErrorCode::PRODUCER_FENCED));
+    }
+
     #[test]
     fn a_producer_whose_transaction_timed_out_recovers_with_a_bumped_epoch() {
         let now = Instant::now();
@@ -861,9 +867,7 @@ mod tests {
         ));
         // The coordinator aborted the transaction on timeout and bumped the
         // epoch: the commit's offsets are refused.
-        let _ = m.handle(now, TxnEvent::Commit);
-        let _ = m.handle(now, TxnEvent::Flushed { failure: None });
-        let _ = m.handle(now, TxnEvent::Ended(ErrorCode::PRODUCER_FENCED));
+        commit_refused_as_fenced(&mut m, now);
         assert_eq!(m.state(), TxnState::Fatal);
         assert!(matches!(
             m.handle(now, TxnEvent::Recover).as_slice(),
@@ -887,9 +891,7 @@ mod tests {
         );
         // Taken over by another instance: the bump is refused, for good.
         let mut m = in_txn(now);
-        let _ = m.handle(now, TxnEvent::Commit);
-        let _ = m.handle(now, TxnEvent::Flushed { failure: None });
-        let _ = m.handle(now, TxnEvent::Ended(ErrorCode::PRODUCER_FENCED));
+        commit_refused_as_fenced(&mut m, now);
         let _ = m.handle(now, TxnEvent::Recover);
         let a = m.handle(
             now,

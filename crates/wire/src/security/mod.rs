@@ -127,13 +127,15 @@ impl Security {
 }
 
 fn tls_settings(p: &Properties) -> Result<TlsSettings> {
-    let pem_store = |key: &str| p.get(key).is_none_or(|t| t.eq_ignore_ascii_case("PEM"));
     let trust = if let Some(path) = p.get("ssl.ca.location") {
         Trust::File(path.to_owned())
     } else if let Some(text) = p.get("ssl.ca.pem").or(p.get("ssl.truststore.certificates")) {
         Trust::Pem(text.to_owned())
     } else if let Some(path) = p.get("ssl.truststore.location") {
-        if p.get("ssl.truststore.type").is_none() || !pem_store("ssl.truststore.type") {
+        let pem = p
+            .get("ssl.truststore.type")
+            .is_some_and(|t| t.eq_ignore_ascii_case("PEM"));
+        if !pem {
             return Err(Error::Config(format!(
                 "ssl.truststore.location={path}: only PEM trust stores are read (set ssl.truststore.type=PEM, or export the JKS/PKCS12 store's CA with `keytool -exportcert -rfc` and set ssl.ca.location)"
             )));

@@ -105,15 +105,15 @@ impl Token {
                     .duration_since(UNIX_EPOCH)
                     .unwrap_or_default()
                     .as_secs();
-                let mut claims = serde_like_object(&[
+                let mut fields = vec![
                     ("sub", Claim::Str(principal)),
                     ("iat", Claim::Num(now)),
                     ("exp", Claim::Num(now + lifetime.as_secs().max(1))),
-                ]);
+                ];
                 if let Some(scope) = scope {
-                    claims.pop();
-                    claims.push_str(&format!(",\"scope\":{}}}", json_string(scope)));
+                    fields.push(("scope", Claim::Str(scope)));
                 }
+                let claims = serde_like_object(&fields);
                 format!(
                     "{}.{}.",
                     B64URL.encode(br#"{"alg":"none"}"#),
