@@ -7,16 +7,13 @@
 //!
 //! The tests share one cluster and take turns.
 
-use std::collections::BTreeMap;
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use faustus_suite::{read_all_settled, stop_worker, unique_topic, Deadline, ScratchDir};
+use faustus_suite::{stop_worker, Deadline, PageViewRun};
 use faustus_testcontainers::KafkaCluster;
 use faustus_wire::coordinator::CoordinatorType;
-use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
-use faustus_wire::{Admin, Client, ClientConfig, NewTopic, Properties};
+use faustus_wire::{Client, ClientConfig};
 
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -31,142 +28,13 @@ fn single() -> &'static KafkaCluster {
     CLUSTER.get_or_init(|| KafkaCluster::start(1).expect("1-node cluster"))
 }
 
-struct Run {
-    kafka: &'static KafkaCluster,
-    app: String,
-    topic: String,
-    dir: ScratchDir,
+/// The page-view app on the shared 3-node cluster.
+async fn run(prefix: &str) -> PageViewRun {
+    PageViewRun::new(kafka().bootstrap(), 3, prefix).await
 }
 
-impl Run {
-    async fn new(prefix: &str) -> Self {
-        Self::on(kafka(), prefix).await
-    }
-
-    async fn on(kafka: &'static KafkaCluster, prefix: &str) -> Self {
-        let app = unique_topic(prefix);
-        let topic = format!("{app}-clicks");
-        let client = Client::connect(ClientConfig::new(kafka.bootstrap()).expect("config"))
-            .await
-            .expect("client");
-        let replicas = kafka.nodes() as i16;
-        Admin::new(client)
-            .create_topic(NewTopic::new(&topic, 6, replicas), false)
-            .await
-            .expect("clicks topic");
-        let dir = ScratchDir::new(&app);
-        std::fs::create_dir_all(dir.path()).expect("scratch dir");
-        Self {
-            kafka,
-            app,
-            topic,
-            dir,
-        }
-    }
-
-    fn worker(&self, name: &str) -> Child {
-        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log");
-        Command::new(faustus_suite::example_binary("page_views"))
-            .env("PAGE_VIEWS_APP", &self.app)
-            .env("PAGE_VIEWS_TOPIC", &self.topic)
-            .env("KAFKA_BOOTSTRAP", self.kafka.bootstrap())
-            .args([
-                "-X",
-                &format!("state.dir={}", self.dir.path().join(name).display()),
-            ])
-            .args(["-X", "processing.guarantee=exactly_once"])
-            .args([
-                "-X",
-                &format!("topic.replication.factor={}", self.kafka.nodes()),
-            ])
-            .args([
-                "-X",
-                "session.timeout.ms=6000",
-                "-X",
-                "heartbeat.interval.ms=1000",
-            ])
-            .args(["-X", "commit.interval.ms=200"])
-            .args(["worker", "-l", "info"])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("worker starts")
-    }
-
-    fn log(&self, name: &str) -> String {
-        let s = std::fs::read_to_string(self.dir.path().join(format!("{name}.log")))
-            .unwrap_or_default();
-        faustus_suite::log_tail(&s, 30)
-    }
-
-    /// Sends `n` clicks over 100 URLs, about `per_second` a second, with
-    /// acks=all and idempotence (the sender rides out the faults too).
-    fn clicks(
-        &self,
-        n: usize,
-        per_second: usize,
-    ) -> tokio::task::JoinHandle<BTreeMap<String, u64>> {
-        let topic = self.topic.clone();
-        let bootstrap = self.kafka.bootstrap().to_owned();
-        tokio::spawn(async move {
-            let props = Properties::new()
-                .set("bootstrap.servers", bootstrap)
-                .set("acks", "all")
-                .set("delivery.timeout.ms", "300000");
-            let p = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
-                .await
-                .expect("producer");
-            let mut expected: BTreeMap<String, u64> = BTreeMap::new();
-            let mut pending = Vec::new();
-            for i in 0..n {
-                let url = format!("/page/{}", i % 100);
-                *expected.entry(url.clone()).or_default() += 1;
-                pending.push(
-                    p.send(ProducerRecord::new(&topic).key(url).value("1"))
-                        .await
-                        .expect("queued"),
-                );
-                if i % 100 == 99 {
-                    tokio::time::sleep(Duration::from_millis((100_000 / per_second) as u64)).await;
-                }
-            }
-            for d in pending {
-                d.await.expect("every click delivered");
-            }
-            p.close().await.expect("close");
-            expected
-        })
-    }
-
-    /// Waits until the committed changelog counts equal `expected`.
-    async fn await_counts(&self, expected: &BTreeMap<String, u64>, workers: &[&str]) {
-        let changelog = format!("{}-click_counts-changelog", self.app);
-        let total: u64 = expected.values().sum();
-        let deadline = Deadline::new(
-            format!("the table to count {total} clicks"),
-            Duration::from_secs(240),
-        );
-        loop {
-            let mut latest: BTreeMap<String, u64> = BTreeMap::new();
-            for (_, k, v) in read_all_settled(self.kafka.bootstrap(), &changelog).await {
-                latest.insert(k, v.parse().expect("a count"));
-            }
-            let sum: u64 = latest.values().sum();
-            if sum >= total {
-                assert_eq!(&latest, expected, "every click counted exactly once");
-                return;
-            }
-            if deadline.passed() {
-                let logs: Vec<String> = workers
-                    .iter()
-                    .map(|w| format!("--- {w}\n{}", self.log(w)))
-                    .collect();
-                panic!("the table counts {sum} of {total}\n{}", logs.join("\n"));
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-}
+/// How long a test waits for the table to count every click.
+const SETTLE: Duration = Duration::from_secs(240);
 
 /// Each of the 3 brokers killed (SIGKILL) and restarted in turn,
 /// `PV_BOUNCE_ROUNDS` rounds (default 5), while two exactly-once workers
@@ -179,7 +47,7 @@ async fn rolling_broker_kills_under_two_exactly_once_workers_count_exactly() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(5);
-    let run = Run::new("bf-bounce").await;
+    let run = run("bf-bounce").await;
     let a = run.worker("a");
     let b = run.worker("b");
     // Enough clicks to last through the bounces (about 10 s each).
@@ -197,7 +65,7 @@ async fn rolling_broker_kills_under_two_exactly_once_workers_count_exactly() {
         }
     }
     let expected = sending.await.expect("sender");
-    run.await_counts(&expected, &["a", "b"]).await;
+    run.await_counts(&expected, &["a", "b"], SETTLE).await;
     stop_worker(a);
     stop_worker(b);
 }
@@ -208,7 +76,7 @@ async fn rolling_broker_kills_under_two_exactly_once_workers_count_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_group_coordinators_broker_paused_for_20_s() {
     let _turn = TURN.lock().await;
-    let run = Run::new("bf-pause").await;
+    let run = run("bf-pause").await;
     let a = run.worker("a");
     let b = run.worker("b");
     let sending = run.clicks(30 * 500, 500);
@@ -238,7 +106,7 @@ async fn the_group_coordinators_broker_paused_for_20_s() {
     tokio::time::sleep(Duration::from_secs(20)).await;
     kafka().resume(node).expect("resume");
     let expected = sending.await.expect("sender");
-    run.await_counts(&expected, &["a", "b"]).await;
+    run.await_counts(&expected, &["a", "b"], SETTLE).await;
     stop_worker(a);
     stop_worker(b);
 }
@@ -255,10 +123,10 @@ async fn the_only_broker_down_for_70_s_and_back() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(70);
-    let run = Run::on(single(), "bf-outage").await;
+    let run = PageViewRun::new(single().bootstrap(), 1, "bf-outage").await;
     let a = run.worker("a");
     let before = run.clicks(3000, 1000).await.expect("sender");
-    run.await_counts(&before, &["a"]).await;
+    run.await_counts(&before, &["a"], SETTLE).await;
     // More clicks are queued in the sender while the broker is away.
     let during = run.clicks(3000, 100);
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -269,7 +137,7 @@ async fn the_only_broker_down_for_70_s_and_back() {
     for (url, n) in during.await.expect("sender") {
         *expected.entry(url).or_default() += n;
     }
-    run.await_counts(&expected, &["a"]).await;
+    run.await_counts(&expected, &["a"], SETTLE).await;
     let log = std::fs::read_to_string(run.dir.path().join("a.log")).unwrap_or_default();
     let warnings = log
         .lines()

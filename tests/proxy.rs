@@ -409,27 +409,122 @@ fn worker_through(
         .expect("worker starts")
 }
 
+/// A page_views worker counting clicks behind the proxy: clicks go
+/// straight to the broker, the worker reaches Kafka only through the proxy,
+/// and its changelog (read read_committed from the broker) shows its
+/// counts.
+struct Counting {
+    app: String,
+    clicks: String,
+    dir: faustus_suite::ScratchDir,
+    worker: std::process::Child,
+    producer: Producer,
+}
+
+impl Counting {
+    async fn start(proxy: &FaultProxy, prefix: &str, extra: &[&str]) -> Self {
+        let kafka = shared().expect("kafka");
+        let app = unique_topic(prefix);
+        let clicks = format!("{app}-clicks");
+        let client = Client::connect(ClientConfig::new(kafka.bootstrap()).expect("config"))
+            .await
+            .expect("client");
+        Admin::new(client)
+            .create_topic(NewTopic::new(&clicks, 2, 1), false)
+            .await
+            .expect("clicks topic");
+        let dir = faustus_suite::ScratchDir::new(&app);
+        std::fs::create_dir_all(dir.path()).expect("scratch dir");
+        let worker = worker_through(proxy, &app, &clicks, dir.path(), extra);
+        let producer = producer(kafka.bootstrap(), &[]).await;
+        Counting {
+            app,
+            clicks,
+            dir,
+            worker,
+            producer,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("worker.log")).unwrap_or_default()
+    }
+
+    /// Clicks `from..from + n`, click `i` on `/page/{i % 10}`.
+    async fn send(&self, from: usize, n: usize) {
+        for i in from..from + n {
+            self.producer
+                .send(
+                    ProducerRecord::new(&self.clicks)
+                        .key(format!("/page/{}", i % 10))
+                        .value("1"),
+                )
+                .await
+                .expect("queued");
+        }
+        self.producer.flush().await.expect("flush");
+    }
+
+    /// Each URL's latest count in the changelog.
+    async fn counted(&self) -> std::collections::BTreeMap<String, u64> {
+        let kafka = shared().expect("kafka");
+        let changelog = format!("{}-click_counts-changelog", self.app);
+        let mut latest = std::collections::BTreeMap::new();
+        for (_, k, v) in read_all_settled(kafka.bootstrap(), &changelog).await {
+            latest.insert(k, v.parse::<u64>().unwrap_or(0));
+        }
+        latest
+    }
+
+    /// Waits until the counts add up to `total`.
+    async fn wait_for(&self, total: u64, within: Duration) {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let sum: u64 = self.counted().await.values().sum();
+            if sum >= total {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the worker counted {sum} of {total} clicks\n{}",
+                faustus_suite::log_tail(&self.log(), 40)
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    }
+
+    /// Every URL's count is exactly its clicks among the first `sent`.
+    async fn assert_exact(&self, sent: usize) {
+        self.wait_for(sent as u64, Duration::from_secs(180)).await;
+        let latest = self.counted().await;
+        assert_eq!(latest.len(), 10.min(sent), "{latest:?}");
+        for (url, n) in &latest {
+            let page: usize = url.trim_start_matches("/page/").parse().expect("a page");
+            let want = (0..sent).filter(|i| i % 10 == page).count() as u64;
+            assert_eq!(
+                *n,
+                want,
+                "{url}\n{}",
+                faustus_suite::log_tail(&self.log(), 40)
+            );
+        }
+    }
+}
+
+impl Drop for Counting {
+    fn drop(&mut self) {
+        let _ = self.worker.kill();
+        let _ = self.worker.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_while_the_cluster_is_unreachable_stops_within_the_shutdown_timeout() {
     let _one = PROXY.lock().await;
-    let kafka = shared().expect("kafka");
     let proxy = proxy();
-    let app = unique_topic("proxy-pv");
-    let clicks = format!("{app}-clicks");
-    let client = Client::connect(ClientConfig::new(kafka.bootstrap()).expect("config"))
-        .await
-        .expect("client");
-    Admin::new(client)
-        .create_topic(NewTopic::new(&clicks, 2, 1), false)
-        .await
-        .expect("clicks topic");
-    let dir = faustus_suite::ScratchDir::new(&app);
-    std::fs::create_dir_all(dir.path()).expect("scratch dir");
-    let worker = worker_through(
+    let mut pv = Counting::start(
         &proxy,
-        &app,
-        &clicks,
-        dir.path(),
+        "proxy-pv",
         // Commits far apart and no table cache: what the worker counts
         // reaches the changelog at once, and its offsets wait for a commit,
         // so a stop must commit.
@@ -438,64 +533,31 @@ async fn sigterm_while_the_cluster_is_unreachable_stops_within_the_shutdown_time
             "commit.interval.ms=600000",
             "cache.max.bytes=0",
         ],
-    );
-    let log = || std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default();
-    // Clicks go straight to the broker; the worker counts them through
-    // the proxy, so its changelog shows it at work.
-    let p = producer(kafka.bootstrap(), &[]).await;
-    for i in 0..200 {
-        p.send(
-            ProducerRecord::new(&clicks)
-                .key(format!("/page/{}", i % 10))
-                .value("1"),
-        )
-        .await
-        .expect("queued");
-    }
-    p.flush().await.expect("flush");
-    let changelog = format!("{app}-click_counts-changelog");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let counted: u64 = {
-            let mut latest = std::collections::BTreeMap::new();
-            for (_, k, v) in read_all_settled(kafka.bootstrap(), &changelog).await {
-                latest.insert(k, v.parse::<u64>().unwrap_or(0));
-            }
-            latest.values().sum()
-        };
-        if counted >= 200 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the worker counted {counted} of 200 clicks\n{}",
-            log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    )
+    .await;
+    pv.send(0, 200).await;
+    pv.wait_for(200, Duration::from_secs(120)).await;
     // The cluster goes away, more clicks arrive for when it is back, and
     // the operator asks the worker to stop.
     proxy.set_refusing(true);
     let started = std::time::Instant::now();
     let _ = std::process::Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
+        .args(["-TERM", &pv.worker.id().to_string()])
         .status();
-    let mut worker = worker;
     let status = loop {
-        if let Some(status) = worker.try_wait().expect("wait") {
+        if let Some(status) = pv.worker.try_wait().expect("wait") {
             break status;
         }
         if started.elapsed() > Duration::from_secs(30) {
-            let _ = worker.kill();
             panic!(
                 "SIGTERM ignored for 30 s (shutdown.timeout.ms=4000)\n{}",
-                log()
+                pv.log()
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let took = started.elapsed();
-    let log = log();
+    let log = pv.log();
     assert!(
         took < Duration::from_secs(15),
         "stopped after {took:?} (shutdown.timeout.ms=4000)\n{log}"
@@ -519,98 +581,34 @@ fn outage() -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_waits_out_a_cluster_outage_saying_so_and_resumes_by_itself() {
     let _one = PROXY.lock().await;
-    let kafka = shared().expect("kafka");
     let proxy = proxy();
-    let app = unique_topic("proxy-outage");
-    let clicks = format!("{app}-clicks");
-    let client = Client::connect(ClientConfig::new(kafka.bootstrap()).expect("config"))
-        .await
-        .expect("client");
-    Admin::new(client)
-        .create_topic(NewTopic::new(&clicks, 2, 1), false)
-        .await
-        .expect("clicks topic");
-    let dir = faustus_suite::ScratchDir::new(&app);
-    std::fs::create_dir_all(dir.path()).expect("scratch dir");
-    let mut worker = worker_through(
+    let pv = Counting::start(
         &proxy,
-        &app,
-        &clicks,
-        dir.path(),
+        "proxy-outage",
         &[
             "processing.guarantee=exactly_once",
             "commit.interval.ms=200",
         ],
-    );
-    let log = || std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default();
-    let p = producer(kafka.bootstrap(), &[]).await;
-    let send = |from: usize, n: usize| {
-        let (p, clicks) = (&p, &clicks);
-        async move {
-            for i in from..from + n {
-                p.send(
-                    ProducerRecord::new(clicks)
-                        .key(format!("/page/{}", i % 10))
-                        .value("1"),
-                )
-                .await
-                .expect("queued");
-            }
-            p.flush().await.expect("flush");
-        }
-    };
-    let changelog = format!("{app}-click_counts-changelog");
-    let counted = || async {
-        let mut latest = std::collections::BTreeMap::new();
-        for (_, k, v) in read_all_settled(kafka.bootstrap(), &changelog).await {
-            latest.insert(k, v.parse::<u64>().unwrap_or(0));
-        }
-        latest
-    };
-    let wait_for = |total: u64, within: Duration| {
-        let counted = &counted;
-        let log = &log;
-        async move {
-            let deadline = tokio::time::Instant::now() + within;
-            loop {
-                let sum: u64 = counted().await.values().sum();
-                if sum >= total {
-                    return sum;
-                }
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the worker counted {sum} of {total} clicks\n{}",
-                    faustus_suite::log_tail(&log(), 40)
-                );
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        }
-    };
-    send(0, 500).await;
-    wait_for(500, Duration::from_secs(120)).await;
+    )
+    .await;
+    pv.send(0, 500).await;
+    pv.wait_for(500, Duration::from_secs(120)).await;
     // The cluster goes away; clicks keep coming (straight to the broker,
     // which the worker cannot reach).
-    let before = log().len();
+    let before = pv.log().len();
     proxy.set_refusing(true);
     let away = outage();
     let gone = std::time::Instant::now();
     let mut sent = 500;
     while gone.elapsed() < away {
-        send(sent, 100).await;
+        pv.send(sent, 100).await;
         sent += 100;
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let during = log()[before..].to_owned();
+    let during = pv.log()[before..].to_owned();
     proxy.set_refusing(false);
     // It resumes by itself, and counts every click exactly once.
-    let total = sent as u64;
-    wait_for(total, Duration::from_secs(180)).await;
-    let latest = counted().await;
-    for (url, n) in &latest {
-        let page: usize = url.trim_start_matches("/page/").parse().expect("a page");
-        let want = (0..sent).filter(|i| i % 10 == page).count() as u64;
-        assert_eq!(*n, want, "{url}\n{}", faustus_suite::log_tail(&log(), 40));
-    }
+    pv.assert_exact(sent).await;
     // While the cluster was away it kept saying so: a warning at least
     // every 15 s, naming what it waits for.
     let warnings: Vec<&str> = during
@@ -623,6 +621,51 @@ async fn a_worker_waits_out_a_cluster_outage_saying_so_and_resumes_by_itself() {
         "{} warnings in {away:?} of outage (want {need}+)\n{during}",
         warnings.len()
     );
-    let _ = worker.kill();
-    let _ = worker.wait();
+}
+
+/// The engine's side of an ambiguous commit (scenario 7): an exactly-once
+/// worker's EndTxn reaches the coordinator and the connection is cut
+/// before the answer, five times while clicks stream in. The worker's
+/// producer sends EndTxn again and learns the outcome the coordinator
+/// already decided; the worker neither dies nor counts anything twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_commit_answers_are_lost_counts_exactly() {
+    let _one = PROXY.lock().await;
+    let proxy = proxy();
+    let mut pv = Counting::start(
+        &proxy,
+        "proxy-endtxn",
+        &[
+            "processing.guarantee=exactly_once",
+            "commit.interval.ms=200",
+        ],
+    )
+    .await;
+    pv.send(0, 300).await;
+    pv.wait_for(300, Duration::from_secs(120)).await;
+    let mut sent = 300;
+    for round in 0..5 {
+        let ends = proxy.requests(END_TXN);
+        proxy.cut_at(END_TXN, Cut::AfterRequest);
+        pv.send(sent, 200).await;
+        sent += 200;
+        wait_until(
+            "an EndTxn cut and sent again",
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || (!proxy.pending() && proxy.requests(END_TXN) >= ends + 2).then_some(()),
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "round {round}: {e}\n{}",
+                faustus_suite::log_tail(&pv.log(), 40)
+            )
+        });
+        assert!(
+            pv.worker.try_wait().expect("wait").is_none(),
+            "the worker died at round {round}\n{}",
+            faustus_suite::log_tail(&pv.log(), 40)
+        );
+    }
+    pv.assert_exact(sent).await;
 }

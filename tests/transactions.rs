@@ -196,6 +196,30 @@ async fn a_second_instance_fences_the_first() {
         values(&read_all_settled(kafka.bootstrap(), &out).await),
         expected(&["fresh"], 50)
     );
+
+    // KIP-588's bump does not take the id from its new holder...
+    let err = zombie.recover().await.expect_err("the bump is refused");
+    assert!(err.to_string().contains("PRODUCER_FENCED"), "{err}");
+    // ...a plain InitProducerId does, fencing the holder in turn (which is
+    // why only an application that knows it is the id's only live user,
+    // as the engine does from its locked state directory, calls it).
+    zombie.restart().await.expect("restart");
+    fresh.begin().await.expect("begin");
+    let refused = match fresh.send(ProducerRecord::new(&out).value("fenced")).await {
+        Ok(delivery) => delivery.await.is_err() && fresh.commit().await.is_err(),
+        Err(_) => true,
+    };
+    assert!(refused, "the old holder is fenced");
+    zombie.begin().await.expect("begin");
+    send_n(&zombie, &out, "back", 5).await;
+    zombie.commit().await.expect("commit");
+    let mut want = expected(&["fresh"], 50);
+    want.extend(expected(&["back"], 5));
+    want.sort();
+    assert_eq!(
+        values(&read_all_settled(kafka.bootstrap(), &out).await),
+        want
+    );
 }
 
 /// Consume-transform-produce: the group's offsets move with the output,
@@ -365,8 +389,7 @@ async fn the_coordinator_aborts_a_transaction_left_open_past_its_timeout() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(read_all_settled(kafka.bootstrap(), &out).await.is_empty());
-    // The producer's epoch was bumped by the abort: committing fails for
-    // good.
+    // The producer's epoch was bumped by the abort: committing fails.
     let err = p.commit().await.expect_err("commit after the timeout");
     assert!(
         matches!(
@@ -377,6 +400,32 @@ async fn the_coordinator_aborts_a_transaction_left_open_past_its_timeout() {
             }
         ),
         "fatal: {err}"
+    );
+    // Its owner takes the id back: KIP-588's bump (Kafka 4 grants it after
+    // a timeout), else a plain InitProducerId, as the engine does.
+    let (id, epoch) = p.producer_id().expect("producer id");
+    match p.recover().await {
+        Ok(()) => println!("the coordinator accepted the KIP-588 bump"),
+        Err(e) => {
+            println!("the bump was refused ({e}); restarting");
+            assert!(
+                e.to_string().contains("PRODUCER_FENCED"),
+                "refused as fenced: {e}"
+            );
+            p.restart().await.expect("restart");
+        }
+    }
+    let (id2, epoch2) = p.producer_id().expect("producer id");
+    assert!(
+        id2 != id || epoch2 > epoch,
+        "a new epoch: ({id}, {epoch}) then ({id2}, {epoch2})"
+    );
+    p.begin().await.expect("begin");
+    send_n(&p, &out, "after", 20).await;
+    p.commit().await.expect("the next transaction commits");
+    assert_eq!(
+        values(&read_all_settled(kafka.bootstrap(), &out).await),
+        expected(&["after"], 20)
     );
 }
 

@@ -3,6 +3,9 @@
 
 use std::time::{Duration, Instant};
 
+mod page_views;
+pub use page_views::PageViewRun;
+
 use faustus_wire::consumer::{Consumer, ConsumerConfig, Offset};
 use faustus_wire::{Admin, OffsetSpec, Properties};
 

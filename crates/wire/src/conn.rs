@@ -525,11 +525,17 @@ impl Connection {
     }
 
     fn decode<T: Decodable>(&self, mut body: Bytes, api_key: i16, version: i16) -> Result<T> {
-        T::decode(&mut body, version).map_err(|e| Error::Decode {
+        let err = |reason: String| Error::Decode {
             api: api_name(api_key),
             broker: self.shared.addr.clone(),
-            reason: e.to_string(),
-        })
+            reason,
+        };
+        // A damaged count would make the decoder abort the process
+        // (protocol::guard); the Fetch response is walked first.
+        if api_key == ApiKey::Fetch as i16 {
+            crate::protocol::guard::fetch_response(&body, version).map_err(err)?;
+        }
+        T::decode(&mut body, version).map_err(|e| err(e.to_string()))
     }
 
     /// Waits until a throttle set by [`throttle`](Self::throttle) has passed.

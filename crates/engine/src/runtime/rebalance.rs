@@ -85,6 +85,24 @@ fn fenced(e: &faustus_wire::Error) -> bool {
     )
 }
 
+/// Gives a fenced transactional producer a new epoch: KIP-588's bump
+/// first; when that is refused too (the coordinator grants it only to its
+/// current or previous epoch, and the rolling broker kills showed a worker
+/// fall further behind after coordinators moved), a plain InitProducerId,
+/// as Kafka Streams re-creates its producer. Safe because
+/// the transactional id comes from this worker's state directory, which
+/// it holds locked: no other live worker has it, and a zombie's offsets
+/// are still refused by the group generation they carry.
+async fn renew(p: &TransactionalProducer) -> std::result::Result<(), faustus_wire::Error> {
+    match p.recover().await {
+        Err(e) if fenced(&e) => {
+            tracing::warn!(error = %e, "the epoch bump was refused; taking the transactional id over with a new producer session");
+            p.restart().await
+        }
+        r => r,
+    }
+}
+
 fn count(c: &std::sync::atomic::AtomicU64) {
     c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
@@ -210,7 +228,7 @@ impl Shared {
                             tracing::warn!(%why, "transaction aborted; rewinding to the committed offsets");
                             (TxnEnd::Abortable, None)
                         }
-                        Err(e) if fenced(&e) => match p.recover().await {
+                        Err(e) if fenced(&e) => match renew(p).await {
                             // The coordinator aborted the transaction (it
                             // outlived transaction.timeout.ms: a paused
                             // process, an unreachable coordinator) and bumped
@@ -239,7 +257,7 @@ impl Shared {
                             // Already aborted by the coordinator (see the
                             // commit above): take the next epoch.
                             tracing::warn!(error = %e, "abort refused (the coordinator ended the transaction); recovering the producer");
-                            p.recover().await?;
+                            renew(p).await?;
                         }
                         r => r?,
                     }

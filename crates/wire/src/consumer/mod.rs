@@ -342,7 +342,8 @@ pub(crate) fn split_partition(
 /// 4 to 17) and splits every partition's records as the consumer does,
 /// under read_committed and read_uncommitted, walking every record and
 /// header: the body of the `fetch_response` fuzz target and of its corpus
-/// replay. It must never panic.
+/// replay. The body is checked first by `protocol::guard`, as every Fetch
+/// response a connection receives is. It must never panic or abort.
 #[doc(hidden)]
 pub fn fuzz_fetch_response(data: &[u8]) {
     use kafka_protocol::protocol::Decodable;
@@ -350,6 +351,9 @@ pub fn fuzz_fetch_response(data: &[u8]) {
         return;
     };
     let version = 4 + i16::from(v % 14);
+    if crate::protocol::guard::fetch_response(body, version).is_err() {
+        return;
+    }
     let mut buf = Bytes::copy_from_slice(body);
     let Ok(resp) = FetchResponse::decode(&mut buf, version) else {
         return;

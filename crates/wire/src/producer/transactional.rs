@@ -319,6 +319,20 @@ impl TransactionalProducer {
         self.drive(TxnEvent::Recover).await
     }
 
+    /// Takes the `transactional.id` over again with a plain InitProducerId
+    /// (no producer id or epoch), as a newly created producer would, after
+    /// [`recover`](Self::recover) was refused with PRODUCER_FENCED. The
+    /// coordinator grants the KIP-588 bump only to the current or the
+    /// previous epoch, so a producer that fell further behind is refused
+    /// even when nobody else holds the id; Kafka Streams re-creates its
+    /// producer then. Call it only
+    /// when no other live process can hold this `transactional.id` (the
+    /// engine derives it from a locked state directory): it fences whoever
+    /// does.
+    pub async fn restart(&self) -> Result<()> {
+        self.drive(TxnEvent::Restart).await
+    }
+
     /// Begins a transaction.
     pub async fn begin(&self) -> Result<()> {
         self.drive(TxnEvent::Begin).await

@@ -67,6 +67,17 @@ pub enum TxnEvent {
     /// producer's id and epoch gets the new epoch when nobody else took the
     /// `transactional.id` over, and PRODUCER_FENCED when someone did.
     Recover,
+    /// The application takes the `transactional.id` over again, as a new
+    /// producer would, after [`TxnEvent::Recover`] was refused: a plain
+    /// InitProducerId, without the old id and epoch. The coordinator grants
+    /// KIP-588's bump only when the producer's epoch is its current or its
+    /// previous one, so a producer whose epoch fell further behind (seen
+    /// after coordinators moved under rolling broker kills) is refused with
+    /// PRODUCER_FENCED even when no other producer exists; Kafka Streams
+    /// answers by re-creating its producer, and this is that step. Only for
+    /// an application that knows no other live process holds the id: it
+    /// fences whoever does.
+    Restart,
     /// InitProducerId answered.
     ProducerId {
         /// Error code.
@@ -369,7 +380,8 @@ impl TxnMachine {
     pub fn handle(&mut self, now: Instant, event: TxnEvent) -> Vec<TxnAction> {
         if self.state == TxnState::Fatal {
             return match event {
-                TxnEvent::Recover => self.recover(now),
+                TxnEvent::Recover => self.renew(now, true),
+                TxnEvent::Restart => self.renew(now, false),
                 TxnEvent::Init
                 | TxnEvent::Begin
                 | TxnEvent::SendOffsets(_)
@@ -385,7 +397,8 @@ impl TxnMachine {
             };
         }
         match event {
-            TxnEvent::Recover => self.recover(now),
+            TxnEvent::Recover => self.renew(now, true),
+            TxnEvent::Restart => self.renew(now, false),
             TxnEvent::Init => {
                 if self.state != TxnState::Uninitialized {
                     return self.refuse("init_transactions");
@@ -625,9 +638,9 @@ impl TxnMachine {
         }
     }
 
-    /// [`TxnEvent::Recover`]: only from a fenced state, with a producer id
-    /// to bump.
-    fn recover(&mut self, now: Instant) -> Vec<TxnAction> {
+    /// [`TxnEvent::Recover`] (`bump`) and [`TxnEvent::Restart`]: only from
+    /// a fenced state, with a producer id.
+    fn renew(&mut self, now: Instant, bump: bool) -> Vec<TxnAction> {
         let fenced = self.state == TxnState::Fatal
             && self.producer.is_some()
             && self.fatal.as_ref().is_some_and(|(c, _)| {
@@ -637,7 +650,7 @@ impl TxnMachine {
                 )
             });
         if !fenced {
-            return self.refuse("recover");
+            return self.refuse(if bump { "recover" } else { "restart" });
         }
         self.fatal = None;
         self.added.clear();
@@ -646,7 +659,7 @@ impl TxnMachine {
         self.abortable = None;
         self.started = false;
         self.state = TxnState::Initializing;
-        self.step = Step::Init { bump: true };
+        self.step = Step::Init { bump };
         self.resend(now, false)
     }
 
@@ -905,6 +918,31 @@ mod tests {
             matches!(a.as_slice(), [TxnAction::Complete(Err(TxnError::Fatal(c, _)))] if *c == ErrorCode::PRODUCER_FENCED)
         );
         assert_eq!(m.state(), TxnState::Fatal);
+        // The application knows it is the only holder (a coordinator that
+        // fenced on timeout refuses the bump too): a plain InitProducerId.
+        assert!(matches!(
+            m.handle(now, TxnEvent::Restart).as_slice(),
+            [TxnAction::InitProducerId { bump: false, .. }]
+        ));
+        let a = m.handle(
+            now,
+            TxnEvent::ProducerId {
+                code: ErrorCode::NONE,
+                id: 7,
+                epoch: 9,
+            },
+        );
+        assert_eq!(a[0], TxnAction::SetProducer { id: 7, epoch: 9 });
+        assert!(ok_done(&a));
+        assert_eq!(m.state(), TxnState::Ready);
+        // Restarting a healthy producer is refused like recovering one.
+        assert!(matches!(
+            m.handle(now, TxnEvent::Restart).as_slice(),
+            [TxnAction::Complete(Err(TxnError::State {
+                call: "restart",
+                ..
+            }))]
+        ));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 mod codes;
 mod frame;
+pub mod guard;
 mod produce;
 mod versions;
 
