@@ -11,7 +11,8 @@
 //! ```
 //!
 //! `SOAK_SECS` (1800) sets the length, `SOAK_FAULT_SECS` (120) the fault
-//! interval, `SOAK_RATE` (1000) the clicks a second. It writes the samples
+//! interval, `SOAK_RATE` (1000) the clicks a second, `SOAK_SETTINGS` adds
+//! worker settings (`key=value`, space-separated). It writes the samples
 //! to `target/soak/rss.csv` and their plot to `target/soak/rss.svg`
 //! (docs/reliability.md shows a copy).
 
@@ -157,9 +158,12 @@ async fn two_workers_under_load_and_a_fault_every_two_minutes_for_30_minutes() {
     let every = env_or("SOAK_FAULT_SECS", 120) as u64;
     let rate = env_or("SOAK_RATE", 1000);
     let kafka = KafkaCluster::start(3).expect("3-node cluster");
+    let settings = std::env::var("SOAK_SETTINGS").unwrap_or_default();
+    let settings: Vec<&str> = settings.split_whitespace().collect();
     let run = PageViewRun::new(kafka.bootstrap(), 3, "soak")
         .await
-        .with_binary(build_example("page_views", true));
+        .with_binary(build_example("page_views", true))
+        .with_settings(&settings);
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/soak");
     std::fs::create_dir_all(&out).expect("target/soak");
     let a = run.worker("a");

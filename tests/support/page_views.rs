@@ -29,6 +29,7 @@ pub struct PageViewRun {
     pub dir: ScratchDir,
     replicas: i16,
     binary: std::path::PathBuf,
+    settings: Vec<String>,
 }
 
 impl PageViewRun {
@@ -53,6 +54,7 @@ impl PageViewRun {
             dir,
             replicas,
             binary: crate::example_binary("page_views"),
+            settings: Vec::new(),
         }
     }
 
@@ -60,6 +62,14 @@ impl PageViewRun {
     /// soak's memory figures).
     pub fn with_binary(mut self, binary: std::path::PathBuf) -> Self {
         self.binary = binary;
+        self
+    }
+
+    /// Adds `key=value` settings every worker gets after the defaults
+    /// (they win).
+    pub fn with_settings(mut self, settings: &[&str]) -> Self {
+        self.settings
+            .extend(settings.iter().map(|s| (*s).to_owned()));
         self
     }
 
@@ -89,6 +99,7 @@ impl PageViewRun {
                 "heartbeat.interval.ms=1000",
             ])
             .args(["-X", "commit.interval.ms=200"])
+            .args(self.settings.iter().flat_map(|s| ["-X", s.as_str()]))
             .args(["worker", "-l", "info"])
             .stdout(Stdio::null())
             .stderr(log)

@@ -18,6 +18,7 @@
 //! | `application.server` | `web.bind:port` | the `host:port` other workers forward table queries to (required with `web.bind=0.0.0.0`) |
 //! | `health.stall.ms` | 60000 | `/health` answers 503 (and the worker warns) when an assigned partition with records to read has not moved on for this long |
 //! | `cache.max.bytes` | 10485760 | the worker's table cache (Kafka Streams' record cache; `statestore.cache.max.bytes` is accepted too): a key's updates between commits are coalesced and its changelog gets the latest value when the worker commits, when the cache is full, or before partitions are revoked; `0`: every update is a changelog record |
+//! | `rocksdb.memory.max.bytes` | 67108864 | what all RocksDB stores of the process hold in memory together: one shared block cache, with the memtables charged to it and taking at most half (Kafka Streams' bounded-memory recipe, built in); `0`: each store takes RocksDB's defaults (64 MB memtables and a cache of its own), so memory grows with the partitions |
 //! | `shutdown.timeout.ms` | 30000 | how long a worker told to stop (SIGTERM, SIGINT) may take to commit and leave its group; past it, the worker stops anyway with an error saying what it was waiting for, and the CLI exits non-zero (what was processed and not committed is processed again, or its transaction aborted, by the next owner) |
 //! | `transaction.timeout.ms` | 10000 | as Kafka Streams under exactly-once: a crashed worker's open transaction is aborted after this |
 //!
@@ -34,6 +35,10 @@ use crate::error::{Error, Result};
 
 /// `cache.max.bytes` unless set: 10 MB, as Kafka Streams.
 pub const DEFAULT_CACHE_MAX_BYTES: usize = 10 * 1024 * 1024;
+
+/// `rocksdb.memory.max.bytes`' default: 64 MiB for all the process's
+/// RocksDB stores together.
+pub const DEFAULT_ROCKSDB_MEMORY_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 /// `processing.guarantee`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +98,10 @@ pub struct EngineConfig {
     /// `shutdown.timeout.ms`: how long a worker told to stop may take to
     /// commit and leave its group before it gives up.
     pub shutdown_timeout: Duration,
+    /// `rocksdb.memory.max.bytes`: the RocksDB stores' shared memory
+    /// bound (block cache and memtables); 0 leaves each store RocksDB's
+    /// defaults.
+    pub rocksdb_memory_max_bytes: usize,
 }
 
 impl EngineConfig {
@@ -165,6 +174,8 @@ impl EngineConfig {
                 None => p.parse_or("statestore.cache.max.bytes", DEFAULT_CACHE_MAX_BYTES)?,
             },
             shutdown_timeout: p.millis_or("shutdown.timeout.ms", 30_000)?,
+            rocksdb_memory_max_bytes: p
+                .parse_or("rocksdb.memory.max.bytes", DEFAULT_ROCKSDB_MEMORY_MAX_BYTES)?,
         })
     }
 }
@@ -187,6 +198,10 @@ mod tests {
         assert_eq!(c.state_dir, PathBuf::from("pv-data"));
         assert_eq!(c.store, StoreKind::RocksDb);
         assert_eq!(c.cache_max_bytes, DEFAULT_CACHE_MAX_BYTES);
+        assert_eq!(c.rocksdb_memory_max_bytes, DEFAULT_ROCKSDB_MEMORY_MAX_BYTES);
+        let c = EngineConfig::from_properties("pv", &props().set("rocksdb.memory.max.bytes", "0"))
+            .expect("config");
+        assert_eq!(c.rocksdb_memory_max_bytes, 0);
     }
 
     #[test]

@@ -31,7 +31,10 @@ fn store_path(cfg: &EngineConfig, topic: &str) -> std::path::PathBuf {
 
 fn open_store(cfg: &EngineConfig, topic: &str) -> Result<Box<dyn Store>> {
     Ok(match cfg.store {
-        StoreKind::RocksDb => Box::new(RocksStore::open(&store_path(cfg, topic))?),
+        StoreKind::RocksDb => Box::new(RocksStore::open(
+            &store_path(cfg, topic),
+            cfg.rocksdb_memory_max_bytes,
+        )?),
         StoreKind::Memory => Box::new(MemoryStore::default()),
     })
 }

@@ -380,7 +380,10 @@ impl<'t> Restorer<'t> {
 
     fn open_store(&self, def: &TableDef, p: i32) -> Result<Box<dyn Store>> {
         Ok(match self.cfg.store {
-            StoreKind::RocksDb => Box::new(RocksStore::open(&self.store_path(def, p))?),
+            StoreKind::RocksDb => Box::new(RocksStore::open(
+                &self.store_path(def, p),
+                self.cfg.rocksdb_memory_max_bytes,
+            )?),
             StoreKind::Memory => Box::new(MemoryStore::default()),
         })
     }
