@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use faustus_suite::{build_example, env_or, stop_worker, PageViewRun};
+use faustus_suite::{build_example, env_or, rss_mb, stop_worker, PageViewRun};
 use faustus_testcontainers::KafkaCluster;
 
 /// The faults, in the order they come round.
@@ -34,19 +34,6 @@ const FAULTS: [&str; 6] = [
     "SIGTERM worker b, restart it",
     "SIGKILL worker b, wipe its state directory, restart it",
 ];
-
-/// The current resident memory of `pid` (VmRSS), in MB.
-fn rss_mb(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
 
 fn signal(child: &Child, sig: &str) {
     let _ = std::process::Command::new("kill")

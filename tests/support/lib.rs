@@ -389,11 +389,22 @@ pub fn env_or(key: &str, default: usize) -> usize {
 /// The peak resident memory of process `pid` (its `VmHWM`), in MB; NaN when
 /// it cannot be read.
 pub fn peak_rss_mb(pid: u32) -> f64 {
+    status_mb(pid, "VmHWM:")
+}
+
+/// The current resident memory of process `pid` (its `VmRSS`), in MB; NaN
+/// when it cannot be read.
+pub fn rss_mb(pid: u32) -> f64 {
+    status_mb(pid, "VmRSS:")
+}
+
+/// A kB field of `/proc/<pid>/status`, in MB.
+fn status_mb(pid: u32, field: &str) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|kb| kb.parse::<f64>().ok())
         })

@@ -858,6 +858,21 @@ mod tests {
         );
     }
 
+    /// The coordinator grants producer 7 `epoch`: the machine is ready.
+    fn granted(m: &mut TxnMachine, now: Instant, epoch: i16) {
+        let a = m.handle(
+            now,
+            TxnEvent::ProducerId {
+                code: ErrorCode::NONE,
+                id: 7,
+                epoch,
+            },
+        );
+        assert_eq!(a[0], TxnAction::SetProducer { id: 7, epoch });
+        assert!(ok_done(&a));
+        assert_eq!(m.state(), TxnState::Ready);
+    }
+
     /// Commits, and the coordinator refuses EndTxn as fenced (it aborted
     /// the transaction on its timeout and bumped the epoch).
     fn commit_refused_as_fenced(m: &mut TxnMachine, now: Instant) {
@@ -886,17 +901,7 @@ mod tests {
             m.handle(now, TxnEvent::Recover).as_slice(),
             [TxnAction::InitProducerId { bump: true, .. }]
         ));
-        let a = m.handle(
-            now,
-            TxnEvent::ProducerId {
-                code: ErrorCode::NONE,
-                id: 7,
-                epoch: 5,
-            },
-        );
-        assert_eq!(a[0], TxnAction::SetProducer { id: 7, epoch: 5 });
-        assert!(ok_done(&a));
-        assert_eq!(m.state(), TxnState::Ready);
+        granted(&mut m, now, 5);
         assert!(ok_done(&m.handle(now, TxnEvent::Begin)));
         assert!(
             !m.may_send(&tp(0)),
@@ -918,23 +923,13 @@ mod tests {
             matches!(a.as_slice(), [TxnAction::Complete(Err(TxnError::Fatal(c, _)))] if *c == ErrorCode::PRODUCER_FENCED)
         );
         assert_eq!(m.state(), TxnState::Fatal);
-        // The application knows it is the only holder (a coordinator that
-        // fenced on timeout refuses the bump too): a plain InitProducerId.
+        // The application knows it is the id's only live holder (its epoch
+        // fell too far behind for a bump): a plain InitProducerId.
         assert!(matches!(
             m.handle(now, TxnEvent::Restart).as_slice(),
             [TxnAction::InitProducerId { bump: false, .. }]
         ));
-        let a = m.handle(
-            now,
-            TxnEvent::ProducerId {
-                code: ErrorCode::NONE,
-                id: 7,
-                epoch: 9,
-            },
-        );
-        assert_eq!(a[0], TxnAction::SetProducer { id: 7, epoch: 9 });
-        assert!(ok_done(&a));
-        assert_eq!(m.state(), TxnState::Ready);
+        granted(&mut m, now, 9);
         // Restarting a healthy producer is refused like recovering one.
         assert!(matches!(
             m.handle(now, TxnEvent::Restart).as_slice(),
