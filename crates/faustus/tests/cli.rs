@@ -3,6 +3,8 @@
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+mod common;
+
 use faustus_testcontainers::{shared, unique_name as unique_topic};
 
 fn faustus() -> Command {
@@ -11,33 +13,13 @@ fn faustus() -> Command {
 
 fn run(args: &[&str], stdin: Option<&str>) -> String {
     let kafka = shared().expect("kafka");
-    let mut child = faustus()
-        .args(args)
-        .env("KAFKA_BOOTSTRAP", kafka.bootstrap())
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("faustus runs");
-    if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(input.as_bytes())
-            .expect("write stdin");
-    }
-    let out = child.wait_with_output().expect("faustus exits");
-    assert!(
-        out.status.success(),
-        "faustus {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = common::run_with(
+        faustus()
+            .args(args)
+            .env("KAFKA_BOOTSTRAP", kafka.bootstrap()),
+        stdin,
     );
-    String::from_utf8(out.stdout).expect("utf-8")
+    common::stdout_of(out, args)
 }
 
 #[test]

@@ -5,10 +5,12 @@
 //! last record printed.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+mod common;
 
 use faustus_testcontainers::{shared, unique_name};
 
@@ -19,26 +21,7 @@ fn faustus() -> Command {
 }
 
 fn run(args: &[&str], stdin: &str) -> String {
-    let mut child = faustus()
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("faustus runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("exits");
-    assert!(
-        out.status.success(),
-        "faustus {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
+    common::stdout_of(common::run_with(faustus().args(args), Some(stdin)), args)
 }
 
 /// Collects a child's stdout (or stderr) lines as they come.

@@ -3,12 +3,13 @@
 //! takes them; `faustus acls create|list|delete`; and a refused user's
 //! typed error.
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use faustus_testcontainers::{unique_name, KafkaCluster, Security};
+
+mod common;
 
 fn kafka() -> &'static KafkaCluster {
     static CLUSTER: OnceLock<KafkaCluster> = OnceLock::new();
@@ -41,29 +42,11 @@ fn faustus(as_alice: bool, args: &[&str], stdin: &str) -> Output {
                 .expect("client.properties"),
         );
     }
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("faustus runs");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("stdin written");
-    child.wait_with_output().expect("faustus exits")
+    common::run_with(&mut cmd, Some(stdin))
 }
 
 fn ok(as_alice: bool, args: &[&str], stdin: &str) -> String {
-    let out = faustus(as_alice, args, stdin);
-    assert!(
-        out.status.success(),
-        "faustus {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
+    common::stdout_of(faustus(as_alice, args, stdin), args)
 }
 
 #[test]
