@@ -193,3 +193,94 @@ async fn round_trip_lz4() {
 async fn round_trip_zstd() {
     round_trip(&[("compression.type", "zstd")], 3).await;
 }
+
+/// A partition paused between polls hands out none of its records (not
+/// even those the consumer fetched ahead while the caller worked) until it
+/// is resumed; then they come in order from where it stopped, none lost or
+/// repeated. The engine pauses partitions that are restoring or hold too
+/// much of a join, so this must hold for every fetch in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_partition_is_held_back_until_resumed() {
+    init_tracing();
+    let kafka = shared().expect("kafka");
+    let topic = unique_topic("paused");
+    const PER_PARTITION: i64 = 2_000;
+    // Small batches and small fetches: each partition takes many fetches.
+    let props = Properties::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .set("batch.size", "1024")
+        .set("linger.ms", "0")
+        .set("max.partition.fetch.bytes", "4096");
+    let producer = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
+        .await
+        .expect("producer");
+    Admin::new(producer.client().clone())
+        .create_topic(NewTopic::new(&topic, 2, 1), false)
+        .await
+        .expect("topic");
+    let mut pending = Vec::new();
+    for i in 0..PER_PARTITION {
+        for p in 0..2 {
+            let rec = ProducerRecord::new(&topic)
+                .partition(p)
+                .value(value_of(i as usize));
+            pending.push(producer.send(rec).await.expect("queued"));
+        }
+    }
+    for d in pending {
+        d.await.expect("delivered");
+    }
+    producer.close().await.expect("close");
+
+    let mut consumer = Consumer::connect(ConsumerConfig::from_properties(&props).expect("config"))
+        .await
+        .expect("consumer");
+    consumer
+        .assign(&topic, &[], Offset::Beginning)
+        .await
+        .expect("assign");
+    let mut next = [0i64; 2];
+    let deadline = tokio::time::Instant::now() + PHASE;
+    let poll = async |consumer: &mut Consumer, next: &mut [i64; 2]| {
+        let parts = tokio::time::timeout_at(deadline, consumer.poll())
+            .await
+            .unwrap_or_else(|_| panic!("{topic}: stalled at {next:?}: {consumer:?}"))
+            .expect("poll");
+        let mut from = [false; 2];
+        for part in parts {
+            let p = part.partition() as usize;
+            from[p] = true;
+            for rec in part.records() {
+                let rec = rec.expect("valid record");
+                assert_eq!(rec.offset, next[p], "{topic}-{p}: offset gap or repeat");
+                assert_eq!(rec.value(), Some(&value_of(rec.offset as usize)[..]));
+                next[p] += 1;
+            }
+        }
+        from
+    };
+    while next[0] == 0 {
+        poll(&mut consumer, &mut next).await;
+    }
+    assert!(
+        next[0] < PER_PARTITION,
+        "one fetch took the whole partition"
+    );
+    let tp0 = faustus_wire::types::TopicPartition {
+        topic: topic.as_str().into(),
+        partition: 0,
+    };
+    consumer.pause(&tp0);
+    let stopped_at = next[0];
+    while next[1] < PER_PARTITION {
+        let from = poll(&mut consumer, &mut next).await;
+        assert!(!from[0], "{topic}-0 delivered records while paused");
+    }
+    assert_eq!(next[0], stopped_at);
+    assert_eq!(consumer.position(&tp0), Some(stopped_at));
+    consumer.resume(&tp0);
+    while next[0] < PER_PARTITION {
+        poll(&mut consumer, &mut next).await;
+    }
+    assert_eq!(next, [PER_PARTITION; 2]);
+}

@@ -436,6 +436,49 @@ struct FetchOutcome {
     broker: i32,
     sent: Vec<(TopicPartition, i64, u64)>,
     result: Result<FetchResponse>,
+    /// Every sent partition's records from the response, already split
+    /// (and compressed batches inflated) by the fetch's own task.
+    splits: HashMap<TopicPartition, PartitionRecords>,
+}
+
+/// Takes every partition's records out of `resp` and splits them as
+/// [`split_partition`] does, each from the offset it was fetched at. The
+/// fetch's task runs this as soon as the response arrives, so decompression
+/// happens there, on whichever runtime thread is free, while the caller is
+/// still working through the previous poll's records, not on the task that
+/// polls.
+fn split_response(
+    resp: &mut FetchResponse,
+    sent: &[(TopicPartition, i64, u64)],
+    read_committed: bool,
+) -> HashMap<TopicPartition, PartitionRecords> {
+    let offsets: HashMap<(&str, i32), (&TopicPartition, i64)> = sent
+        .iter()
+        .map(|(tp, off, _)| ((&*tp.topic, tp.partition), (tp, *off)))
+        .collect();
+    let mut splits = HashMap::new();
+    for t in &mut resp.responses {
+        for p in &mut t.partitions {
+            if p.error_code != 0 {
+                continue;
+            }
+            let Some(&(tp, offset)) = offsets.get(&(t.topic.0.as_str(), p.partition_index)) else {
+                continue;
+            };
+            let Some(records) = p.records.take().filter(|r| !r.is_empty()) else {
+                continue;
+            };
+            let aborted = read_committed.then(|| {
+                p.aborted_transactions
+                    .iter()
+                    .flatten()
+                    .map(|a| (a.producer_id.0, a.first_offset))
+                    .collect()
+            });
+            splits.insert(tp.clone(), split_partition(records, offset, aborted));
+        }
+    }
+    splits
 }
 
 /// A consumer of explicitly assigned partitions.
@@ -680,13 +723,11 @@ impl Consumer {
             if let Some(e) = self.errors.pop_front() {
                 return Err(e);
             }
-            if !self.buffer.is_empty() {
-                let out: Vec<Fetched> = self.buffer.drain(..).collect();
-                for f in &out {
-                    if let Some(st) = self.parts.get_mut(&f.tp) {
-                        st.position = st.position.max(f.next_offset);
-                    }
-                }
+            if let Some(out) = self.take_buffered() {
+                // Pipelining, as the Java consumer does: the next fetches
+                // go out now, so that their responses arrive (and inflate,
+                // in their own tasks) while the caller works through these.
+                self.send_fetches();
                 return Ok(out);
             }
             let now = Instant::now();
@@ -725,6 +766,27 @@ impl Consumer {
                 Ok(None) | Err(_) => {}
             }
         }
+    }
+
+    /// Takes the buffered data of every partition that is not paused (a
+    /// paused one's stays until it is resumed, seeked or unassigned) and
+    /// moves their positions past it; `None` when there is none.
+    fn take_buffered(&mut self) -> Option<Vec<Fetched>> {
+        let paused = |parts: &BTreeMap<TopicPartition, PartState>, f: &Fetched| {
+            parts.get(&f.tp).is_some_and(|st| st.paused)
+        };
+        if self.buffer.iter().all(|f| paused(&self.parts, f)) {
+            return None;
+        }
+        let (held, out): (Vec<Fetched>, Vec<Fetched>) =
+            self.buffer.drain(..).partition(|f| paused(&self.parts, f));
+        self.buffer = held.into();
+        for f in &out {
+            if let Some(st) = self.parts.get_mut(&f.tp) {
+                st.position = st.position.max(f.next_offset);
+            }
+        }
+        Some(out)
     }
 
     /// Resolves pending position resets with ListOffsets.
@@ -940,18 +1002,24 @@ impl Consumer {
             tracing::trace!(broker, session = sreq.session_id, epoch = sreq.epoch, listed = ?sreq.partitions.iter().map(|(tp, o)| (tp.partition, *o)).collect::<Vec<_>>(), forgotten = sreq.forgotten.len(), "fetch");
             self.in_flight_brokers.insert(broker, ());
             let client = self.client.clone();
+            let read_committed = self.cfg.read_committed;
             self.fetches.spawn(async move {
-                let result = async {
+                let mut result = async {
                     let conn = client.broker(broker).await?;
                     let resp = conn.call(&req).await?;
                     conn.throttle(resp.throttle_time_ms);
                     Ok(resp)
                 }
                 .await;
+                let splits = match &mut result {
+                    Ok(resp) if resp.error_code == 0 => split_response(resp, &sent, read_committed),
+                    _ => HashMap::new(),
+                };
                 FetchOutcome {
                     broker,
                     sent,
                     result,
+                    splits,
                 }
             });
         }
@@ -965,6 +1033,7 @@ impl Consumer {
                 st.in_flight = false;
             }
         }
+        let mut splits = outcome.splits;
         let resp = match outcome.result {
             Ok(r) => r,
             Err(e) => {
@@ -1060,30 +1129,24 @@ impl Consumer {
                 } else {
                     p.high_watermark
                 };
+                let split = splits.remove(&tp);
                 tracing::trace!(
                     topic,
                     partition = p.partition_index,
                     offset,
-                    bytes = p.records.as_ref().map_or(0, |r| r.len()),
+                    batches = split.as_ref().map_or(0, |s| s.batches.len()),
                     hw = p.high_watermark,
                     "fetched"
                 );
-                let Some(records) = p.records.filter(|r| !r.is_empty()) else {
-                    continue;
-                };
-                let aborted = self.cfg.read_committed.then(|| {
-                    p.aborted_transactions
-                        .unwrap_or_default()
-                        .iter()
-                        .map(|a| (a.producer_id.0, a.first_offset))
-                        .collect()
-                });
-                let PartitionRecords {
+                let Some(PartitionRecords {
                     batches,
                     mut next,
                     bad,
                     partial,
-                } = split_partition(records, offset, aborted);
+                }) = split
+                else {
+                    continue;
+                };
                 if let Some(e) = bad {
                     // Deliver what came before the bad batch. A batch
                     // damaged on the way (a CRC mismatch, framing cut short)
