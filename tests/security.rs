@@ -192,6 +192,191 @@ async fn ssl_takes_client_certificates_and_checks_host_names() {
     }
 }
 
+/// Runs `program` with `args`, failing the test with its output if it fails.
+fn run(program: &str, args: &[&str]) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The client certificate and trust as Java and librdkafka users keep
+/// them, made from the harness's PEM files by openssl and the JDK's
+/// keytool: a PKCS#12 and a JKS key store (the JKS key with a password of
+/// its own), JKS and PKCS#12 trust stores, and a password-protected PKCS#8
+/// key. Each must get through the SSL listener, which requires a client
+/// certificate; a wrong password is a config error naming the setting.
+#[tokio::test]
+async fn key_stores_trust_stores_and_encrypted_keys_as_java_and_librdkafka_keep_them() {
+    let _turn = TURN.lock().await;
+    let tls = state("KAFKA_TLS_DIR");
+    let dir = ScratchDir::new("stores");
+    std::fs::create_dir_all(dir.path()).expect("dir");
+    let at = |name: &str| dir.path().join(name).display().to_string();
+    let (cert, key) = (
+        format!("{tls}/client-admin.pem"),
+        format!("{tls}/client-admin.key"),
+    );
+    run(
+        "openssl",
+        &[
+            "pkcs12",
+            "-export",
+            "-in",
+            &cert,
+            "-inkey",
+            &key,
+            "-name",
+            "admin",
+            "-out",
+            &at("admin.p12"),
+            "-passout",
+            "pass:store-secret",
+        ],
+    );
+    run(
+        "keytool",
+        &[
+            "-importkeystore",
+            "-noprompt",
+            "-srckeystore",
+            &at("admin.p12"),
+            "-srcstoretype",
+            "PKCS12",
+            "-srcstorepass",
+            "store-secret",
+            "-srcalias",
+            "admin",
+            "-destkeystore",
+            &at("admin.jks"),
+            "-deststoretype",
+            "JKS",
+            "-deststorepass",
+            "store-secret",
+            "-destkeypass",
+            "key-secret",
+        ],
+    );
+    for (file, kind) in [("trust.jks", "JKS"), ("trust.p12", "PKCS12")] {
+        run(
+            "keytool",
+            &[
+                "-importcert",
+                "-noprompt",
+                "-alias",
+                "harness-ca",
+                "-file",
+                &ca(),
+                "-keystore",
+                &at(file),
+                "-storetype",
+                kind,
+                "-storepass",
+                "changeit",
+            ],
+        );
+    }
+    run(
+        "openssl",
+        &[
+            "pkcs8",
+            "-topk8",
+            "-in",
+            &key,
+            "-out",
+            &at("admin-encrypted.key"),
+            "-passout",
+            "pass:key-secret",
+        ],
+    );
+
+    let base = Properties::new()
+        .set("bootstrap.servers", state("KAFKA_SSL_BOOTSTRAP"))
+        .set("security.protocol", "SSL");
+    let jks_trust = base
+        .clone()
+        .set("ssl.truststore.location", at("trust.jks"))
+        .set("ssl.truststore.password", "changeit");
+    let p12 = jks_trust
+        .clone()
+        .set("ssl.keystore.location", at("admin.p12"))
+        .set("ssl.keystore.password", "store-secret");
+    let jks = base
+        .clone()
+        .set("ssl.truststore.location", at("trust.p12"))
+        .set("ssl.truststore.type", "PKCS12")
+        .set("ssl.truststore.password", "changeit")
+        .set("ssl.keystore.location", at("admin.jks"))
+        .set("ssl.keystore.type", "JKS")
+        .set("ssl.keystore.password", "store-secret")
+        .set("ssl.key.password", "key-secret");
+    let encrypted = base
+        .clone()
+        .set("ssl.ca.location", ca())
+        .set("ssl.certificate.location", &cert)
+        .set("ssl.key.location", at("admin-encrypted.key"))
+        .set("ssl.key.password", "key-secret");
+    // A JKS trust store without its password is read unchecked (as Java
+    // does).
+    let unchecked = base
+        .clone()
+        .set("ssl.truststore.location", at("trust.jks"))
+        .set("ssl.keystore.location", at("admin.p12"))
+        .set("ssl.keystore.password", "store-secret");
+    let topic = new_topic(1).await;
+    for (what, props) in [
+        ("PKCS#12 key store, JKS trust store", &p12),
+        ("JKS key store, PKCS#12 trust store", &jks),
+        ("encrypted PKCS#8 key", &encrypted),
+        ("JKS trust store without its password", &unchecked),
+    ] {
+        produce(props, &topic, 5)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+    }
+    assert_eq!(values(p12.clone(), &topic).await.len(), 20);
+
+    for (props, setting) in [
+        (
+            p12.clone().set("ssl.keystore.password", "wrong"),
+            "ssl.keystore.location",
+        ),
+        (
+            jks.clone().set("ssl.key.password", "wrong"),
+            "ssl.keystore.location",
+        ),
+        (
+            jks_trust.clone().set("ssl.truststore.password", "wrong"),
+            "ssl.truststore.location",
+        ),
+        (
+            encrypted.clone().set("ssl.key.password", "wrong"),
+            "ssl.key.location",
+        ),
+    ] {
+        match ClientConfig::from_properties(&props) {
+            Err(Error::Config(m)) => {
+                assert!(m.contains(setting) && m.contains("wrong"), "{m}")
+            }
+            other => panic!("{setting}: expected a config error, got {other:?}"),
+        }
+    }
+    let no_password = base
+        .clone()
+        .set("ssl.ca.location", ca())
+        .set("ssl.certificate.location", &cert)
+        .set("ssl.key.location", at("admin-encrypted.key"));
+    match ClientConfig::from_properties(&no_password) {
+        Err(Error::Config(m)) => assert!(m.contains("set ssl.key.password"), "{m}"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn wrong_credentials_are_a_typed_error_at_once() {
     let _turn = TURN.lock().await;

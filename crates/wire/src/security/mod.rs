@@ -7,7 +7,10 @@
 //! | --- | --- |
 //! | `security.protocol` | `PLAINTEXT` (default), `SSL`, `SASL_PLAINTEXT`, `SASL_SSL` |
 //! | `ssl.ca.location` | PEM file of trusted CAs (default: the system's store); also `ssl.ca.pem`, `ssl.truststore.certificates`, or `ssl.truststore.location` with `ssl.truststore.type=PEM` |
-//! | `ssl.certificate.location`, `ssl.key.location` | client certificate and unencrypted key (PEM); also `ssl.certificate.pem`/`ssl.key.pem`, `ssl.keystore.certificate.chain`/`ssl.keystore.key` |
+//! | `ssl.truststore.location`, `ssl.truststore.password` | a JKS or PKCS#12 trust store (the format is read from the file; a JKS store without a password is read unchecked, as Java does) |
+//! | `ssl.certificate.location`, `ssl.key.location` | client certificate and key (PEM); also `ssl.certificate.pem`/`ssl.key.pem`, `ssl.keystore.certificate.chain`/`ssl.keystore.key` |
+//! | `ssl.key.password` | the password of an encrypted PKCS#8 key (`ENCRYPTED PRIVATE KEY`), or of a JKS store's key when it differs from the store's |
+//! | `ssl.keystore.location`, `ssl.keystore.password` | a JKS or PKCS#12 key store holding the client's key and certificate chain (its first key entry); with `ssl.keystore.type=PEM`, one PEM file holding both |
 //! | `ssl.endpoint.identification.algorithm` | `https` (default) verifies the broker's host name; empty or `none` does not |
 //! | `sasl.mechanism` | `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512`, `OAUTHBEARER` |
 //! | `sasl.username`, `sasl.password` | credentials (as librdkafka and kcat take them) |
@@ -22,6 +25,7 @@
 
 pub mod sasl;
 pub mod scram;
+pub mod store;
 pub mod tls;
 
 use std::sync::Arc;
@@ -132,28 +136,18 @@ fn tls_settings(p: &Properties) -> Result<TlsSettings> {
     } else if let Some(text) = p.get("ssl.ca.pem").or(p.get("ssl.truststore.certificates")) {
         Trust::Pem(text.to_owned())
     } else if let Some(path) = p.get("ssl.truststore.location") {
-        let pem = p
-            .get("ssl.truststore.type")
-            .is_some_and(|t| t.eq_ignore_ascii_case("PEM"));
-        if !pem {
-            return Err(Error::Config(format!(
-                "ssl.truststore.location={path}: only PEM trust stores are read (set ssl.truststore.type=PEM, or export the JKS/PKCS12 store's CA with `keytool -exportcert -rfc` and set ssl.ca.location)"
-            )));
+        if store_type(p, "ssl.truststore.type")? == StoreType::Pem {
+            Trust::File(path.to_owned())
+        } else {
+            Trust::Store {
+                path: path.to_owned(),
+                password: p.get("ssl.truststore.password").map(str::to_owned),
+            }
         }
-        Trust::File(path.to_owned())
     } else {
         Trust::System
     };
-    if p.get("ssl.key.password").is_some() {
-        return Err(Error::Config(
-            "ssl.key.password: encrypted private keys are not supported; decrypt it (openssl pkcs8 -nocrypt) and unset ssl.key.password".into(),
-        ));
-    }
-    if p.get("ssl.keystore.location").is_some() {
-        return Err(Error::Config(
-            "ssl.keystore.location: key stores are not read; give the certificate and key as PEM (ssl.certificate.location, ssl.key.location)".into(),
-        ));
-    }
+    let key_password = p.get("ssl.key.password").map(str::to_owned);
     let identity = match (
         p.get("ssl.certificate.location"),
         p.get("ssl.key.location"),
@@ -161,15 +155,32 @@ fn tls_settings(p: &Properties) -> Result<TlsSettings> {
             .or(p.get("ssl.keystore.certificate.chain")),
         p.get("ssl.key.pem").or(p.get("ssl.keystore.key")),
     ) {
+        (None, None, None, None) => match p.get("ssl.keystore.location") {
+            None => None,
+            // A PEM key store is one file holding the chain and the key.
+            Some(path) if store_type(p, "ssl.keystore.type")? == StoreType::Pem => {
+                Some(Identity::Files {
+                    certificate: path.to_owned(),
+                    key: path.to_owned(),
+                    password: key_password,
+                })
+            }
+            Some(path) => Some(Identity::Store {
+                path: path.to_owned(),
+                password: p.get("ssl.keystore.password").map(str::to_owned),
+                key_password,
+            }),
+        },
         (Some(c), Some(k), _, _) => Some(Identity::Files {
             certificate: c.to_owned(),
             key: k.to_owned(),
+            password: key_password,
         }),
         (None, None, Some(c), Some(k)) => Some(Identity::Pem {
             certificate: c.to_owned(),
             key: k.to_owned(),
+            password: key_password,
         }),
-        (None, None, None, None) => None,
         _ => {
             return Err(Error::Config(
                 "a client certificate needs both ssl.certificate.location and ssl.key.location (or both PEM texts)".into(),
@@ -191,6 +202,28 @@ fn tls_settings(p: &Properties) -> Result<TlsSettings> {
         identity,
         verify_hostname,
     })
+}
+
+/// `ssl.keystore.type` / `ssl.truststore.type`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StoreType {
+    /// JKS or PKCS12 (told apart by the file's bytes, as the JDK does).
+    Binary,
+    /// PEM.
+    Pem,
+}
+
+fn store_type(p: &Properties, key: &str) -> Result<StoreType> {
+    match p.get(key).map(str::trim) {
+        None => Ok(StoreType::Binary),
+        Some(t) if t.eq_ignore_ascii_case("PEM") => Ok(StoreType::Pem),
+        Some(t) if t.eq_ignore_ascii_case("JKS") || t.eq_ignore_ascii_case("PKCS12") => {
+            Ok(StoreType::Binary)
+        }
+        Some(t) => Err(Error::Config(format!(
+            "{key}={t}: expected JKS, PKCS12 or PEM"
+        ))),
+    }
 }
 
 fn sasl_settings(p: &Properties) -> Result<SaslSettings> {
@@ -404,11 +437,19 @@ mod tests {
             ("security.protocol", "SSL"),
             ("ssl.truststore.location", "/x.jks")
         ])
-        .contains("PEM"));
-        assert!(
-            err(&[("security.protocol", "SSL"), ("ssl.key.password", "x")])
-                .contains("ssl.key.password")
-        );
+        .contains("ssl.truststore.location=/x.jks"));
+        assert!(err(&[
+            ("security.protocol", "SSL"),
+            ("ssl.keystore.location", "/x.p12"),
+            ("ssl.keystore.password", "pw")
+        ])
+        .contains("ssl.keystore.location=/x.p12"));
+        assert!(err(&[
+            ("security.protocol", "SSL"),
+            ("ssl.keystore.location", "/x.jceks"),
+            ("ssl.keystore.type", "JCEKS")
+        ])
+        .contains("ssl.keystore.type=JCEKS: expected JKS, PKCS12 or PEM"));
         assert!(err(&[
             ("security.protocol", "SSL"),
             ("ssl.certificate.location", "/c.pem")

@@ -19,17 +19,30 @@ pub enum Trust {
     File(String),
     /// PEM text (`ssl.ca.pem`, `ssl.truststore.certificates`).
     Pem(String),
+    /// A JKS or PKCS#12 trust store (`ssl.truststore.location`,
+    /// `ssl.truststore.password`).
+    Store {
+        /// The store's path.
+        path: String,
+        /// Its password (a JKS store without one is read unchecked).
+        password: Option<String>,
+    },
 }
 
 /// A client certificate and its key.
 #[derive(Clone, PartialEq, Eq)]
 pub enum Identity {
-    /// PEM files (`ssl.certificate.location`, `ssl.key.location`).
+    /// PEM files (`ssl.certificate.location`, `ssl.key.location`; or one
+    /// file holding both, `ssl.keystore.location` with
+    /// `ssl.keystore.type=PEM`).
     Files {
         /// The certificate chain.
         certificate: String,
-        /// The private key (PKCS#8, PKCS#1 or SEC1; unencrypted).
+        /// The private key (PKCS#8, PKCS#1 or SEC1; or an encrypted PKCS#8
+        /// `ENCRYPTED PRIVATE KEY` with `password`).
         key: String,
+        /// The key's password (`ssl.key.password`).
+        password: Option<String>,
     },
     /// PEM text (`ssl.certificate.pem`, `ssl.key.pem`; or the Java
     /// client's `ssl.keystore.certificate.chain`, `ssl.keystore.key`).
@@ -38,18 +51,36 @@ pub enum Identity {
         certificate: String,
         /// The private key.
         key: String,
+        /// The key's password (`ssl.key.password`).
+        password: Option<String>,
+    },
+    /// A JKS or PKCS#12 key store (`ssl.keystore.location`): its first
+    /// private key entry and that entry's certificate chain.
+    Store {
+        /// The store's path.
+        path: String,
+        /// The store's password (`ssl.keystore.password`).
+        password: Option<String>,
+        /// The key's, when it differs (`ssl.key.password`; JKS only).
+        key_password: Option<String>,
     },
 }
 
 impl std::fmt::Debug for Identity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Identity::Files { certificate, key } => f
+            Identity::Files {
+                certificate, key, ..
+            } => f
                 .debug_struct("Files")
                 .field("certificate", certificate)
                 .field("key", key)
-                .finish(),
+                .finish_non_exhaustive(),
             Identity::Pem { .. } => f.write_str("Pem(<redacted>)"),
+            Identity::Store { path, .. } => f
+                .debug_struct("Store")
+                .field("path", path)
+                .finish_non_exhaustive(),
         }
     }
 }
@@ -99,6 +130,13 @@ impl TlsSettings {
                     .map_err(|e| format!("ssl.ca.pem: {e}"))?;
                 add_all(&mut roots, certs, "ssl.ca.pem")?;
             }
+            Trust::Store { path, password } => {
+                let what = format!("ssl.truststore.location={path}");
+                let bytes = std::fs::read(path).map_err(|e| format!("{what}: {e}"))?;
+                let loaded = super::store::read(&bytes, password.as_deref(), None)
+                    .map_err(|e| format!("{what}: {e}"))?;
+                add_all(&mut roots, loaded.trusted, &what)?;
+            }
         }
         let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
             .with_safe_default_protocol_versions()
@@ -133,7 +171,7 @@ fn add_all(
     what: &str,
 ) -> Result<(), String> {
     if certs.is_empty() {
-        return Err(format!("{what}: no PEM certificate found"));
+        return Err(format!("{what}: no certificate found"));
     }
     for c in certs {
         roots.add(c).map_err(|e| format!("{what}: {e}"))?;
@@ -145,27 +183,66 @@ fn load_identity(
     identity: &Identity,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
     let (chain, key) = match identity {
-        Identity::Files { certificate, key } => (
-            CertificateDer::pem_file_iter(certificate)
-                .map_err(|e| format!("ssl.certificate.location={certificate}: {e}"))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| format!("ssl.certificate.location={certificate}: {e}"))?,
-            PrivateKeyDer::from_pem_file(key).map_err(|e| {
-                format!("ssl.key.location={key}: {e} (an unencrypted PEM key is needed)")
-            })?,
-        ),
-        Identity::Pem { certificate, key } => (
+        Identity::Files {
+            certificate,
+            key,
+            password,
+        } => {
+            let what = format!("ssl.key.location={key}");
+            let text = std::fs::read(key).map_err(|e| format!("{what}: {e}"))?;
+            (
+                CertificateDer::pem_file_iter(certificate)
+                    .map_err(|e| format!("ssl.certificate.location={certificate}: {e}"))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("ssl.certificate.location={certificate}: {e}"))?,
+                pem_key(&text, password.as_deref(), &what)?,
+            )
+        }
+        Identity::Pem {
+            certificate,
+            key,
+            password,
+        } => (
             CertificateDer::pem_slice_iter(certificate.as_bytes())
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| format!("ssl.certificate.pem: {e}"))?,
-            PrivateKeyDer::from_pem_slice(key.as_bytes())
-                .map_err(|e| format!("ssl.key.pem: {e} (an unencrypted PEM key is needed)"))?,
+            pem_key(key.as_bytes(), password.as_deref(), "ssl.key.pem")?,
         ),
+        Identity::Store {
+            path,
+            password,
+            key_password,
+        } => {
+            let what = format!("ssl.keystore.location={path}");
+            let bytes = std::fs::read(path).map_err(|e| format!("{what}: {e}"))?;
+            let loaded = super::store::read(&bytes, password.as_deref(), key_password.as_deref())
+                .map_err(|e| format!("{what}: {e}"))?;
+            let key = loaded
+                .key
+                .ok_or_else(|| format!("{what}: the store holds no private key entry"))?;
+            (loaded.chain, key)
+        }
     };
     if chain.is_empty() {
         return Err("the client certificate file holds no PEM certificate".into());
     }
     Ok((chain, key))
+}
+
+/// The private key in PEM `text`: decrypted with `password` when it is an
+/// `ENCRYPTED PRIVATE KEY`, else as it is (librdkafka, too, ignores a
+/// password given for a key that has none).
+fn pem_key(
+    text: &[u8],
+    password: Option<&str>,
+    what: &str,
+) -> Result<PrivateKeyDer<'static>, String> {
+    if super::store::is_encrypted_pem(text) {
+        let password = password
+            .ok_or_else(|| format!("{what}: the key is encrypted; set ssl.key.password"))?;
+        return super::store::decrypt_pem_key(text, password).map_err(|e| format!("{what}: {e}"));
+    }
+    PrivateKeyDer::from_pem_slice(text).map_err(|e| format!("{what}: {e}"))
 }
 
 /// The server name to verify for `host` (a DNS name or an IP address).
@@ -246,7 +323,7 @@ mod tests {
             verify_hostname: false,
         };
         let err = s.client_config().expect_err("no pem");
-        assert!(err.contains("no PEM certificate"), "{err}");
+        assert!(err.contains("no certificate found"), "{err}");
     }
 
     #[test]
@@ -261,11 +338,25 @@ mod tests {
     }
 
     #[test]
-    fn pem_identities_are_redacted_in_debug() {
+    fn keys_and_passwords_are_redacted_in_debug() {
         let id = Identity::Pem {
             certificate: "CERT".into(),
             key: "PRIVATE".into(),
+            password: Some("SECRET".into()),
         };
         assert!(!format!("{id:?}").contains("PRIVATE"));
+        let files = Identity::Files {
+            certificate: "c.pem".into(),
+            key: "k.pem".into(),
+            password: Some("SECRET".into()),
+        };
+        let store = Identity::Store {
+            path: "k.p12".into(),
+            password: Some("SECRET".into()),
+            key_password: Some("SECRET".into()),
+        };
+        for id in [id, files, store] {
+            assert!(!format!("{id:?}").contains("SECRET"), "{id:?}");
+        }
     }
 }
