@@ -360,15 +360,11 @@ pub fn fuzz_fetch_response(data: &[u8]) {
     };
     for t in resp.responses {
         for p in t.partitions {
-            let Some(records) = p.records else { continue };
+            let Some(records) = p.records.as_ref() else {
+                continue;
+            };
             for committed in [false, true] {
-                let aborted = committed.then(|| {
-                    p.aborted_transactions
-                        .iter()
-                        .flatten()
-                        .map(|a| (a.producer_id.0, a.first_offset))
-                        .collect()
-                });
+                let aborted = committed.then(|| aborted_transactions(&p));
                 let split = split_partition(records.clone(), p.log_start_offset.max(0), aborted);
                 for b in &split.batches {
                     if let Ok(recs) = b.records() {
@@ -441,6 +437,18 @@ struct FetchOutcome {
     splits: HashMap<TopicPartition, PartitionRecords>,
 }
 
+/// A partition's aborted transactions from a fetch response, as
+/// [`split_partition`] takes them: (producer id, first offset).
+fn aborted_transactions(
+    p: &kafka_protocol::messages::fetch_response::PartitionData,
+) -> Vec<(i64, i64)> {
+    p.aborted_transactions
+        .iter()
+        .flatten()
+        .map(|a| (a.producer_id.0, a.first_offset))
+        .collect()
+}
+
 /// Takes every partition's records out of `resp` and splits them as
 /// [`split_partition`] does, each from the offset it was fetched at. The
 /// fetch's task runs this as soon as the response arrives, so decompression
@@ -468,13 +476,7 @@ fn split_response(
             let Some(records) = p.records.take().filter(|r| !r.is_empty()) else {
                 continue;
             };
-            let aborted = read_committed.then(|| {
-                p.aborted_transactions
-                    .iter()
-                    .flatten()
-                    .map(|a| (a.producer_id.0, a.first_offset))
-                    .collect()
-            });
+            let aborted = read_committed.then(|| aborted_transactions(p));
             splits.insert(tp.clone(), split_partition(records, offset, aborted));
         }
     }

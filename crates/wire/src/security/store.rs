@@ -251,22 +251,35 @@ fn recover_jks_key(protected: &[u8], password: &str) -> Result<Vec<u8>, String> 
     let (salt, rest) = data.split_at(SHA1_LEN);
     let (encrypted, check) = rest.split_at(rest.len() - SHA1_LEN);
     let password = utf16_be(password);
-    let mut key = Vec::with_capacity(encrypted.len());
-    let mut stream = salt.to_vec();
-    for chunk in encrypted.chunks(SHA1_LEN) {
-        let mut h = Sha1::new();
-        h.update(&password);
-        h.update(&stream);
-        stream = h.finalize().to_vec();
-        key.extend(chunk.iter().zip(&stream).map(|(a, b)| a ^ b));
-    }
-    let mut h = Sha1::new();
-    h.update(&password);
-    h.update(&key);
-    if h.finalize().as_slice() != check {
+    let key = key_protector_xor(&password, salt, encrypted);
+    if key_protector_check(&password, &key).as_slice() != check {
         return Err("wrong key password (ssl.key.password, else the store's password)".into());
     }
     Ok(key)
+}
+
+/// The KeyProtector's keystream over `data` (its own inverse): each
+/// 20-byte chunk XORed with `d[i] = SHA-1(password || d[i-1])`,
+/// `d[0] = salt`. `password` is in [`utf16_be`] form.
+fn key_protector_xor(password: &[u8], salt: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len());
+    let mut stream = salt.to_vec();
+    for chunk in data.chunks(SHA1_LEN) {
+        let mut h = Sha1::new();
+        h.update(password);
+        h.update(&stream);
+        stream = h.finalize().to_vec();
+        out.extend(chunk.iter().zip(&stream).map(|(a, b)| a ^ b));
+    }
+    out
+}
+
+/// The KeyProtector's check value: `SHA-1(password || key)`.
+fn key_protector_check(password: &[u8], key: &[u8]) -> Vec<u8> {
+    let mut h = Sha1::new();
+    h.update(password);
+    h.update(key);
+    h.finalize().to_vec()
 }
 
 /// Reads a PKCS#12 store (Java's default since Java 9; what
@@ -413,18 +426,8 @@ mod tests {
         let pw = utf16_be(password);
         let salt = [7u8; SHA1_LEN];
         let mut data = salt.to_vec();
-        let mut stream = salt.to_vec();
-        for chunk in key.chunks(SHA1_LEN) {
-            let mut h = Sha1::new();
-            h.update(&pw);
-            h.update(&stream);
-            stream = h.finalize().to_vec();
-            data.extend(chunk.iter().zip(&stream).map(|(a, b)| a ^ b));
-        }
-        let mut h = Sha1::new();
-        h.update(&pw);
-        h.update(key);
-        data.extend(h.finalize());
+        data.extend(key_protector_xor(&pw, &salt, key));
+        data.extend(key_protector_check(&pw, key));
         let tlv = |tag: u8, body: &[u8]| {
             let mut v = vec![tag];
             if body.len() < 0x80 {

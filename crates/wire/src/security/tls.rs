@@ -132,9 +132,7 @@ impl TlsSettings {
             }
             Trust::Store { path, password } => {
                 let what = format!("ssl.truststore.location={path}");
-                let bytes = std::fs::read(path).map_err(|e| format!("{what}: {e}"))?;
-                let loaded = super::store::read(&bytes, password.as_deref(), None)
-                    .map_err(|e| format!("{what}: {e}"))?;
+                let loaded = load_store(&what, path, password.as_deref(), None)?;
                 add_all(&mut roots, loaded.trusted, &what)?;
             }
         }
@@ -214,9 +212,7 @@ fn load_identity(
             key_password,
         } => {
             let what = format!("ssl.keystore.location={path}");
-            let bytes = std::fs::read(path).map_err(|e| format!("{what}: {e}"))?;
-            let loaded = super::store::read(&bytes, password.as_deref(), key_password.as_deref())
-                .map_err(|e| format!("{what}: {e}"))?;
+            let loaded = load_store(&what, path, password.as_deref(), key_password.as_deref())?;
             let key = loaded
                 .key
                 .ok_or_else(|| format!("{what}: the store holds no private key entry"))?;
@@ -227,6 +223,18 @@ fn load_identity(
         return Err("the client certificate file holds no PEM certificate".into());
     }
     Ok((chain, key))
+}
+
+/// Reads the JKS or PKCS#12 store at `path`; errors start with `what`
+/// (the setting that named it).
+fn load_store(
+    what: &str,
+    path: &str,
+    password: Option<&str>,
+    key_password: Option<&str>,
+) -> Result<super::store::Loaded, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{what}: {e}"))?;
+    super::store::read(&bytes, password, key_password).map_err(|e| format!("{what}: {e}"))
 }
 
 /// The private key in PEM `text`: decrypted with `password` when it is an
