@@ -40,7 +40,6 @@ const SETTLE: Duration = Duration::from_secs(240);
 /// `PV_BOUNCE_ROUNDS` rounds (default 5), while two exactly-once workers
 /// count a steady stream of clicks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "4 minutes; passed 4 of 4 runs since a refused KIP-588 bump falls back to a plain InitProducerId (docs/reliability.md); to join scripts/test once it has more clean runs"]
 async fn rolling_broker_kills_under_two_exactly_once_workers_count_exactly() {
     let _turn = TURN.lock().await;
     let rounds: usize = std::env::var("PV_BOUNCE_ROUNDS")

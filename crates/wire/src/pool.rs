@@ -1,5 +1,6 @@
-//! Reused buffers for what the consumer receives in bulk: fetch response
-//! frames and decompressed batches, megabytes each.
+//! Reused buffers for what the clients move in bulk: fetch response frames
+//! and decompressed batches the consumer receives, and the producer's
+//! compressed batches and their scratch buffers, megabytes each.
 //!
 //! A fresh multi-megabyte allocation per fetch costs more than reading it:
 //! the allocator maps it, the kernel faults every page in, and freeing it
@@ -46,7 +47,7 @@ pub(crate) fn take(len: usize) -> Vec<u8> {
 }
 
 /// Gives a buffer back (dropped when the pool is full or it is small).
-fn give(mut buf: Vec<u8>) {
+pub(crate) fn give(mut buf: Vec<u8>) {
     if buf.capacity() < MIN_POOLED {
         return;
     }

@@ -12,8 +12,12 @@ use super::varint::{varint_len, varlong_len};
 #[derive(Debug)]
 pub struct BatchBuilder {
     compression: Compression,
-    /// Uncompressed: header placeholder then records. Compressed: records only.
+    /// Uncompressed: header placeholder then records. Compressed: records
+    /// only. Only `buf[..len]` is the batch: the rest is room already
+    /// zeroed, or bytes of a recycled batch, overwritten as records come.
     buf: Vec<u8>,
+    /// Bytes written into `buf`.
+    len: usize,
     count: i32,
     base_timestamp: Option<i64>,
     max_timestamp: i64,
@@ -87,6 +91,22 @@ impl SliceWriter<'_> {
     }
 }
 
+/// `v` (below 2^21) as a varint: its bytes, least significant first, in a
+/// word, and how many there are.
+#[inline(always)]
+fn small_varint(v: u64) -> (u64, u32) {
+    if v < 0x80 {
+        (v, 1)
+    } else if v < 0x4000 {
+        ((v & 0x7f) | 0x80 | ((v >> 7) << 8), 2)
+    } else {
+        (
+            (v & 0x7f) | 0x80 | ((((v >> 7) & 0x7f) | 0x80) << 8) | ((v >> 14) << 16),
+            3,
+        )
+    }
+}
+
 impl BatchBuilder {
     /// A new, empty batch with the given codec, not idempotent
     /// (producer id -1).
@@ -99,18 +119,25 @@ impl BatchBuilder {
         Self::with_buffer(compression, Vec::new(), capacity)
     }
 
-    /// Like [`with_capacity`](Self::with_capacity), writing into `buf`
-    /// (emptied first): a producer hands back the buffer of a batch it has
-    /// sent, so the next batch fills memory that is already mapped.
+    /// Like [`with_capacity`](Self::with_capacity), writing into `buf`: a
+    /// producer hands back the buffer of a batch it has sent, so the next
+    /// batch fills memory that is already mapped. Its old bytes are not
+    /// cleared, only overwritten: nothing past what this batch writes is
+    /// ever part of it.
     pub fn with_buffer(compression: Compression, mut buf: Vec<u8>, capacity: usize) -> Self {
-        buf.clear();
-        buf.reserve(capacity + HEADER_LEN);
-        if compression == Compression::None {
-            buf.resize(HEADER_LEN, 0);
+        let len = if compression == Compression::None {
+            HEADER_LEN
+        } else {
+            0
+        };
+        buf.reserve((capacity + HEADER_LEN).saturating_sub(buf.len()));
+        if buf.len() < len {
+            buf.resize(len, 0);
         }
         Self {
             compression,
             buf,
+            len,
             count: 0,
             base_timestamp: None,
             max_timestamp: -1,
@@ -155,9 +182,9 @@ impl BatchBuilder {
     /// Bytes the batch takes so far, before compression.
     pub fn size(&self) -> usize {
         if self.compression == Compression::None {
-            self.buf.len()
+            self.len
         } else {
-            self.buf.len() + HEADER_LEN
+            self.len + HEADER_LEN
         }
     }
 
@@ -197,17 +224,25 @@ impl BatchBuilder {
         self.max_timestamp = self.max_timestamp.max(timestamp);
         let ts_delta = timestamp.wrapping_sub(base);
         let offset_delta = self.count;
+        if headers.is_empty() && self.append_small(ts_delta, key, value) {
+            self.count += 1;
+            return offset_delta;
+        }
         let body = 1
             + varlong_len(ts_delta)
             + varint_len(offset_delta)
             + Self::fields_len(key, value, headers);
         // Size the record exactly, then fill it in place: one bounds check
-        // per field instead of a capacity check per byte.
-        let start = self.buf.len();
+        // per field instead of a capacity check per byte. The buffer is
+        // zeroed in bulk, a whole allocation at a time, not per record.
+        let start = self.len;
         let total = varint_len(body as i32) + body;
-        self.buf.resize(start + total, 0);
+        let end = start + total;
+        if self.buf.len() < end {
+            self.grow(end);
+        }
         let mut w = SliceWriter {
-            buf: &mut self.buf[start..],
+            buf: &mut self.buf[start..end],
             pos: 0,
         };
         w.varint(body as i32);
@@ -222,19 +257,99 @@ impl BatchBuilder {
             w.bytes(v.as_ref().map(AsRef::as_ref));
         }
         debug_assert_eq!(w.pos, total);
+        self.len = end;
         self.count += 1;
         offset_delta
     }
 
+    /// The common record, written without a per-byte bounds check: no
+    /// headers, timestamp and offset deltas within ±8191, a key under
+    /// 8 KiB and a value under 1 MiB, so every varint before the key takes
+    /// at most 2 bytes (the length at most 3) and all of them are put
+    /// together in a register and stored at once. Returns false, having
+    /// written nothing, for any other record.
+    #[inline]
+    fn append_small(&mut self, ts_delta: i64, key: Option<&[u8]>, value: Option<&[u8]>) -> bool {
+        /// Zigzag of a slice's length, or of -1 for null.
+        fn zz_len(b: Option<&[u8]>) -> u64 {
+            b.map_or(1, |b| 2 * b.len() as u64)
+        }
+        let ts = ((ts_delta << 1) ^ (ts_delta >> 63)) as u64;
+        let od = 2 * self.count as u64;
+        let (k, v) = (zz_len(key), zz_len(value));
+        if (ts | od | k) >= 1 << 14 || v >= 1 << 21 {
+            return false;
+        }
+        let (klen, vlen) = (key.map_or(0, <[u8]>::len), value.map_or(0, <[u8]>::len));
+        // Attributes (0), then the deltas and the key's length.
+        let (mut head, mut n) = (0u64, 1u32);
+        for x in [ts, od, k] {
+            let (bytes, len) = small_varint(x);
+            head |= bytes << (8 * n);
+            n += len;
+        }
+        let (vbytes, vn) = small_varint(v);
+        let body = n as usize + klen + vn as usize + vlen + 1;
+        if 2 * body >= 1 << 21 {
+            return false;
+        }
+        let (bbytes, bn) = small_varint(2 * body as u64);
+        let total = bn as usize + body;
+        let start = self.len;
+        let end = start + total;
+        // Room for the 16-byte store of the head and the 3-byte store of
+        // the value's length, even past the record.
+        let room = (end + 2).max(start + 16);
+        if self.buf.len() < room {
+            self.grow(room);
+        }
+        let head = u128::from(bbytes) | (u128::from(head) << (8 * bn));
+        let buf = &mut self.buf[start..];
+        buf[..16].copy_from_slice(&head.to_le_bytes());
+        let mut at = (bn + n) as usize;
+        if let Some(key) = key {
+            buf[at..at + klen].copy_from_slice(key);
+            at += klen;
+        }
+        buf[at..at + 3].copy_from_slice(&vbytes.to_le_bytes()[..3]);
+        at += vn as usize;
+        if let Some(value) = value {
+            buf[at..at + vlen].copy_from_slice(value);
+            at += vlen;
+        }
+        buf[at] = 0; // no headers
+        debug_assert_eq!(at + 1, total);
+        self.len = end;
+        true
+    }
+
+    /// Makes `buf` at least `end` bytes long, filling all the capacity it
+    /// then has (doubling it if `end` does not fit).
+    #[cold]
+    fn grow(&mut self, end: usize) {
+        if end > self.buf.capacity() {
+            self.buf
+                .reserve(end.max(self.buf.capacity() * 2) - self.buf.len());
+        }
+        let cap = self.buf.capacity();
+        self.buf.resize(cap, 0);
+    }
+
     /// Closes the batch: compresses the records if asked, writes the header
     /// with base offset 0, and the CRC-32C.
-    pub fn finish(self) -> Result<Bytes, String> {
+    pub fn finish(mut self) -> Result<Bytes, String> {
+        self.buf.truncate(self.len);
         let mut out = if self.compression == Compression::None {
             self.buf
         } else {
-            let mut out = Vec::with_capacity(HEADER_LEN + self.buf.len() / 2);
+            // Both the output and the records' scratch buffer circulate
+            // through the pool: a batch of a megabyte otherwise maps fresh
+            // pages for its output every time.
+            let bound = HEADER_LEN + self.len + self.len / 64 + 64;
+            let mut out = crate::pool::take(bound);
             out.resize(HEADER_LEN, 0);
             compress(self.compression, &self.buf, &mut out)?;
+            crate::pool::give(std::mem::take(&mut self.buf));
             out
         };
         let batch_len = i32::try_from(out.len() - LOG_OVERHEAD)

@@ -113,19 +113,58 @@ pub(crate) fn compress(codec: Compression, input: &[u8], out: &mut Vec<u8>) -> R
                 out.extend_from_slice(&block[..n]);
             }
         }
-        Compression::Lz4 => {
-            let info = lz4_flex::frame::FrameInfo::new()
-                .block_size(lz4_flex::frame::BlockSize::Max64KB)
-                .block_mode(lz4_flex::frame::BlockMode::Independent);
-            let mut enc = lz4_flex::frame::FrameEncoder::with_frame_info(info, out);
-            enc.write_all(input).map_err(|e| e.to_string())?;
-            enc.finish().map_err(|e| e.to_string())?;
-        }
+        Compression::Lz4 => lz4_frame(input, out)?,
         Compression::Zstd => {
             let compressed = zstd::bulk::compress(input, 1).map_err(|e| e.to_string())?;
             out.extend_from_slice(&compressed);
         }
     }
+    Ok(())
+}
+
+/// The LZ4 frame header Faustus writes, as the Java client and librdkafka
+/// do: magic, FLG (version 01, independent blocks, no checksums, no content
+/// size), BD (64 KiB blocks) and the header checksum (second byte of the
+/// xxHash32 of FLG and BD).
+const LZ4_FRAME_HEADER: [u8; 7] = [0x04, 0x22, 0x4d, 0x18, 0x60, 0x40, 0x82];
+/// Largest uncompressed block in a frame of [`LZ4_FRAME_HEADER`].
+const LZ4_BLOCK: usize = 64 * 1024;
+/// Marks a block stored uncompressed (LZ4 frame format, block size field).
+const LZ4_STORED: u32 = 0x8000_0000;
+
+/// Writes `input` as one LZ4 frame straight into `out`: each 64 KiB block is
+/// compressed in place after its size field (stored as is when compressing
+/// does not shrink it), with no staging buffer and no per-frame allocation
+/// beyond the block compressor's hash table.
+fn lz4_frame(input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    out.reserve(
+        LZ4_FRAME_HEADER.len()
+            + input.len().div_ceil(LZ4_BLOCK).max(1) * 4
+            + lz4_flex::block::get_maximum_output_size(input.len().min(LZ4_BLOCK))
+            + input.len()
+            + 4,
+    );
+    out.extend_from_slice(&LZ4_FRAME_HEADER);
+    for block in input.chunks(LZ4_BLOCK) {
+        let at = out.len();
+        out.resize(
+            at + 4 + lz4_flex::block::get_maximum_output_size(block.len()),
+            0,
+        );
+        let n = lz4_flex::block::compress_into(block, &mut out[at + 4..])
+            .map_err(|e| format!("lz4: {e}"))?;
+        let size = if n < block.len() {
+            out.truncate(at + 4 + n);
+            n as u32
+        } else {
+            out.truncate(at + 4);
+            out.extend_from_slice(block);
+            block.len() as u32 | LZ4_STORED
+        };
+        out[at..at + 4].copy_from_slice(&size.to_le_bytes());
+    }
+    // End mark.
+    out.extend_from_slice(&0u32.to_le_bytes());
     Ok(())
 }
 
@@ -338,6 +377,36 @@ mod tests {
         );
     }
 
+    /// The header is the one the reference `lz4` tool writes for
+    /// `-B4 --no-frame-crc` (64 KiB independent blocks, no checksums), and a
+    /// block that does not shrink is stored.
+    #[test]
+    fn lz4_frames_are_laid_out_as_the_reference_tool_writes_them() {
+        let mut frame = Vec::new();
+        compress(Compression::Lz4, b"hello", &mut frame).expect("compress");
+        let mut want = LZ4_FRAME_HEADER.to_vec();
+        want.extend_from_slice(&(5u32 | LZ4_STORED).to_le_bytes());
+        want.extend_from_slice(b"hello");
+        want.extend_from_slice(&[0; 4]);
+        assert_eq!(frame, want);
+        assert_eq!(
+            frame,
+            [
+                0x04, 0x22, 0x4d, 0x18, 0x60, 0x40, 0x82, 0x05, 0x00, 0x00, 0x80, b'h', b'e', b'l',
+                b'l', b'o', 0, 0, 0, 0
+            ]
+        );
+        // Several blocks, compressed.
+        let data = b"0123456789".repeat(20_000);
+        frame.clear();
+        compress(Compression::Lz4, &data, &mut frame).expect("compress");
+        assert!(frame.len() < data.len() / 10);
+        assert_eq!(
+            decompress(Compression::Lz4, &frame, 1 << 20).expect("ours"),
+            data
+        );
+    }
+
     #[test]
     fn decompression_bombs_are_capped() {
         let data = vec![0u8; 1 << 20];
@@ -382,6 +451,17 @@ mod tests {
                 .expect("lz4_flex decodes");
             prop_assert_eq!(&theirs, &data);
             prop_assert_eq!(&decompress(Compression::Lz4, &frame, 1 << 24).expect("ours"), &data);
+        }
+
+        #[test]
+        fn our_lz4_frames_decode_with_lz4_flex(data in proptest::collection::vec(0u8..4, 0..300_000)) {
+            let mut frame = Vec::new();
+            compress(Compression::Lz4, &data, &mut frame).expect("compress");
+            let mut theirs = Vec::new();
+            lz4_flex::frame::FrameDecoder::new(&frame[..])
+                .read_to_end(&mut theirs)
+                .expect("lz4_flex decodes");
+            prop_assert_eq!(&theirs, &data);
         }
 
         #[test]

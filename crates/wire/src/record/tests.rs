@@ -85,6 +85,24 @@ proptest! {
         }
     }
 
+    /// A recycled buffer's old bytes never leak into a batch: whatever it
+    /// held and however large it was, the batch is the one a fresh builder
+    /// writes, and small starting capacities grow as records come.
+    #[test]
+    fn recycled_buffers_write_the_same_batch(
+        codec in arb_codec(),
+        recs in proptest::collection::vec(arb_record(), 1..50),
+        stale in proptest::collection::vec(any::<u8>(), 0..20_000),
+        capacity in 0usize..4096,
+    ) {
+        let fresh = build(codec, &recs);
+        let mut b = BatchBuilder::with_buffer(codec, stale, capacity).producer(7, 3, 100);
+        for r in &recs {
+            b.append(r.ts, r.key.as_deref(), r.value.as_deref(), &r.headers);
+        }
+        prop_assert_eq!(b.finish().expect("finish"), fresh);
+    }
+
     /// Any single flipped byte is caught (CRC or framing), never a panic.
     #[test]
     fn flipped_bytes_are_caught(recs in proptest::collection::vec(arb_record(), 1..5), at in any::<prop::sample::Index>(), bit in 0u8..8) {
@@ -111,6 +129,59 @@ proptest! {
                 for r in recs.flatten() {
                     let _ = r.headers().count();
                 }
+            }
+        }
+    }
+}
+
+/// Records at the edges of the builder's short path (deltas of ±8191,
+/// keys under 8 KiB, values under 1 MiB, a record under 1 MiB) and just past
+/// them read back as written.
+#[test]
+fn records_at_the_short_paths_edges_round_trip() {
+    let sizes = |edges: &[usize]| -> Vec<Option<Vec<u8>>> {
+        let mut out = vec![None];
+        out.extend(edges.iter().map(|&n| Some(vec![b'x'; n])));
+        out
+    };
+    let keys = sizes(&[0, 63, 64, 8191, 8192]);
+    let values = sizes(&[
+        0,
+        63,
+        64,
+        8191,
+        8192,
+        (1 << 20) - 20,
+        (1 << 20) - 1,
+        1 << 20,
+    ]);
+    for key in &keys {
+        for value in &values {
+            for delta in [0, 1, 8191, -8192, 8192, -8193, 1 << 40] {
+                let recs = [
+                    In {
+                        ts: 1_000_000,
+                        key: None,
+                        value: None,
+                        headers: vec![],
+                    },
+                    In {
+                        ts: 1_000_000 + delta,
+                        key: key.clone(),
+                        value: value.clone(),
+                        headers: vec![],
+                    },
+                ];
+                let batch = one_batch(build(Compression::None, &recs));
+                let got: Vec<_> = batch
+                    .records()
+                    .expect("records")
+                    .collect::<Result<_, _>>()
+                    .expect("all ok");
+                assert_eq!(got.len(), 2);
+                assert_eq!(got[1].timestamp, 1_000_000 + delta);
+                assert_eq!(got[1].key(), key.as_deref());
+                assert_eq!(got[1].value(), value.as_deref());
             }
         }
     }
