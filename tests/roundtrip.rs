@@ -7,9 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use faustus_suite::{init_tracing, millis_ago, unique_topic};
+use faustus_suite::{consumer_from_beginning, init_tracing, millis_ago, unique_topic};
 use faustus_testcontainers::shared;
-use faustus_wire::consumer::{Consumer, ConsumerConfig, Offset};
+use faustus_wire::consumer::Consumer;
 use faustus_wire::producer::{Producer, ProducerConfig, ProducerRecord};
 use faustus_wire::{Admin, NewTopic, Properties};
 
@@ -85,14 +85,7 @@ async fn round_trip(settings: &[(&str, &str)], partitions: i32) {
     }
     producer.close().await.expect("close");
 
-    let mut consumer =
-        Consumer::connect(ConsumerConfig::from_properties(&props).expect("consumer config"))
-            .await
-            .expect("consumer");
-    consumer
-        .assign(&topic, &[], Offset::Beginning)
-        .await
-        .expect("assign");
+    let mut consumer = consumer_from_beginning(&props, &topic).await;
     let mut seen = vec![false; n];
     let mut last_index: BTreeMap<i32, i64> = BTreeMap::new();
     let mut got = 0usize;
@@ -232,13 +225,7 @@ async fn a_paused_partition_is_held_back_until_resumed() {
     }
     producer.close().await.expect("close");
 
-    let mut consumer = Consumer::connect(ConsumerConfig::from_properties(&props).expect("config"))
-        .await
-        .expect("consumer");
-    consumer
-        .assign(&topic, &[], Offset::Beginning)
-        .await
-        .expect("assign");
+    let mut consumer = consumer_from_beginning(&props, &topic).await;
     let mut next = [0i64; 2];
     let deadline = tokio::time::Instant::now() + PHASE;
     let poll = async |consumer: &mut Consumer, next: &mut [i64; 2]| {

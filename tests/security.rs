@@ -14,7 +14,9 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use faustus_suite::{read_records_with, unique_topic, Deadline, ScratchDir};
+use faustus_suite::{
+    consumer_from_beginning, read_records_with, unique_topic, Deadline, ScratchDir,
+};
 use faustus_testcontainers::{KafkaCluster, Security};
 use faustus_wire::acl::{AclBinding, AclFilter, Operation, PatternType, ResourceType};
 use faustus_wire::consumer::{Consumer, ConsumerConfig, Offset};
@@ -554,13 +556,7 @@ async fn live_connections_reauthenticate_before_their_session_ends() {
     let producer = Producer::connect(ProducerConfig::from_properties(&props).expect("config"))
         .await
         .expect("producer");
-    let mut consumer = Consumer::connect(ConsumerConfig::from_properties(&props).expect("config"))
-        .await
-        .expect("consumer");
-    consumer
-        .assign(&topic, &[], Offset::Beginning)
-        .await
-        .expect("assign");
+    let mut consumer = consumer_from_beginning(&props, &topic).await;
     producer
         .send(ProducerRecord::new(&topic).value("v0"))
         .await

@@ -160,6 +160,19 @@ pub async fn create_topic(bootstrap: &str, topic: &str, partitions: i32) -> Admi
     admin
 }
 
+/// A consumer with `props`, every partition of `topic` assigned from the
+/// beginning.
+pub async fn consumer_from_beginning(props: &Properties, topic: &str) -> Consumer {
+    let mut consumer = Consumer::connect(ConsumerConfig::from_properties(props).expect("config"))
+        .await
+        .expect("consumer");
+    consumer
+        .assign(topic, &[], Offset::Beginning)
+        .await
+        .expect("assign");
+    consumer
+}
+
 /// Creates a topic named after `prefix` with `partitions` partitions
 /// (replication 1) and fills it with `records` records: 8-digit keys and
 /// `value_len`-byte values. Returns the topic's name. For benchmarks.
