@@ -530,12 +530,15 @@ impl Connection {
             broker: self.shared.addr.clone(),
             reason,
         };
-        // A damaged count would make the decoder abort the process
-        // (protocol::guard); the Fetch response is walked first.
+        // A damaged count would make the decoder abort the process: the
+        // Fetch response is walked first (protocol::guard), every other one
+        // is decoded with its counts kept within its bytes
+        // (protocol::bounded).
         if api_key == ApiKey::Fetch as i16 {
             crate::protocol::guard::fetch_response(&body, version).map_err(err)?;
+            return T::decode(&mut body, version).map_err(|e| err(e.to_string()));
         }
-        T::decode(&mut body, version).map_err(|e| err(e.to_string()))
+        crate::protocol::bounded::decode(body, version).map_err(err)
     }
 
     /// Waits until a throttle set by [`throttle`](Self::throttle) has passed.

@@ -17,8 +17,10 @@
 //! naming the field, which the consumer treats as it treats any undecodable
 //! response.
 //!
-//! The Fetch response is the one guarded: it carries the data, it is by far
-//! the largest, and it is decoded on every poll.
+//! The Fetch response is walked here because it carries the data, is by far
+//! the largest and is decoded on every poll; every other response goes
+//! through [`bounded`](super::bounded), which needs no description of the
+//! message.
 
 /// Why a body was refused: the field and what was wrong with it.
 pub type Refusal = String;

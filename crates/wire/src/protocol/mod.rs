@@ -1,5 +1,6 @@
 //! Pure protocol logic: framing, error codes, version negotiation. No IO.
 
+pub mod bounded;
 mod codes;
 mod frame;
 pub mod guard;
