@@ -1,5 +1,7 @@
 //! RecordBatch v2 encode and decode, ours against kafka-protocol's codec on
-//! the same bytes in the same run.
+//! the same bytes in the same run; and a Metadata response decoded directly
+//! by kafka-protocol against the same decode through
+//! `protocol::bounded`, which keeps damaged counts from aborting.
 //!
 //! `cargo bench --bench codec`
 
@@ -151,5 +153,70 @@ fn encode(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, decode, encode);
+/// A Metadata response of 3 brokers and 100 topics of 6 partitions, each
+/// with 3 replicas, at v12 (flexible: compact counts) and v8 (`INT32`
+/// counts).
+fn metadata_body(version: i16) -> Bytes {
+    use kafka_protocol::messages::metadata_response::{
+        MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+    };
+    use kafka_protocol::messages::{BrokerId, MetadataResponse, TopicName};
+    use kafka_protocol::protocol::{Encodable, StrBytes};
+    let mut m = MetadataResponse::default();
+    m.brokers = (0..3)
+        .map(|id| {
+            let mut b = MetadataResponseBroker::default();
+            b.node_id = BrokerId(id);
+            b.host = StrBytes::from_string(format!("broker-{id}.example.com"));
+            b.port = 9092;
+            b
+        })
+        .collect();
+    m.topics = (0..100)
+        .map(|t| {
+            let mut topic = MetadataResponseTopic::default();
+            topic.name = Some(TopicName(StrBytes::from_string(format!("topic-{t:03}"))));
+            topic.partitions = (0..6)
+                .map(|p| {
+                    let mut part = MetadataResponsePartition::default();
+                    part.partition_index = p;
+                    part.leader_id = BrokerId(p % 3);
+                    part.replica_nodes = (0..3).map(BrokerId).collect();
+                    part.isr_nodes = (0..3).map(BrokerId).collect();
+                    part
+                })
+                .collect();
+            topic
+        })
+        .collect();
+    let mut out = BytesMut::new();
+    m.encode(&mut out, version).expect("encode");
+    out.freeze()
+}
+
+fn response(c: &mut Criterion) {
+    use kafka_protocol::messages::MetadataResponse;
+    use kafka_protocol::protocol::Decodable;
+    let mut g = c.benchmark_group("metadata_response");
+    for version in [8i16, 12] {
+        let body = metadata_body(version);
+        g.bench_function(BenchmarkId::new("direct", version), |b| {
+            b.iter(|| {
+                MetadataResponse::decode(&mut black_box(&body).clone(), version).expect("decode")
+            })
+        });
+        g.bench_function(BenchmarkId::new("bounded", version), |b| {
+            b.iter(|| {
+                faustus_wire::protocol::bounded::decode::<MetadataResponse>(
+                    black_box(&body).clone(),
+                    version,
+                )
+                .expect("decode")
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, decode, encode, response);
 criterion_main!(benches);

@@ -68,8 +68,11 @@ pub fn decode<T: Decodable>(body: Bytes, version: i16) -> Result<T, Refusal> {
 pub struct Bounded {
     inner: Bytes,
     /// The varint being read: the value of its bytes so far and the shift
-    /// of the next one. Any read other than a single byte ends it; bytes
-    /// that are not a varint's (a boolean) can only make it larger.
+    /// of the next one. A byte without the continuation bit ends it. Other
+    /// reads do not: between two bytes of a well-formed varint there are
+    /// none, and bytes that are not a varint's (a boolean of 0x80 or more,
+    /// a varint the decoder cut at five bytes) can only make the next one
+    /// look larger, never smaller.
     varint: u64,
     shift: u32,
     /// An `INT32` was lowered: the decode's result needs a second decode.
@@ -111,7 +114,6 @@ impl Buf for Bounded {
     }
 
     fn advance(&mut self, cnt: usize) {
-        self.end_varint();
         self.inner.advance(cnt);
     }
 
@@ -155,7 +157,6 @@ impl Buf for Bounded {
     }
 
     fn try_get_i32(&mut self) -> Result<i32, TryGetError> {
-        self.end_varint();
         let value = self.inner.try_get_i32()?;
         let ceiling = self.inner.len().saturating_add(SLACK).saturating_add(1);
         if value > 0 && value as usize > ceiling {
@@ -173,7 +174,6 @@ impl ByteBuf for Bounded {
     }
 
     fn get_bytes(&mut self, size: usize) -> Bytes {
-        self.end_varint();
         self.inner.split_to(size)
     }
 }
