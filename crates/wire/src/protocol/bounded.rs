@@ -93,11 +93,6 @@ impl Bounded {
         }
     }
 
-    /// Whether an `INT32` was lowered while decoding.
-    pub fn lowered(&self) -> bool {
-        self.lowered
-    }
-
     fn end_varint(&mut self) {
         self.varint = 0;
         self.shift = 0;
