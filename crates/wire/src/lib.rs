@@ -24,6 +24,9 @@ pub mod security;
 pub mod stats;
 pub mod types;
 
+#[cfg(test)]
+mod test_support;
+
 pub use admin::{Admin, NewTopic, OffsetSpec};
 pub use client::{Client, ClusterInfo, PartitionInfo, TopicInfo};
 pub use config::{ClientConfig, Properties};

@@ -1314,14 +1314,6 @@ mod split_tests {
     /// Replays the fetch_response fuzz corpus committed in `fuzz/regressions`.
     #[test]
     fn fuzz_regressions_do_not_panic() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fuzz/regressions/fetch_response");
-        let mut n = 0;
-        for entry in std::fs::read_dir(&dir).expect("regression corpus") {
-            let data = std::fs::read(entry.expect("entry").path()).expect("case");
-            fuzz_fetch_response(&data);
-            n += 1;
-        }
-        assert!(n > 0, "no cases in {}", dir.display());
+        crate::test_support::replay_fuzz_corpus("fetch_response", fuzz_fetch_response);
     }
 }

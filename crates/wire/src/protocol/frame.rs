@@ -210,15 +210,7 @@ mod tests {
     /// `fuzz/regressions`.
     #[test]
     fn fuzz_regressions_do_not_panic() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fuzz/regressions/response_frame");
-        let mut n = 0;
-        for entry in std::fs::read_dir(&dir).expect("regression corpus") {
-            let data = std::fs::read(entry.expect("entry").path()).expect("case");
-            crate::protocol::fuzz_frames(&data);
-            n += 1;
-        }
-        assert!(n > 0, "no cases in {}", dir.display());
+        crate::test_support::replay_fuzz_corpus("response_frame", crate::protocol::fuzz_frames);
     }
 
     proptest! {

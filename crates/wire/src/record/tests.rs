@@ -376,15 +376,9 @@ fn restamped_batches_stay_valid() {
 /// Replays the record_batch fuzz corpus committed in `fuzz/regressions`.
 #[test]
 fn fuzz_regressions_do_not_panic() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/regressions/record_batch");
-    let mut n = 0;
-    for entry in std::fs::read_dir(&dir).expect("regression corpus") {
-        let data = std::fs::read(entry.expect("entry").path()).expect("case");
-        fuzz_batches(Bytes::from(data));
-        n += 1;
-    }
-    assert!(n > 0, "no cases in {}", dir.display());
+    crate::test_support::replay_fuzz_corpus("record_batch", |data| {
+        fuzz_batches(Bytes::copy_from_slice(data))
+    });
 }
 
 #[test]
