@@ -1,6 +1,7 @@
 //! Any bytes as a response body of the API and version its first three
-//! bytes pick, decoded as a connection decodes it: counts kept within the
-//! bytes (`protocol::bounded`), the Fetch response walked first.
+//! bytes pick, decoded as a connection decodes every response but Fetch
+//! (which has its own target): counts kept within the bytes
+//! (`protocol::bounded`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
