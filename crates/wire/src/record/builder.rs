@@ -213,6 +213,7 @@ impl BatchBuilder {
     }
 
     /// Appends a record; returns its offset delta within the batch.
+    #[inline]
     pub fn append<K: AsRef<str>, V: AsRef<[u8]>>(
         &mut self,
         timestamp: i64,
@@ -271,6 +272,7 @@ impl BatchBuilder {
     #[inline]
     fn append_small(&mut self, ts_delta: i64, key: Option<&[u8]>, value: Option<&[u8]>) -> bool {
         /// Zigzag of a slice's length, or of -1 for null.
+        #[inline(always)]
         fn zz_len(b: Option<&[u8]>) -> u64 {
             b.map_or(1, |b| 2 * b.len() as u64)
         }
