@@ -137,11 +137,16 @@ const LZ4_STORED: u32 = 0x8000_0000;
 /// does not shrink it), with no staging buffer and no per-frame allocation
 /// beyond the block compressor's hash table.
 fn lz4_frame(input: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    // The most the frame can take while it is written: every block stored
+    // as is (a block is kept compressed only when that is smaller), plus the
+    // compressor's worst-case overrun of one block, which each block is
+    // given room for before it is compressed in place.
+    let big = input.len().min(LZ4_BLOCK);
     out.reserve(
         LZ4_FRAME_HEADER.len()
             + input.len().div_ceil(LZ4_BLOCK).max(1) * 4
-            + lz4_flex::block::get_maximum_output_size(input.len().min(LZ4_BLOCK))
             + input.len()
+            + (lz4_flex::block::get_maximum_output_size(big) - big)
             + 4,
     );
     out.extend_from_slice(&LZ4_FRAME_HEADER);
