@@ -18,6 +18,10 @@ pub struct BatchBuilder {
     buf: Vec<u8>,
     /// Bytes written into `buf`.
     len: usize,
+    /// The room asked for: a compressed batch's output is sized for it,
+    /// not for what was written, so that every buffer that goes round
+    /// between batches is of one size.
+    capacity: usize,
     count: i32,
     base_timestamp: Option<i64>,
     max_timestamp: i64,
@@ -157,6 +161,7 @@ impl BatchBuilder {
             compression,
             buf,
             len,
+            capacity,
             count: 0,
             base_timestamp: None,
             max_timestamp: -1,
@@ -366,7 +371,7 @@ impl BatchBuilder {
             // Both the output and the records' scratch buffer circulate
             // through the pool: a batch of a megabyte otherwise maps fresh
             // pages for its output every time.
-            let mut out = crate::pool::take(compressed_bound(self.len));
+            let mut out = crate::pool::take(compressed_bound(self.len.max(self.capacity)));
             out.resize(HEADER_LEN, 0);
             compress(self.compression, &self.buf, &mut out)?;
             crate::pool::give(std::mem::take(&mut self.buf));
@@ -405,6 +410,33 @@ impl BatchBuilder {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// A compressed batch's output, however little was written, is large
+    /// enough to be a later batch's records buffer as it is: handed back
+    /// (as the producer does once the batch is sent), it is not grown, so
+    /// not allocated afresh. Fails when the output is sized for what was
+    /// written rather than for the room asked for.
+    #[test]
+    fn compressed_outputs_recycle_without_growing() {
+        let cap = 200_000;
+        for codec in [
+            Compression::Lz4,
+            Compression::Zstd,
+            Compression::Gzip,
+            Compression::Snappy,
+        ] {
+            let mut b = BatchBuilder::with_capacity(codec, cap);
+            for i in 0..10 {
+                b.append::<&str, &[u8]>(i, Some(b"k"), Some(&[b'v'; 100]), &[]);
+            }
+            let out = b.finish().expect("finish");
+            let out = Vec::from(out.try_into_mut().expect("unshared"));
+            assert!(out.capacity() >= compressed_bound(cap), "{codec}");
+            let at = out.as_ptr();
+            let next = BatchBuilder::with_buffer(codec, out, cap);
+            assert_eq!(next.buf.as_ptr(), at, "{codec}: grown");
+        }
+    }
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
