@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{Notify, OwnedSemaphorePermit};
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
 use crate::protocol::ErrorCode;
@@ -70,7 +70,21 @@ pub(crate) struct Batch {
     pub(crate) attempts: u32,
     pub(crate) base_sequence: i32,
     retry_at: Option<Instant>,
-    _memory: Option<OwnedSemaphorePermit>,
+    _memory: Option<Held>,
+}
+
+/// Bytes of `buffer.memory` a batch holds (taken record by record, as
+/// permits of the producer's semaphore that were forgotten), given back
+/// when the batch is dropped.
+struct Held {
+    memory: Arc<Semaphore>,
+    bytes: usize,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.memory.add_permits(self.bytes);
+    }
 }
 
 impl std::fmt::Debug for Batch {
@@ -262,7 +276,9 @@ impl Accumulator {
 
     /// Appends a record to `tp`'s open batch, sealing it first when the
     /// record would overflow `batch.size`. Returns `true` in `batch_full`
-    /// when a batch was sealed.
+    /// when a batch was sealed. `memory` is the bytes of `buffer.memory`
+    /// already taken for the record (permits forgotten), which its batch
+    /// then holds until it is dropped.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn append<K: AsRef<str>, V: AsRef<[u8]>>(
         &mut self,
@@ -271,7 +287,7 @@ impl Accumulator {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
         headers: &[(K, Option<V>)],
-        memory: Option<OwnedSemaphorePermit>,
+        memory: Option<(&Arc<Semaphore>, usize)>,
         now: impl FnOnce() -> Instant,
         wall_ms: impl FnOnce() -> i64,
     ) -> Appended {
@@ -325,8 +341,13 @@ impl Accumulator {
             .unwrap_or(0);
         open.records += 1;
         match (&mut open._memory, memory) {
-            (Some(m), Some(more)) => m.merge(more),
-            (slot @ None, more) => *slot = more,
+            (Some(held), Some((_, bytes))) => held.bytes += bytes,
+            (slot @ None, Some((memory, bytes))) => {
+                *slot = Some(Held {
+                    memory: memory.clone(),
+                    bytes,
+                })
+            }
             (_, None) => {}
         }
         let completion = open.completion.clone();
@@ -760,6 +781,36 @@ mod tests {
         let out = acc.drain(t0, |_| Some(2));
         assert_eq!(out[&2].len(), 1);
         assert!(out[&2][0].records < 10, "sealed when full");
+    }
+
+    /// The bytes of `buffer.memory` taken for a batch's records come back
+    /// when the batch is done with, all of them, once.
+    #[test]
+    fn a_batch_gives_its_memory_back_when_done() {
+        let t0 = Instant::now();
+        let memory = Arc::new(Semaphore::new(10_000));
+        let mut acc = Accumulator::new(cfg(false));
+        for i in 0..3 {
+            memory.try_acquire_many(100).expect("room").forget();
+            acc.append::<&str, &[u8]>(
+                &tp(0),
+                Some(i),
+                None,
+                Some(b"v"),
+                &[],
+                Some((&memory, 100)),
+                || t0,
+                || 1,
+            );
+        }
+        assert_eq!(memory.available_permits(), 9_700);
+        let out = acc.drain(t0 + Duration::from_millis(10), |_| Some(1));
+        let mut batches = out.into_values().flatten();
+        let b = batches.next().expect("one batch");
+        assert_eq!(b.records, 3);
+        assert_eq!(memory.available_permits(), 9_700, "held while in flight");
+        acc.succeeded(b, ack(0));
+        assert_eq!(memory.available_permits(), 10_000);
     }
 
     #[test]

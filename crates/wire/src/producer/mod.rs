@@ -465,15 +465,25 @@ impl Producer {
         &self.inner.client
     }
 
-    /// `topic`'s interned name and metadata: kept from the last record while
-    /// the client's metadata is unchanged, else read (and fetched when
-    /// unknown, up to `max.block.ms`).
-    fn known_topic(&self, topic: &str) -> Option<(Arc<str>, Arc<crate::client::TopicInfo>)> {
+    /// `topic`'s interned name and partition count: kept from the last
+    /// record while the client's metadata is unchanged, else read (and
+    /// fetched when unknown, up to `max.block.ms`).
+    fn known_topic(&self, topic: &str) -> Option<(Arc<str>, i32)> {
         let version = self.inner.client.metadata_version();
         lock(&self.inner.topics)
             .get(topic)
             .filter(|t| t.version == version)
-            .map(|t| (t.name.clone(), t.info.clone()))
+            .map(|t| (t.name.clone(), t.info.partitions.len() as i32))
+    }
+
+    /// The partitions of `topic` that have a leader, for the sticky
+    /// partitioner when it picks a partition (all of them if the topic's
+    /// metadata is not kept).
+    fn leaders(&self, topic: &str, partitions: i32) -> Vec<i32> {
+        match lock(&self.inner.topics).get(topic) {
+            Some(t) => with_leader(&t.info),
+            None => (0..partitions).collect(),
+        }
     }
 
     /// [`known_topic`](Self::known_topic)'s slow path: reads the client's
@@ -533,11 +543,13 @@ impl Producer {
         }
         // The slow paths are boxed so that `send`'s own future stays small:
         // it is moved on every call.
-        let (topic, info) = match self.known_topic(&rec.topic) {
+        let (topic, partitions) = match self.known_topic(&rec.topic) {
             Some(known) => known,
-            None => Box::pin(self.topic(&rec.topic)).await?,
+            None => {
+                let (name, info) = Box::pin(self.topic(&rec.topic)).await?;
+                (name, info.partitions.len() as i32)
+            }
         };
-        let partitions = info.partitions.len() as i32;
         let partition = match (rec.partition, &rec.key) {
             (Some(p), _) => {
                 if p < 0 || p >= partitions {
@@ -550,33 +562,37 @@ impl Producer {
             }
             (None, Some(k)) if !inner.cfg.ignore_keys => partition_for_key(k, partitions),
             _ => {
-                let mut sticky = lock(&inner.sticky);
-                match sticky.current(&rec.topic, partitions) {
+                let current = lock(&inner.sticky).current(&rec.topic, partitions);
+                match current {
                     Some(p) => p,
-                    None => sticky.partition(&rec.topic, partitions, &with_leader(&info)),
+                    None => {
+                        let avail = self.leaders(&rec.topic, partitions);
+                        lock(&inner.sticky).partition(&rec.topic, partitions, &avail)
+                    }
                 }
             }
         };
         // Room in buffer.memory: taken at once when there is some (no timer
-        // per record), else awaited up to max.block.ms.
-        let permit = match inner.memory.clone().try_acquire_many_owned(size as u32) {
-            Ok(permit) => permit,
+        // per record), else awaited up to max.block.ms. The record's batch
+        // holds the bytes from here on and gives them back when dropped.
+        match inner.memory.try_acquire_many(size as u32) {
+            Ok(permit) => permit.forget(),
             Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::Closed),
             Err(tokio::sync::TryAcquireError::NoPermits) => Box::pin(tokio::time::timeout(
                 inner.cfg.max_block,
-                inner.memory.clone().acquire_many_owned(size as u32),
+                inner.memory.acquire_many(size as u32),
             ))
             .await
             .map_err(|_| Error::Timeout {
                 what: "waiting for buffer.memory".into(),
                 after: inner.cfg.max_block,
             })?
-            .map_err(|_| Error::Closed)?,
-        };
-        let tp = TopicPartition {
-            topic: topic.clone(),
-            partition,
-        };
+            .map_err(|_| Error::Closed)?
+            .forget(),
+        }
+        // Nothing from here to the append awaits: the bytes taken cannot
+        // be lost to a dropped future.
+        let tp = TopicPartition { topic, partition };
         let appended = {
             let mut acc = lock(&inner.acc);
             let before = acc.outstanding();
@@ -586,7 +602,7 @@ impl Producer {
                 rec.key.as_deref(),
                 rec.value.as_deref(),
                 &rec.headers,
-                Some(permit),
+                Some((&inner.memory, size)),
                 Instant::now,
                 now_ms,
             );
@@ -597,7 +613,7 @@ impl Producer {
             && rec.partition.is_none()
             && (rec.key.is_none() || inner.cfg.ignore_keys)
         {
-            let avail = with_leader(&info);
+            let avail = self.leaders(&rec.topic, partitions);
             lock(&inner.sticky).next(&rec.topic, partitions, &avail, Some(partition));
         }
         if appended.batch_full || new_batch {
@@ -605,7 +621,7 @@ impl Producer {
         }
         Ok(DeliveryFuture {
             completion: appended.completion,
-            topic,
+            topic: tp.topic,
             partition,
             delta: appended.offset_delta,
             timestamp: appended.timestamp,
