@@ -103,6 +103,12 @@ impl TlsSettings {
     /// Builds the rustls configuration: reads the files, parses the PEM.
     /// Every failure names the setting it came from.
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
+        // ring, not aws-lc-rs: pure Rust and assembly, so the static musl
+        // build needs no CMake or C toolchain for it. rustls 0.23.48
+        // deprecates ring's provider for lacking post-quantum key
+        // exchange; the allow keeps a newer lock file from failing the
+        // build's -D warnings.
+        #[allow(deprecated)]
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
         match &self.trust {
