@@ -96,11 +96,12 @@ impl SliceWriter<'_> {
 }
 
 /// Room for a compressed batch of `len` bytes of records: its header, the
-/// records, and a sixty-fourth more plus 8 KiB, which covers what the LZ4
-/// frame writer reserves (a block's worst-case overrun) and zstd's and
-/// gzip's worst cases; a codec that needs more grows the buffer.
+/// records, a sixty-fourth more, and an eighth of one 64 KiB block, which
+/// covers what the LZ4 frame writer reserves (a block's worst-case
+/// overrun, a tenth of it) and zstd's and gzip's worst cases; a codec that
+/// needs more (snappy, on input it cannot compress) grows the buffer.
 fn compressed_bound(len: usize) -> usize {
-    HEADER_LEN + len + len / 64 + 8 * 1024
+    HEADER_LEN + len + len / 64 + len.min(64 * 1024) / 8 + 64
 }
 
 /// `v` (below 2^21) as a varint: its bytes, least significant first, in a
