@@ -103,8 +103,9 @@ impl TlsSettings {
     /// Builds the rustls configuration: reads the files, parses the PEM.
     /// Every failure names the setting it came from.
     pub fn client_config(&self) -> Result<Arc<rustls::ClientConfig>, String> {
-        // ring, not aws-lc-rs: pure Rust and assembly, so the static musl
-        // build needs no CMake or C toolchain for it. rustls 0.23.48
+        // ring, not aws-lc-rs: its C and assembly build with the C
+        // compiler alone, so the static musl build needs no CMake or Go
+        // for it. rustls 0.23.48
         // deprecates ring's provider for lacking post-quantum key
         // exchange; the allow keeps a newer lock file from failing the
         // build's -D warnings.
